@@ -1,0 +1,588 @@
+"""Pydantic models of the NIMService custom resource: spec and status.
+
+These mirror `crds/nimservice.yaml` field for field (tests/operator/test_crd_models_sync.py fails
+when the two drift apart). Field names follow NVIDIA's NIMService so that its manifests apply here
+after changing only `apiVersion`. Attributes are snake_case; the wire names are camelCase aliases.
+
+The cross-field rules the CRD enforces with CEL are repeated as pydantic validators with the same
+messages, so a spec that reaches reconcile from an older CRD (or a test) fails the same way.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic.alias_generators import to_camel
+
+__all__ = [
+    "DNS1035_LABEL",
+    "DURATION_PATTERN",
+    "GPU_RESOURCE",
+    "QUANTITY_PATTERN",
+    "SECRET_ENV_NAMES",
+    "Condition",
+    "EmptyDirStorage",
+    "EnvVar",
+    "EnvVarSource",
+    "ExposeSpec",
+    "GPUSpec",
+    "HPABehavior",
+    "HPAScalingPolicy",
+    "HPAScalingRules",
+    "HPASpec",
+    "ImageSpec",
+    "MetricSpec",
+    "MetricsSpec",
+    "ModelSpec",
+    "ModelStatus",
+    "NIMCacheRef",
+    "NIMServiceSpec",
+    "NIMServiceStatus",
+    "PVCStorage",
+    "Probe",
+    "ProbeSpec",
+    "ResourceRequirements",
+    "ScaleSpec",
+    "ServiceMonitorSpec",
+    "ServiceSpec",
+    "StorageSpec",
+    "Toleration",
+    "service_name_problem",
+]
+
+# Kubernetes resource.Quantity grammar: a signed decimal number with an optional binary (Ki..Ei),
+# decimal (n, u, m, k, M, G, T, P, E) or exponent suffix.
+QUANTITY_PATTERN = (
+    r"^[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)"
+    r"(([KMGTPE]i)|[numkMGTPE]|[eE][+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+))?$"
+)
+# Prometheus-operator Duration: units in descending order, e.g. "30s", "1m30s", "0".
+DURATION_PATTERN = r"^(0|([0-9]+y)?([0-9]+w)?([0-9]+d)?([0-9]+h)?([0-9]+m)?([0-9]+s)?([0-9]+ms)?)$"
+# The NIMService name becomes a Service name, which must be a DNS-1035 label.
+DNS1035_LABEL = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
+ENV_NAME_PATTERN = r"^[-._a-zA-Z][-._a-zA-Z0-9]*$"
+GPU_RESOURCE = "nvidia.com/gpu"
+# Credentials the operator injects from `authSecret`; they may never be given as literal values.
+SECRET_ENV_NAMES = ("NGC_API_KEY", "HF_TOKEN")
+
+Quantity = int | Annotated[str, StringConstraints(pattern=QUANTITY_PATTERN)]
+Duration = Annotated[str, StringConstraints(pattern=DURATION_PATTERN)]
+IntOrString = int | str
+StringMap = dict[str, str]
+
+
+class _Model(BaseModel):
+    """Base: camelCase on the wire, unknown fields rejected (like the structural CRD)."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        frozen=True,
+    )
+
+    def to_k8s(self) -> dict[str, Any]:
+        """The object as Kubernetes JSON: camelCase keys, unset fields left out."""
+        return self.model_dump(by_alias=True, exclude_none=True, mode="json")
+
+
+# --- image, credentials, environment ------------------------------------------------------------
+
+
+class ImageSpec(_Model):
+    repository: Annotated[str, Field(min_length=1)]
+    tag: Annotated[str, Field(min_length=1)]
+    pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = None
+    pull_secrets: list[str] | None = None
+
+    @property
+    def reference(self) -> str:
+        return f"{self.repository}:{self.tag}"
+
+
+class SecretKeySelector(_Model):
+    name: str
+    key: str
+    optional: bool | None = None
+
+
+class ConfigMapKeySelector(_Model):
+    name: str
+    key: str
+    optional: bool | None = None
+
+
+class ObjectFieldSelector(_Model):
+    field_path: str
+    api_version: str | None = None
+
+
+class ResourceFieldSelector(_Model):
+    resource: str
+    container_name: str | None = None
+    divisor: Quantity | None = None
+
+
+class EnvVarSource(_Model):
+    secret_key_ref: SecretKeySelector | None = None
+    config_map_key_ref: ConfigMapKeySelector | None = None
+    field_ref: ObjectFieldSelector | None = None
+    resource_field_ref: ResourceFieldSelector | None = None
+
+
+class EnvVar(_Model):
+    name: Annotated[str, Field(min_length=1, max_length=256, pattern=ENV_NAME_PATTERN)]
+    value: str | None = None
+    value_from: EnvVarSource | None = None
+
+    @model_validator(mode="after")
+    def _secrets_only_by_reference(self) -> EnvVar:
+        if self.name in SECRET_ENV_NAMES and self.value is not None:
+            raise ValueError(
+                "NGC_API_KEY and HF_TOKEN must come from a Secret (valueFrom.secretKeyRef), "
+                "never a literal value"
+            )
+        return self
+
+
+class ModelSpec(_Model):
+    name: str | None = None
+    served_name: str | None = None
+    max_model_len: Annotated[int, Field(ge=1)] | None = None
+
+
+class GPUSpec(_Model):
+    count: Annotated[int, Field(ge=0, le=64)]
+
+
+class ResourceRequirements(_Model):
+    limits: dict[str, Quantity] | None = None
+    requests: dict[str, Quantity] | None = None
+
+
+# --- storage ------------------------------------------------------------------------------------
+
+
+class NIMCacheRef(_Model):
+    name: str | None = None
+    profile: str | None = None
+
+
+class PVCStorage(_Model):
+    create: bool = False
+    name: str | None = None
+    storage_class: str | None = None
+    size: Quantity | None = None
+    volume_access_mode: Literal[
+        "ReadWriteOnce", "ReadOnlyMany", "ReadWriteMany", "ReadWriteOncePod"
+    ] = "ReadWriteOnce"
+    sub_path: str | None = None
+    annotations: StringMap | None = None
+    retain_policy: Literal["Retain", "Delete"] = "Retain"
+
+    @model_validator(mode="after")
+    def _name_or_create(self) -> PVCStorage:
+        if self.create and self.size is None:
+            raise ValueError("storage.pvc.size is required when storage.pvc.create is true")
+        if not self.create and not self.name:
+            raise ValueError("storage.pvc needs either name (an existing claim) or create: true")
+        return self
+
+
+class EmptyDirStorage(_Model):
+    size_limit: Quantity | None = None
+
+
+class StorageSpec(_Model):
+    nim_cache: NIMCacheRef | None = None
+    pvc: PVCStorage | None = None
+    empty_dir: EmptyDirStorage | None = None
+    host_path: Annotated[str, Field(pattern=r"^/")] | None = None
+    read_only: bool = False
+    shared_memory_size_limit: Quantity | None = None
+
+    @model_validator(mode="after")
+    def _one_volume_source(self) -> StorageSpec:
+        if self.nim_cache is not None:
+            raise ValueError(
+                "storage.nimCache is not supported (there is no NIMCache controller here); "
+                "use storage.pvc to keep the model cache"
+            )
+        given = [self.pvc, self.empty_dir, self.host_path]
+        if sum(source is not None for source in given) > 1:
+            raise ValueError("set at most one of storage.pvc, storage.emptyDir, storage.hostPath")
+        return self
+
+
+# --- exposure, probes ---------------------------------------------------------------------------
+
+
+class ServiceSpec(_Model):
+    type: Literal["ClusterIP", "NodePort", "LoadBalancer"] = "ClusterIP"
+    port: Annotated[int, Field(ge=1, le=65535)] = 8000
+    annotations: StringMap | None = None
+    labels: StringMap | None = None
+
+
+class ExposeSpec(_Model):
+    service: ServiceSpec = ServiceSpec()
+
+
+class ExecAction(_Model):
+    command: list[str] | None = None
+
+
+class HTTPHeader(_Model):
+    name: str
+    value: str
+
+
+class HTTPGetAction(_Model):
+    port: IntOrString
+    path: str | None = None
+    host: str | None = None
+    scheme: Literal["HTTP", "HTTPS"] | None = None
+    http_headers: list[HTTPHeader] | None = None
+
+
+class TCPSocketAction(_Model):
+    port: IntOrString
+    host: str | None = None
+
+
+class GRPCAction(_Model):
+    port: Annotated[int, Field(ge=1, le=65535)]
+    service: str | None = None
+
+
+class Probe(_Model):
+    """corev1.Probe, every field of it."""
+
+    exec: ExecAction | None = None
+    http_get: HTTPGetAction | None = None
+    tcp_socket: TCPSocketAction | None = None
+    grpc: GRPCAction | None = None
+    initial_delay_seconds: Annotated[int, Field(ge=0)] | None = None
+    timeout_seconds: Annotated[int, Field(ge=1)] | None = None
+    period_seconds: Annotated[int, Field(ge=1)] | None = None
+    success_threshold: Annotated[int, Field(ge=1)] | None = None
+    failure_threshold: Annotated[int, Field(ge=1)] | None = None
+    termination_grace_period_seconds: Annotated[int, Field(ge=1)] | None = None
+
+    @model_validator(mode="after")
+    def _one_handler(self) -> Probe:
+        handlers = [self.exec, self.http_get, self.tcp_socket, self.grpc]
+        if sum(h is not None for h in handlers) != 1:
+            raise ValueError("a probe needs exactly one of exec, httpGet, tcpSocket, grpc")
+        return self
+
+
+class ProbeSpec(_Model):
+    enabled: bool = True
+    probe: Probe | None = None
+
+
+# --- autoscaling --------------------------------------------------------------------------------
+
+
+class LabelSelectorRequirement(_Model):
+    key: str
+    operator: Literal["In", "NotIn", "Exists", "DoesNotExist"]
+    values: list[str] | None = None
+
+
+class LabelSelector(_Model):
+    match_labels: StringMap | None = None
+    match_expressions: list[LabelSelectorRequirement] | None = None
+
+
+class MetricTarget(_Model):
+    type: Literal["Utilization", "Value", "AverageValue"]
+    value: Quantity | None = None
+    average_value: Quantity | None = None
+    average_utilization: Annotated[int, Field(ge=1)] | None = None
+
+
+class MetricIdentifier(_Model):
+    name: str
+    selector: LabelSelector | None = None
+
+
+class CrossVersionObjectReference(_Model):
+    kind: str
+    name: str
+    api_version: str | None = None
+
+
+class ResourceMetricSource(_Model):
+    name: str
+    target: MetricTarget
+
+
+class ContainerResourceMetricSource(_Model):
+    name: str
+    container: str
+    target: MetricTarget
+
+
+class PodsMetricSource(_Model):
+    metric: MetricIdentifier
+    target: MetricTarget
+
+
+class ObjectMetricSource(_Model):
+    described_object: CrossVersionObjectReference
+    metric: MetricIdentifier
+    target: MetricTarget
+
+
+class ExternalMetricSource(_Model):
+    metric: MetricIdentifier
+    target: MetricTarget
+
+
+class MetricSpec(_Model):
+    """autoscaling/v2 MetricSpec, every field of it."""
+
+    type: Literal["Resource", "ContainerResource", "Pods", "Object", "External"]
+    resource: ResourceMetricSource | None = None
+    container_resource: ContainerResourceMetricSource | None = None
+    pods: PodsMetricSource | None = None
+    object: ObjectMetricSource | None = None
+    external: ExternalMetricSource | None = None
+
+    @model_validator(mode="after")
+    def _source_matches_type(self) -> MetricSpec:
+        field = {
+            "Resource": "resource",
+            "ContainerResource": "container_resource",
+            "Pods": "pods",
+            "Object": "object",
+            "External": "external",
+        }[self.type]
+        if getattr(self, field) is None:
+            raise ValueError("a metric of a given type needs the source of that type set")
+        return self
+
+
+class HPAScalingPolicy(_Model):
+    type: Literal["Pods", "Percent"]
+    value: Annotated[int, Field(ge=1)]
+    period_seconds: Annotated[int, Field(ge=1, le=1800)]
+
+
+class HPAScalingRules(_Model):
+    stabilization_window_seconds: Annotated[int, Field(ge=0, le=3600)] | None = None
+    select_policy: Literal["Max", "Min", "Disabled"] | None = None
+    policies: list[HPAScalingPolicy] | None = None
+
+
+class HPABehavior(_Model):
+    scale_up: HPAScalingRules | None = None
+    scale_down: HPAScalingRules | None = None
+
+
+class HPASpec(_Model):
+    min_replicas: Annotated[int, Field(ge=1)] = 1
+    max_replicas: Annotated[int, Field(ge=1)]
+    metrics: list[MetricSpec] | None = None
+    behavior: HPABehavior | None = None
+
+    @model_validator(mode="after")
+    def _max_at_least_min(self) -> HPASpec:
+        if self.max_replicas < self.min_replicas:
+            raise ValueError("scale.hpa.maxReplicas must be >= scale.hpa.minReplicas")
+        return self
+
+
+class ScaleSpec(_Model):
+    enabled: bool = False
+    hpa: HPASpec | None = None
+    annotations: StringMap | None = None
+
+    @model_validator(mode="after")
+    def _hpa_when_enabled(self) -> ScaleSpec:
+        if self.enabled and self.hpa is None:
+            raise ValueError("scale.hpa (at least maxReplicas) is required when scale.enabled")
+        return self
+
+
+# --- metrics, scheduling ------------------------------------------------------------------------
+
+
+class ServiceMonitorSpec(_Model):
+    additional_labels: StringMap | None = None
+    annotations: StringMap | None = None
+    interval: Duration | None = None
+    scrape_timeout: Duration | None = None
+
+
+class MetricsSpec(_Model):
+    enabled: bool = False
+    service_monitor: ServiceMonitorSpec | None = None
+
+
+class Toleration(_Model):
+    """corev1.Toleration, every field of it (tolerationSeconds included)."""
+
+    key: str | None = None
+    operator: Literal["Exists", "Equal"] | None = None
+    value: str | None = None
+    effect: Literal["", "NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+    toleration_seconds: int | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Toleration:
+        if self.operator == "Exists" and self.value:
+            raise ValueError("a toleration with operator Exists must not have a value")
+        if self.toleration_seconds is not None and self.effect != "NoExecute":
+            raise ValueError("tolerationSeconds is only allowed with effect NoExecute")
+        return self
+
+
+# --- the spec -----------------------------------------------------------------------------------
+
+
+class NIMServiceSpec(_Model):
+    """Desired state of a NIMService."""
+
+    image: ImageSpec
+    auth_secret: str | None = None
+    command: list[str] | None = None
+    args: list[str] | None = None
+    env: list[EnvVar] | None = None
+    model: ModelSpec | None = None
+    gpu: GPUSpec | None = None
+    resources: ResourceRequirements | None = None
+    replicas: Annotated[int, Field(ge=0)] | None = None
+    storage: StorageSpec = StorageSpec()
+    expose: ExposeSpec = ExposeSpec()
+    liveness_probe: ProbeSpec = ProbeSpec()
+    readiness_probe: ProbeSpec = ProbeSpec()
+    startup_probe: ProbeSpec = ProbeSpec()
+    scale: ScaleSpec = ScaleSpec()
+    metrics: MetricsSpec = MetricsSpec()
+    labels: StringMap | None = None
+    annotations: StringMap | None = None
+    node_selector: StringMap | None = None
+    tolerations: list[Toleration] | None = None
+    affinity: dict[str, Any] | None = None
+    user_id: Annotated[int, Field(ge=1, alias="userID")] = 1000
+    group_id: Annotated[int, Field(ge=0, alias="groupID")] = 2000
+    runtime_class_name: str | None = None
+    priority_class_name: str | None = None
+    scheduler_name: str | None = None
+    shutdown_timeout_seconds: Annotated[int, Field(ge=0, le=3600)] = 30
+
+    @model_validator(mode="after")
+    def _cross_field_rules(self) -> NIMServiceSpec:
+        if self.replicas is not None and self.scale.enabled:
+            raise ValueError(
+                "spec.replicas and spec.scale.enabled are mutually exclusive: "
+                "the HPA owns the replica count while autoscaling is on"
+            )
+        if self.gpu is not None and self._resource_gpu_quantity() is not None:
+            raise ValueError(
+                "set the GPU count either in gpu.count or in resources "
+                "(limits/requests nvidia.com/gpu), not both"
+            )
+        return self
+
+    @classmethod
+    def from_body(cls, spec: dict[str, Any]) -> NIMServiceSpec:
+        """Parse the `spec` of a NIMService object as the API server stores it."""
+        return cls.model_validate(spec)
+
+    # Helpers in the spirit of NVIDIA's API type, so renderers and reconcile agree on meaning.
+
+    def hpa_enabled(self) -> bool:
+        return self.scale.enabled
+
+    def desired_replicas(self) -> int | None:
+        """Replicas the Deployment should have, or None when the HPA decides."""
+        if self.hpa_enabled():
+            return None
+        return 1 if self.replicas is None else self.replicas
+
+    def max_possible_replicas(self) -> int:
+        """The most pods this service can run at once (for the disruption budget)."""
+        if self.hpa_enabled() and self.scale.hpa is not None:
+            return self.scale.hpa.max_replicas
+        return 1 if self.replicas is None else self.replicas
+
+    def gpu_count(self) -> int:
+        """GPUs per pod: gpu.count, else an explicit nvidia.com/gpu resource, else one."""
+        if self.gpu is not None:
+            return self.gpu.count
+        quantity = self._resource_gpu_quantity()
+        if quantity is None:
+            return 1
+        return int(str(quantity))
+
+    def served_model_name(self, owner_name: str) -> str:
+        if self.model is not None and self.model.served_name:
+            return self.model.served_name
+        return owner_name
+
+    def metrics_enabled(self) -> bool:
+        return self.metrics.enabled
+
+    def service_port(self) -> int:
+        return self.expose.service.port
+
+    def _resource_gpu_quantity(self) -> Quantity | None:
+        if self.resources is None:
+            return None
+        for group in (self.resources.limits, self.resources.requests):
+            if group and GPU_RESOURCE in group:
+                return group[GPU_RESOURCE]
+        return None
+
+
+def service_name_problem(name: str) -> str | None:
+    """Why `name` cannot name a NIMService (its Service needs a DNS-1035 label), or None."""
+    if len(name) > 63 or not re.match(DNS1035_LABEL, name):
+        return (
+            "the NIMService name must be a DNS-1035 label (at most 63 characters: lower-case "
+            "letters, digits and '-', starting with a letter) because it names the Service"
+        )
+    return None
+
+
+# --- status -------------------------------------------------------------------------------------
+
+
+class Condition(_Model):
+    """metav1.Condition."""
+
+    type: Annotated[str, Field(min_length=1, max_length=316)]
+    status: Literal["True", "False", "Unknown"]
+    reason: Annotated[
+        str,
+        Field(min_length=1, max_length=1024, pattern=r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$"),
+    ]
+    message: Annotated[str, Field(max_length=32768)]
+    last_transition_time: str
+    observed_generation: Annotated[int, Field(ge=0)] | None = None
+
+
+class ModelStatus(_Model):
+    name: str | None = None
+    cluster_endpoint: str | None = None
+
+
+class NIMServiceStatus(_Model):
+    """Observed state of a NIMService, as written by the operator."""
+
+    observed_generation: int | None = None
+    replicas: int | None = None
+    ready_replicas: int | None = None
+    available_replicas: int | None = None
+    selector: str | None = None
+    endpoint: str | None = None
+    model: ModelStatus | None = None
+    state: Literal["Pending", "NotReady", "Ready", "Failed"] | None = None
+    conditions: list[Condition] | None = None
+    autoscaling: dict[str, Any] | None = None

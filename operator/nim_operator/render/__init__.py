@@ -1,0 +1,96 @@
+"""Pure renderers: a NIMService spec in, the manifests of its children out.
+
+Nothing here does I/O or imports kopf, a Kubernetes client or FastAPI; the same input always
+gives the same output, so reconcile can apply the result idempotently.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from nim_operator.models import NIMServiceSpec
+from nim_operator.render.common import ChildRef, Owner
+from nim_operator.render.deployment import render_deployment
+from nim_operator.render.hpa import render_hpa
+from nim_operator.render.labels import FIELD_MANAGER, child_labels, selector_labels
+from nim_operator.render.pdb import render_pdb
+from nim_operator.render.pvc import default_pvc_name, pvc_name, render_pvc
+from nim_operator.render.service import render_service, service_endpoint
+from nim_operator.render.service_account import render_service_account
+from nim_operator.render.service_monitor import render_service_monitor
+
+__all__ = [
+    "FIELD_MANAGER",
+    "ChildRef",
+    "Owner",
+    "child_labels",
+    "pvc_name",
+    "render_children",
+    "render_deployment",
+    "render_hpa",
+    "render_pdb",
+    "render_pvc",
+    "render_service",
+    "render_service_account",
+    "render_service_monitor",
+    "selector_labels",
+    "service_endpoint",
+]
+
+Manifest = dict[str, Any]
+
+
+def render_children(
+    owner: Owner,
+    spec: NIMServiceSpec,
+    *,
+    replicas: int | None,
+    service_monitor_supported: bool,
+) -> list[tuple[ChildRef, Manifest | None]]:
+    """Every child in apply order; a None manifest means "delete it if we own it".
+
+    Left out of the list entirely (neither applied nor deleted):
+    - the ServiceMonitor when the cluster has no ServiceMonitor CRD (there can be none to delete);
+    - the PVC when the spec mounts an existing claim under the default name, which is the user's.
+    """
+    name = owner.name
+    children: list[tuple[ChildRef, Manifest | None]] = [
+        (
+            ChildRef("v1", "ServiceAccount", "serviceaccounts", name),
+            render_service_account(owner, spec),
+        )
+    ]
+    pvc = render_pvc(owner, spec)
+    if pvc is not None:
+        children.append(_pvc_ref(pvc_name(name, spec), pvc))
+    elif pvc_name(name, spec) != default_pvc_name(name) or spec.storage.pvc is None:
+        # A claim we may have created earlier under the default name; reconcile only deletes it
+        # when it carries our controller reference (retainPolicy Delete).
+        children.append(_pvc_ref(default_pvc_name(name), None))
+    children += [
+        (
+            ChildRef("apps/v1", "Deployment", "deployments", name),
+            render_deployment(owner, spec, replicas=replicas),
+        ),
+        (ChildRef("v1", "Service", "services", name), render_service(owner, spec)),
+        (
+            ChildRef("autoscaling/v2", "HorizontalPodAutoscaler", "horizontalpodautoscalers", name),
+            render_hpa(owner, spec),
+        ),
+        (
+            ChildRef("policy/v1", "PodDisruptionBudget", "poddisruptionbudgets", name),
+            render_pdb(owner, spec, replicas=replicas),
+        ),
+    ]
+    if service_monitor_supported:
+        children.append(
+            (
+                ChildRef("monitoring.coreos.com/v1", "ServiceMonitor", "servicemonitors", name),
+                render_service_monitor(owner, spec),
+            )
+        )
+    return children
+
+
+def _pvc_ref(claim: str, manifest: Manifest | None) -> tuple[ChildRef, Manifest | None]:
+    return ChildRef("v1", "PersistentVolumeClaim", "persistentvolumeclaims", claim), manifest
