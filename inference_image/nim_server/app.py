@@ -1,0 +1,122 @@
+"""`build_app(settings, engine)`: the FastAPI application around one inference engine."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from fastapi import FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from nim_server import __version__
+from nim_server.engine import InferenceEngine
+from nim_server.errors import APIError, from_validation_error
+from nim_server.metrics import ServerMetrics
+from nim_server.protocol import ErrorBody, ErrorResponse
+from nim_server.routes import health_router, management_router, metrics_router, openai_router
+from nim_server.routes.dependencies import ClientDisconnected, Services
+from nim_server.serving import ChatService, CompletionService, ModelService
+from nim_server.settings import Settings
+
+log = logging.getLogger(__name__)
+
+INFERENCE_PATHS = frozenset({"/v1/chat/completions", "/v1/completions"})
+# Nginx's code for "client closed the request"; nobody reads it, but access logs show it.
+CLIENT_CLOSED_REQUEST = 499
+
+
+def build_app(
+    settings: Settings, engine: InferenceEngine, metrics: ServerMetrics | None = None
+) -> FastAPI:
+    metrics = metrics or ServerMetrics()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        # The port opens now; the model loads behind it so health probes answer meanwhile.
+        loading = asyncio.create_task(engine.start(), name="engine-load")
+        try:
+            yield
+        finally:
+            loading.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await loading
+            await engine.stop()
+
+    app = FastAPI(
+        title="NIM-compatible inference server",
+        version=__version__,
+        lifespan=lifespan,
+        docs_url="/docs",
+        redoc_url=None,
+    )
+    app.state.services = Services(
+        settings=settings,
+        engine=engine,
+        metrics=metrics,
+        chat=ChatService(engine, on_stream_error=metrics.request_failures.inc),
+        completions=CompletionService(engine, on_stream_error=metrics.request_failures.inc),
+        models=ModelService(engine),
+    )
+    for router in (openai_router, health_router, metrics_router, management_router):
+        app.include_router(router)
+    _install_error_handlers(app, metrics)
+    return app
+
+
+def _install_error_handlers(app: FastAPI, metrics: ServerMetrics) -> None:
+    def error_response(request: Request, error: APIError) -> Response:
+        if request.url.path in INFERENCE_PATHS:
+            metrics.request_failures.inc()
+        return Response(
+            error.envelope().model_dump_json(),
+            status_code=error.status,
+            media_type="application/json",
+            headers=error.headers,
+        )
+
+    @app.exception_handler(APIError)
+    async def api_error(request: Request, error: APIError) -> Response:
+        return error_response(request, error)
+
+    @app.exception_handler(RequestValidationError)
+    async def request_validation_error(request: Request, error: RequestValidationError) -> Response:
+        # FastAPI answers 422; OpenAI clients expect 400 with the parameter named.
+        validation = ValidationError.from_exception_data("request", list(error.errors()))
+        return error_response(request, from_validation_error(validation))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, error: StarletteHTTPException) -> Response:
+        if error.status_code == 404:
+            message = f"Not found: {request.method} {request.url.path}"
+            code = "not_found"
+        elif error.status_code == 405:
+            message = f"Method {request.method} is not allowed on {request.url.path}"
+            code = "method_not_allowed"
+        else:
+            message, code = str(error.detail), None
+        return error_response(
+            request,
+            APIError(error.status_code, message, code=code, headers=dict(error.headers or {})),
+        )
+
+    @app.exception_handler(ClientDisconnected)
+    async def client_disconnected(_: Request, __: ClientDisconnected) -> Response:
+        return Response(status_code=CLIENT_CLOSED_REQUEST)
+
+    @app.exception_handler(Exception)
+    async def unexpected_error(request: Request, error: Exception) -> Response:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        body = ErrorBody(
+            message="Internal server error; see the server log.", type="internal_server_error"
+        )
+        if request.url.path in INFERENCE_PATHS:
+            metrics.request_failures.inc()
+        return Response(
+            ErrorResponse(error=body).model_dump_json(),
+            status_code=500,
+            media_type="application/json",
+        )

@@ -1,0 +1,296 @@
+"""The engine interface serving code depends on, and its adapter over vLLM's AsyncLLM.
+
+The engine loads in the background after the HTTP port is up: the lifecycle (`state`, `reason`)
+is part of the interface so health checks and request handlers can answer honestly while the
+model loads, after it fails to load, and after the engine process dies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from nim_server.model_source import ResolvedModel, resolve_model
+from nim_server.settings import Settings, default_cache_path
+
+if TYPE_CHECKING:
+    from vllm import RequestOutput, SamplingParams
+    from vllm.v1.engine.async_llm import AsyncLLM
+
+log = logging.getLogger(__name__)
+
+# vLLM on CPU reserves most of RAM for the KV cache unless told otherwise.
+DEFAULT_CPU_KV_CACHE_BYTES = 512 * 1024 * 1024
+
+
+class EngineState(StrEnum):
+    LOADING = "loading"
+    READY = "ready"
+    FAILED = "failed"  # never became ready
+    DEAD = "dead"  # was ready, then the engine process died
+    STOPPED = "stopped"
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    name: str  # the id clients send as `model`
+    root: str  # what the engine loaded
+    source: str  # what was configured
+    max_model_len: int
+    vocab_size: int
+    max_num_seqs: int
+    created: int
+
+
+@dataclass(frozen=True)
+class EnginePrompt:
+    token_ids: list[int]
+    engine_input: Any  # the engine's own form of the prompt, handed back to generate()
+
+
+class EngineRequestError(Exception):
+    """The engine rejected a request because of what the request asked for (a 400)."""
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+class EngineDead(Exception):
+    """The engine stopped working; no request can be served by this process any more."""
+
+
+class InferenceEngine(ABC):
+    """An inference engine with a load lifecycle, as the serving layer sees it."""
+
+    state: EngineState = EngineState.LOADING
+    reason: str = "the model is loading"
+
+    @property
+    @abstractmethod
+    def model(self) -> ServedModel:
+        """The served model; only valid once the engine is ready."""
+
+    @abstractmethod
+    async def start(self) -> None:
+        """Load the model; sets `state` to READY or FAILED (never raises)."""
+
+    @abstractmethod
+    async def stop(self) -> None: ...
+
+    @abstractmethod
+    async def wait_loaded(self) -> EngineState:
+        """Wait until loading has finished, successfully or not."""
+
+    @abstractmethod
+    def check_health(self) -> EngineState:
+        """Re-check the engine and return the (possibly updated) state."""
+
+    @abstractmethod
+    async def render_chat(
+        self,
+        messages: Sequence[dict[str, Any]],
+        *,
+        add_generation_prompt: bool,
+        template_kwargs: dict[str, Any],
+    ) -> EnginePrompt:
+        """Apply the model's chat template and tokenize."""
+
+    @abstractmethod
+    async def render_text(self, prompt: str | list[int]) -> EnginePrompt:
+        """Tokenize a completion prompt (token ids pass through)."""
+
+    @abstractmethod
+    def generate(
+        self, prompt: EnginePrompt, params: SamplingParams, request_id: str
+    ) -> AsyncIterator[RequestOutput]:
+        """Stream outputs; closing the iterator early aborts the request in the engine."""
+
+    @abstractmethod
+    def decode(self, token_ids: Sequence[int]) -> str: ...
+
+    @abstractmethod
+    def token_strings(self, token_ids: Sequence[int]) -> list[str]:
+        """The text of each token id on its own (for logprobs)."""
+
+
+class VllmEngine(InferenceEngine):
+    """vLLM's AsyncLLM in this process (its EngineCore runs in a child process)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._llm: AsyncLLM | None = None
+        self._model: ServedModel | None = None
+        self.state = EngineState.LOADING
+        self.reason = "the model is loading"
+        self._loaded = asyncio.Event()
+
+    @property
+    def model(self) -> ServedModel:
+        if self._model is None:
+            raise EngineDead(self.reason)
+        return self._model
+
+    @property
+    def llm(self) -> AsyncLLM:
+        if self._llm is None or self.state is not EngineState.READY:
+            raise EngineDead(self.reason)
+        return self._llm
+
+    async def wait_loaded(self) -> EngineState:
+        await self._loaded.wait()
+        return self.state
+
+    async def start(self) -> None:
+        started = time.monotonic()
+        try:
+            await self._load()
+        except Exception as error:  # a failed load is reported, not raised: the port stays up
+            self.state = EngineState.FAILED
+            self.reason = f"the model failed to load: {error}"
+            log.exception("model failed to load")
+            return
+        finally:
+            self._loaded.set()
+        self.state = EngineState.READY
+        self.reason = "the model is ready"
+        log.info(
+            "model %s ready in %.1f s (max_model_len=%d)",
+            self.model.name,
+            time.monotonic() - started,
+            self.model.max_model_len,
+        )
+
+    async def _load(self) -> None:
+        settings = self._settings
+        cache = default_cache_path(settings)
+        self.reason = "the model is being prepared"
+        # Everything below blocks for seconds to minutes (imports, conversion, weights);
+        # threads keep the event loop, and so the health endpoints, responsive meanwhile.
+        resolved = await asyncio.to_thread(
+            resolve_model, settings.model_name, settings.served_model_name, cache
+        )
+        self.reason = f"the model {resolved.served_name} is loading"
+        log.info("loading %s from %s", resolved.served_name, resolved.path)
+        self._llm = await asyncio.to_thread(_create_async_llm, settings, resolved, cache)
+        config = self._llm.model_config
+        self._model = ServedModel(
+            name=resolved.served_name,
+            root=resolved.path,
+            source=resolved.source,
+            max_model_len=config.max_model_len,
+            vocab_size=config.get_vocab_size(),
+            max_num_seqs=self._llm.vllm_config.scheduler_config.max_num_seqs,
+            created=int(time.time()),
+        )
+
+    async def stop(self) -> None:
+        llm, self._llm = self._llm, None
+        if self.state in (EngineState.LOADING, EngineState.READY):
+            self.state = EngineState.STOPPED
+            self.reason = "the server is shutting down"
+        if llm is not None:
+            await asyncio.to_thread(llm.shutdown)
+
+    def check_health(self) -> EngineState:
+        if self.state is EngineState.READY and self._llm is not None and self._llm.errored:
+            self.state = EngineState.DEAD
+            self.reason = "the inference engine died; the server must be restarted"
+            log.error("inference engine died")
+        return self.state
+
+    async def render_chat(
+        self,
+        messages: Sequence[dict[str, Any]],
+        *,
+        add_generation_prompt: bool,
+        template_kwargs: dict[str, Any],
+    ) -> EnginePrompt:
+        from vllm.exceptions import VLLMValidationError
+        from vllm.renderers.params import ChatParams, TokenizeParams
+
+        params = ChatParams(
+            chat_template_kwargs={**template_kwargs, "add_generation_prompt": add_generation_prompt}
+        )
+        # Length limits are checked by the serving layer, which words the error for clients.
+        tokenize = TokenizeParams(max_total_tokens=None, add_special_tokens=False)
+        try:
+            _, prompts = await self.llm.renderer.render_chat_async(
+                [list(messages)], params, tokenize
+            )
+        except (VLLMValidationError, ValueError, TypeError, KeyError) as error:
+            # The chat template rejected the conversation (e.g. roles out of order).
+            raise EngineRequestError(f"the chat template rejected the messages: {error}") from None
+        return _engine_prompt(prompts[0])
+
+    async def render_text(self, prompt: str | list[int]) -> EnginePrompt:
+        from vllm.renderers.inputs.preprocess import parse_model_prompt
+        from vllm.renderers.params import TokenizeParams
+
+        llm = self.llm
+        raw: object = prompt if isinstance(prompt, str) else {"prompt_token_ids": prompt}
+        parsed = parse_model_prompt(llm.model_config, raw)
+        tokenize = TokenizeParams(max_total_tokens=None, add_special_tokens=True)
+        (rendered,) = await llm.renderer.render_cmpl_async([parsed], tokenize)
+        return _engine_prompt(rendered)
+
+    async def generate(  # type: ignore[override]  # an async generator is an AsyncIterator
+        self, prompt: EnginePrompt, params: SamplingParams, request_id: str
+    ) -> AsyncIterator[RequestOutput]:
+        from vllm.exceptions import VLLMClientError, VLLMValidationError
+        from vllm.v1.engine.exceptions import EngineDeadError
+
+        try:
+            async for output in self.llm.generate(prompt.engine_input, params, request_id):
+                yield output
+        except VLLMValidationError as error:
+            raise EngineRequestError(str(error.args[0]), error.parameter) from None
+        except VLLMClientError as error:
+            raise EngineRequestError(str(error)) from None
+        except EngineDeadError:
+            self.check_health()
+            raise EngineDead(self.reason) from None
+
+    def decode(self, token_ids: Sequence[int]) -> str:
+        return str(self.llm.tokenizer.decode(list(token_ids)))
+
+    def token_strings(self, token_ids: Sequence[int]) -> list[str]:
+        tokenizer = self.llm.tokenizer
+        return [str(tokenizer.decode([token_id])) for token_id in token_ids]
+
+
+def _create_async_llm(settings: Settings, resolved: ResolvedModel, cache: Path) -> AsyncLLM:
+    from vllm.engine.arg_utils import AsyncEngineArgs
+    from vllm.platforms import current_platform
+    from vllm.v1.engine.async_llm import AsyncLLM
+
+    on_cpu = current_platform.is_cpu()
+    kv_bytes = settings.kv_cache_bytes
+    if kv_bytes is None and on_cpu:
+        kv_bytes = DEFAULT_CPU_KV_CACHE_BYTES
+    args = AsyncEngineArgs(
+        model=resolved.path,
+        served_model_name=[resolved.served_name],
+        max_model_len=settings.max_model_len,
+        tensor_parallel_size=settings.tensor_parallel_size,
+        gpu_memory_utilization=settings.gpu_memory_utilization,
+        kv_cache_memory_bytes=int(kv_bytes) if kv_bytes is not None else None,
+        max_num_seqs=settings.max_num_seqs,
+        download_dir=str(cache / "hub"),
+        # CUDA graphs buy nothing on CPU and cost start-up time.
+        enforce_eager=on_cpu,
+        distributed_executor_backend="uni" if settings.tensor_parallel_size == 1 else "mp",
+        disable_log_stats=False,  # feeds the Prometheus metrics
+    )
+    return AsyncLLM.from_engine_args(args)
+
+
+def _engine_prompt(rendered: Any) -> EnginePrompt:
+    return EnginePrompt(token_ids=list(rendered["prompt_token_ids"]), engine_input=rendered)

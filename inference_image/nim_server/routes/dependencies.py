@@ -1,0 +1,110 @@
+"""Request-scoped helpers shared by the routers: services, body parsing, auth, disconnects."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+from collections.abc import Awaitable
+from dataclasses import dataclass
+from typing import Annotated, Any, TypeVar
+
+from fastapi import Depends, Request
+from pydantic import BaseModel, ValidationError
+
+from nim_server.engine import InferenceEngine
+from nim_server.errors import APIError, from_validation_error, invalid_request
+from nim_server.metrics import ServerMetrics
+from nim_server.serving import ChatService, CompletionService, ModelService
+from nim_server.settings import Settings
+
+ModelT = TypeVar("ModelT", bound=BaseModel)
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Services:
+    settings: Settings
+    engine: InferenceEngine
+    metrics: ServerMetrics
+    chat: ChatService
+    completions: CompletionService
+    models: ModelService
+
+
+def get_services(request: Request) -> Services:
+    services: Services = request.app.state.services
+    return services
+
+
+ServicesDep = Annotated[Services, Depends(get_services)]
+
+
+def require_api_key(request: Request, services: ServicesDep) -> None:
+    """Bearer auth when NIM_API_KEY is set; the comparison takes constant time."""
+    expected = services.settings.api_key
+    if expected is None:
+        return
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not secrets.compare_digest(
+        token.strip().encode(), expected.get_secret_value().encode()
+    ):
+        raise APIError(
+            401,
+            "Incorrect or missing API key: send `Authorization: Bearer <key>`.",
+            param=None,
+            code="invalid_api_key",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+
+
+async def parse_body(request: Request, model: type[ModelT]) -> ModelT:
+    """Validate the JSON body against ``model``; every failure is a 400 naming the parameter."""
+    body = await request.body()
+    try:
+        body.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise invalid_request(
+            f"The request body is not valid UTF-8 (byte {error.start}): send JSON encoded as UTF-8."
+        ) from None
+    try:
+        return model.model_validate_json(body)
+    except ValidationError as error:
+        raise from_validation_error(error) from None
+
+
+def body_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """OpenAPI request body for routes that parse the body themselves (for clients and fuzzers)."""
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": model.model_json_schema()}},
+        }
+    }
+
+
+class ClientDisconnected(Exception):
+    """The client went away before the response was ready."""
+
+
+async def until_disconnected(request: Request, work: Awaitable[T]) -> T:
+    """Run ``work`` but cancel it (aborting its engine request) if the client disconnects."""
+    task = asyncio.ensure_future(work)
+
+    async def wait_for_disconnect() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    watcher = asyncio.ensure_future(wait_for_disconnect())
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        if not task.done():
+            task.cancel()
+        watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watcher
+    if task.cancelled():
+        raise ClientDisconnected
+    return task.result()

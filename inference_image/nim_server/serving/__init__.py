@@ -1,0 +1,7 @@
+"""Serving layer: request models in, response models or SSE payload streams out; no FastAPI."""
+
+from nim_server.serving.chat import ChatService
+from nim_server.serving.completions import CompletionService
+from nim_server.serving.models import ModelService
+
+__all__ = ["ChatService", "CompletionService", "ModelService"]

@@ -1,0 +1,234 @@
+"""POST /v1/chat/completions: one response, or a stream of chunks, from the engine."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING
+
+from nim_server.engine import InferenceEngine
+from nim_server.errors import invalid_request
+from nim_server.protocol import (
+    AssistantMessage,
+    ChatChoice,
+    ChatChoiceLogprobs,
+    ChatChunkChoice,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    ChatLogprob,
+    ChatTokenLogprob,
+    DeltaMessage,
+    Usage,
+)
+from nim_server.serving.common import (
+    check_message_content,
+    output_budget,
+    served_model,
+    started,
+    stream_error_payload,
+    token_text,
+    top_entries,
+    usage,
+)
+from nim_server.serving.sampling import sampling_params
+
+if TYPE_CHECKING:
+    from vllm import CompletionOutput, RequestOutput
+
+    from nim_server.engine import EnginePrompt, ServedModel
+
+DONE = "[DONE]"
+
+
+class ChatService:
+    def __init__(
+        self, engine: InferenceEngine, on_stream_error: Callable[[], None] = lambda: None
+    ) -> None:
+        self._engine = engine
+        self._on_stream_error = on_stream_error  # counts in-band failures in the metrics
+
+    async def create(
+        self, request: ChatCompletionRequest, request_id: str
+    ) -> ChatCompletionResponse | AsyncIterator[str]:
+        model = served_model(self._engine, request.model)
+        if request.tools:
+            raise invalid_request(
+                "Tool calling is not supported by this server yet; send the conversation "
+                "without `tools`.",
+                param="tools",
+            )
+        messages = [m.model_dump(exclude_none=True) for m in request.messages]
+        check_message_content(messages)
+        prompt = await self._engine.render_chat(
+            messages,
+            add_generation_prompt=request.add_generation_prompt,
+            template_kwargs=request.chat_template_kwargs or {},
+        )
+        max_tokens = output_budget(
+            model, len(prompt.token_ids), request.output_limit, param="messages"
+        )
+        params = sampling_params(
+            request,
+            max_tokens=max_tokens,
+            vocab_size=model.vocab_size,
+            logprobs=(request.top_logprobs or 0) if request.logprobs else None,
+            response_format=request.response_format,
+        )
+        outputs = self._engine.generate(prompt, params, request_id)
+        first, outputs = await started(outputs)
+        if request.stream:
+            return self._stream(request, request_id, model, prompt, first, outputs)
+        return await self._collect(request, request_id, model, prompt, first, outputs)
+
+    async def _collect(
+        self,
+        request: ChatCompletionRequest,
+        request_id: str,
+        model: ServedModel,
+        prompt: EnginePrompt,
+        first: RequestOutput | None,
+        outputs: AsyncIterator[RequestOutput],
+    ) -> ChatCompletionResponse:
+        choices = [_ChoiceState() for _ in range(request.n)]
+        if first is not None:
+            _absorb(first, choices, request, self._engine)
+        async for output in outputs:
+            _absorb(output, choices, request, self._engine)
+        completion_tokens = sum(c.tokens for c in choices)
+        return ChatCompletionResponse(
+            id=request_id,
+            model=model.name,
+            choices=[
+                ChatChoice(
+                    index=index,
+                    message=AssistantMessage(content="".join(c.text)),
+                    logprobs=ChatChoiceLogprobs(content=c.logprobs) if request.logprobs else None,
+                    finish_reason=c.finish_reason,
+                    stop_reason=c.stop_reason,
+                )
+                for index, c in enumerate(choices)
+            ],
+            usage=usage(len(prompt.token_ids), completion_tokens),
+        )
+
+    async def _stream(
+        self,
+        request: ChatCompletionRequest,
+        request_id: str,
+        model: ServedModel,
+        prompt: EnginePrompt,
+        first: RequestOutput | None,
+        outputs: AsyncIterator[RequestOutput],
+    ) -> AsyncIterator[str]:
+        created = int(time.time())
+        include_usage = request.stream_options is not None and request.stream_options.include_usage
+        continuous = (
+            request.stream_options is not None and request.stream_options.continuous_usage_stats
+        )
+        prompt_tokens = len(prompt.token_ids)
+        completion_tokens = 0
+
+        def chunk(choices: list[ChatChunkChoice], totals: Usage | None = None) -> str:
+            return ChatCompletionChunk(
+                id=request_id, created=created, model=model.name, choices=choices, usage=totals
+            ).model_dump_json()
+
+        try:
+            # The first chunk of each choice announces the role, as OpenAI's does.
+            yield chunk(
+                [
+                    ChatChunkChoice(index=i, delta=DeltaMessage(role="assistant", content=""))
+                    for i in range(request.n)
+                ],
+                usage(prompt_tokens, 0) if continuous else None,
+            )
+            pending = [first] if first is not None else []
+            while True:
+                if pending:
+                    output = pending.pop()
+                else:
+                    try:
+                        output = await anext(outputs)
+                    except StopAsyncIteration:
+                        break
+                choices = []
+                for completion in output.outputs:
+                    completion_tokens += len(completion.token_ids)
+                    if not completion.text and completion.finish_reason is None:
+                        continue  # a token that decodes to nothing yet (partial UTF-8)
+                    choices.append(
+                        ChatChunkChoice(
+                            index=completion.index,
+                            delta=DeltaMessage(content=completion.text),
+                            logprobs=_chat_logprobs(completion, request, self._engine)
+                            if request.logprobs
+                            else None,
+                            finish_reason=completion.finish_reason,
+                            stop_reason=completion.stop_reason,
+                        )
+                    )
+                if choices:
+                    yield chunk(
+                        choices, usage(prompt_tokens, completion_tokens) if continuous else None
+                    )
+            if include_usage:
+                yield chunk([], usage(prompt_tokens, completion_tokens))
+        except Exception as error:  # after the 200 was sent, errors go in-band
+            self._on_stream_error()
+            yield stream_error_payload(error)
+        yield DONE
+
+
+class _ChoiceState:
+    __slots__ = ("finish_reason", "logprobs", "stop_reason", "text", "tokens")
+
+    def __init__(self) -> None:
+        self.text: list[str] = []
+        self.tokens = 0
+        self.logprobs: list[ChatTokenLogprob] = []
+        self.finish_reason: str | None = None
+        self.stop_reason: int | str | None = None
+
+
+def _absorb(
+    output: RequestOutput,
+    choices: list[_ChoiceState],
+    request: ChatCompletionRequest,
+    engine: InferenceEngine,
+) -> None:
+    for completion in output.outputs:
+        state = choices[completion.index]
+        state.text.append(completion.text)
+        state.tokens += len(completion.token_ids)
+        if request.logprobs:
+            logprobs = _chat_logprobs(completion, request, engine)
+            if logprobs.content:
+                state.logprobs.extend(logprobs.content)
+        if completion.finish_reason is not None:
+            state.finish_reason = completion.finish_reason
+            state.stop_reason = completion.stop_reason
+
+
+def _chat_logprobs(
+    completion: CompletionOutput, request: ChatCompletionRequest, engine: InferenceEngine
+) -> ChatChoiceLogprobs:
+    positions = completion.logprobs or []
+    token_ids = list(completion.token_ids)
+    fallback = dict(zip(token_ids, engine.token_strings(token_ids), strict=True))
+    content = []
+    for token_id, position in zip(token_ids, positions, strict=False):
+        sampled = position.get(token_id)
+        text = token_text(sampled, fallback.get(token_id, ""))
+        top = top_entries(position, request.top_logprobs or 0, fallback)
+        content.append(
+            ChatTokenLogprob(
+                token=text,
+                logprob=max(sampled.logprob, -9999.0) if sampled is not None else -9999.0,
+                bytes=list(text.encode()),
+                top_logprobs=[
+                    ChatLogprob(token=t, logprob=lp, bytes=list(t.encode())) for t, lp in top
+                ],
+            )
+        )
+    return ChatChoiceLogprobs(content=content)

@@ -1,0 +1,264 @@
+"""POST /v1/completions: one choice per prompt (times `n`), streamed or collected."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from nim_server.engine import EnginePrompt, InferenceEngine, ServedModel
+from nim_server.protocol import (
+    CompletionChoice,
+    CompletionLogprobs,
+    CompletionRequest,
+    CompletionResponse,
+)
+from nim_server.serving.chat import DONE
+from nim_server.serving.common import (
+    merge_streams,
+    output_budget,
+    served_model,
+    started,
+    stream_error_payload,
+    token_text,
+    top_entries,
+    usage,
+)
+from nim_server.serving.sampling import sampling_params
+
+if TYPE_CHECKING:
+    from vllm import CompletionOutput, RequestOutput
+    from vllm.logprobs import Logprob
+
+
+@dataclass
+class _Prompt:
+    engine_prompt: EnginePrompt
+    text: str  # for echo
+
+
+@dataclass
+class _Choice:
+    text: list[str] = field(default_factory=list)
+    tokens: int = 0
+    logprobs: CompletionLogprobs | None = None
+    finish_reason: str | None = None
+    stop_reason: int | str | None = None
+    chars: int = 0  # text offset of the next token, for logprobs
+    prompt_logprobs_sent: bool = False
+
+
+class CompletionService:
+    def __init__(
+        self, engine: InferenceEngine, on_stream_error: Callable[[], None] = lambda: None
+    ) -> None:
+        self._engine = engine
+        self._on_stream_error = on_stream_error  # counts in-band failures in the metrics
+
+    async def create(
+        self, request: CompletionRequest, request_id: str
+    ) -> CompletionResponse | AsyncIterator[str]:
+        model = served_model(self._engine, request.model)
+        prompts = [await self._prepare(raw) for raw in _split_prompts(request.prompt)]
+        param = "prompt"
+        budgets = [
+            output_budget(model, len(p.engine_prompt.token_ids), request.max_tokens, param=param)
+            for p in prompts
+        ]
+        streams = []
+        for index, (prompt, budget) in enumerate(zip(prompts, budgets, strict=True)):
+            params = sampling_params(
+                request,
+                max_tokens=budget,
+                vocab_size=model.vocab_size,
+                logprobs=request.logprobs,
+                prompt_logprobs=request.logprobs if request.echo else None,
+                response_format=request.response_format,
+            )
+            stream = self._engine.generate(prompt.engine_prompt, params, f"{request_id}-{index}")
+            streams.append(await started(stream))
+        if request.stream:
+            return self._stream(request, request_id, model, prompts, streams)
+        return await self._collect(request, request_id, model, prompts, streams)
+
+    async def _prepare(self, raw: str | list[int]) -> _Prompt:
+        prompt = await self._engine.render_text(raw)
+        text = raw if isinstance(raw, str) else self._engine.decode(raw)
+        return _Prompt(engine_prompt=prompt, text=text)
+
+    async def _collect(
+        self,
+        request: CompletionRequest,
+        request_id: str,
+        model: ServedModel,
+        prompts: list[_Prompt],
+        streams: list[tuple[RequestOutput | None, AsyncIterator[RequestOutput]]],
+    ) -> CompletionResponse:
+        async def collect_one(
+            prompt: _Prompt, first: RequestOutput | None, rest: AsyncIterator[RequestOutput]
+        ) -> list[_Choice]:
+            choices = [_Choice() for _ in range(request.n)]
+            if request.echo:
+                for choice in choices:
+                    choice.text.append(prompt.text)
+            outputs = [first] if first is not None else []
+            outputs += [output async for output in rest]
+            for output in outputs:
+                for completion in output.outputs:
+                    choice = choices[completion.index]
+                    choice.text.append(completion.text)
+                    choice.tokens += len(completion.token_ids)
+                    if request.logprobs is not None:
+                        choice.logprobs = _extend_logprobs(
+                            choice.logprobs,
+                            _completion_logprobs(
+                                output, completion, request, self._engine, choice, prompt
+                            ),
+                        )
+                    if completion.finish_reason is not None:
+                        choice.finish_reason = completion.finish_reason
+                        choice.stop_reason = completion.stop_reason
+            return choices
+
+        per_prompt = await asyncio.gather(
+            *(
+                collect_one(p, first, rest)
+                for p, (first, rest) in zip(prompts, streams, strict=True)
+            )
+        )
+        choices = [
+            CompletionChoice(
+                index=p_index * request.n + c_index,
+                text="".join(choice.text),
+                logprobs=choice.logprobs,
+                finish_reason=choice.finish_reason,
+                stop_reason=choice.stop_reason,
+            )
+            for p_index, prompt_choices in enumerate(per_prompt)
+            for c_index, choice in enumerate(prompt_choices)
+        ]
+        prompt_tokens = sum(len(p.engine_prompt.token_ids) for p in prompts)
+        completion_tokens = sum(c.tokens for prompt_choices in per_prompt for c in prompt_choices)
+        return CompletionResponse(
+            id=request_id,
+            model=model.name,
+            choices=choices,
+            usage=usage(prompt_tokens, completion_tokens),
+        )
+
+    async def _stream(
+        self,
+        request: CompletionRequest,
+        request_id: str,
+        model: ServedModel,
+        prompts: list[_Prompt],
+        streams: list[tuple[RequestOutput | None, AsyncIterator[RequestOutput]]],
+    ) -> AsyncIterator[str]:
+        created = int(time.time())
+        include_usage = request.stream_options is not None and request.stream_options.include_usage
+        prompt_tokens = sum(len(p.engine_prompt.token_ids) for p in prompts)
+        completion_tokens = 0
+        states = [[_Choice() for _ in range(request.n)] for _ in prompts]
+        echoed: set[tuple[int, int]] = set()
+
+        def chunk(choices: list[CompletionChoice], with_usage: bool = False) -> str:
+            return CompletionResponse(
+                id=request_id,
+                created=created,
+                model=model.name,
+                choices=choices,
+                usage=usage(prompt_tokens, completion_tokens) if with_usage else None,
+            ).model_dump_json(exclude={"usage"} if not with_usage else set())
+
+        try:
+            async for p_index, output in merge_streams(streams):
+                choices = []
+                for completion in output.outputs:
+                    completion_tokens += len(completion.token_ids)
+                    state = states[p_index][completion.index]
+                    text = completion.text
+                    if request.echo and (p_index, completion.index) not in echoed:
+                        echoed.add((p_index, completion.index))
+                        text = prompts[p_index].text + text
+                    if not text and completion.finish_reason is None:
+                        continue
+                    logprobs = None
+                    if request.logprobs is not None:
+                        logprobs = _completion_logprobs(
+                            output, completion, request, self._engine, state, prompts[p_index]
+                        )
+                    state.text.append(text)
+                    choices.append(
+                        CompletionChoice(
+                            index=p_index * request.n + completion.index,
+                            text=text,
+                            logprobs=logprobs,
+                            finish_reason=completion.finish_reason,
+                            stop_reason=completion.stop_reason,
+                        )
+                    )
+                if choices:
+                    yield chunk(choices)
+            if include_usage:
+                yield chunk([], with_usage=True)
+        except Exception as error:  # after the 200 was sent, errors go in-band
+            self._on_stream_error()
+            yield stream_error_payload(error)
+        yield DONE
+
+
+def _split_prompts(prompt: str | list[str] | list[int] | list[list[int]]) -> list[str | list[int]]:
+    if isinstance(prompt, str):
+        return [prompt]
+    if prompt and isinstance(prompt[0], int):
+        return [prompt]  # type: ignore[list-item]  # one prompt given as token ids
+    return list(prompt)  # type: ignore[arg-type]
+
+
+def _completion_logprobs(
+    output: RequestOutput,
+    completion: CompletionOutput,
+    request: CompletionRequest,
+    engine: InferenceEngine,
+    choice: _Choice,
+    prompt: _Prompt,
+) -> CompletionLogprobs:
+    """Logprobs of the tokens in this output, preceded by the prompt's on the first echo."""
+    token_ids: list[int] = []
+    positions: list[dict[int, Logprob] | None] = []
+    if request.echo and not choice.prompt_logprobs_sent:
+        choice.prompt_logprobs_sent = True
+        token_ids += prompt.engine_prompt.token_ids
+        positions += list(output.prompt_logprobs or [None] * len(token_ids))
+    token_ids += list(completion.token_ids)
+    positions += list(completion.logprobs or [])
+    fallback = dict(zip(token_ids, engine.token_strings(token_ids), strict=True))
+    result = CompletionLogprobs(text_offset=[], token_logprobs=[], tokens=[], top_logprobs=[])
+    for token_id, position in zip(token_ids, positions, strict=False):
+        sampled = position.get(token_id) if position else None
+        text = token_text(sampled, fallback.get(token_id, ""))
+        result.tokens.append(text)
+        result.text_offset.append(choice.chars)
+        choice.chars += len(text)
+        if position is None:  # the first prompt token has no logprob
+            result.token_logprobs.append(None)
+            result.top_logprobs.append(None)
+            continue
+        result.token_logprobs.append(max(sampled.logprob, -9999.0) if sampled else -9999.0)
+        result.top_logprobs.append(dict(top_entries(position, request.logprobs or 0, fallback)))
+    return result
+
+
+def _extend_logprobs(
+    current: CompletionLogprobs | None, more: CompletionLogprobs
+) -> CompletionLogprobs:
+    if current is None:
+        return more
+    return CompletionLogprobs(
+        text_offset=current.text_offset + more.text_offset,
+        token_logprobs=current.token_logprobs + more.token_logprobs,
+        tokens=current.tokens + more.tokens,
+        top_logprobs=current.top_logprobs + more.top_logprobs,
+    )

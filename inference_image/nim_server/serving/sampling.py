@@ -1,0 +1,92 @@
+"""Translate request fields into the engine's sampling parameters."""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING
+
+from nim_server.errors import invalid_request
+from nim_server.protocol import ResponseFormat, SamplingFields
+
+if TYPE_CHECKING:
+    from vllm import SamplingParams
+
+
+def sampling_params(
+    request: SamplingFields,
+    *,
+    max_tokens: int,
+    vocab_size: int,
+    logprobs: int | None,
+    prompt_logprobs: int | None = None,
+    response_format: ResponseFormat | None = None,
+) -> SamplingParams:
+    from vllm import SamplingParams
+    from vllm.sampling_params import RequestOutputKind
+
+    stop = [request.stop] if isinstance(request.stop, str) else request.stop
+    params = SamplingParams(
+        n=request.n,
+        temperature=1.0 if request.temperature is None else request.temperature,
+        top_p=1.0 if request.top_p is None else request.top_p,
+        top_k=0 if request.top_k is None else request.top_k,
+        min_p=0.0 if request.min_p is None else request.min_p,
+        presence_penalty=request.presence_penalty or 0.0,
+        frequency_penalty=request.frequency_penalty or 0.0,
+        repetition_penalty=1.0
+        if request.repetition_penalty is None
+        else request.repetition_penalty,
+        seed=request.seed,
+        stop=stop,
+        stop_token_ids=request.stop_token_ids,
+        include_stop_str_in_output=request.include_stop_str_in_output,
+        ignore_eos=request.ignore_eos,
+        max_tokens=max_tokens,
+        min_tokens=min(request.min_tokens, max_tokens),
+        logprobs=logprobs,
+        prompt_logprobs=prompt_logprobs,
+        skip_special_tokens=request.skip_special_tokens,
+        logit_bias=_logit_bias(request.logit_bias, vocab_size),
+        structured_outputs=_structured_outputs(response_format),
+        # Deltas: each output carries only the new tokens, so streaming costs O(new text).
+        output_kind=RequestOutputKind.DELTA,
+    )
+    if request.stop_token_ids and any(t >= vocab_size for t in request.stop_token_ids):
+        raise invalid_request(
+            f"stop_token_ids must be token ids below the vocabulary size {vocab_size}",
+            param="stop_token_ids",
+        )
+    return params
+
+
+def _logit_bias(bias: dict[str, float] | None, vocab_size: int) -> dict[int, float] | None:
+    if not bias:
+        return None
+    parsed: dict[int, float] = {}
+    for key, value in bias.items():
+        try:
+            token_id = int(key)
+        except ValueError:
+            raise invalid_request(
+                f"logit_bias keys must be token ids, got {key!r}", param="logit_bias"
+            ) from None
+        if not 0 <= token_id < vocab_size:
+            raise invalid_request(
+                f"logit_bias token id {token_id} is outside the vocabulary (0..{vocab_size - 1})",
+                param="logit_bias",
+            )
+        parsed[token_id] = value
+    return parsed
+
+
+def _structured_outputs(response_format: ResponseFormat | None) -> object | None:
+    from vllm.sampling_params import StructuredOutputsParams
+
+    if response_format is None or response_format.type == "text":
+        return None
+    if response_format.type == "json_object":
+        return StructuredOutputsParams(json_object=True)
+    assert response_format.json_schema is not None  # the protocol model guarantees it
+    schema = response_format.json_schema.schema_
+    # Serialised so the engine's grammar compiler sees exactly what the client sent.
+    return StructuredOutputsParams(json=json.dumps(schema))

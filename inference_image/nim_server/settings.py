@@ -1,0 +1,141 @@
+"""Server settings: the NIM environment contract, each variable also a `nim-serve` flag.
+
+Precedence follows NIM 2.x: command-line flag > environment variable > default.
+"""
+
+from __future__ import annotations
+
+import os
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import ByteSize, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "NIM_"
+DEFAULT_CACHE_PATH = Path("/opt/nim/.cache")
+
+
+class LogLevel(StrEnum):
+    DEBUG = "DEBUG"
+    INFO = "INFO"
+    WARNING = "WARNING"
+    ERROR = "ERROR"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        cli_kebab_case=True,
+        cli_prog_name="nim-serve",
+        cli_implicit_flags=True,
+        cli_avoid_json=True,
+        frozen=True,
+    )
+
+    model_name: Annotated[
+        str | None,
+        Field(
+            description="Local model directory (Hugging Face layout) or GGUF file. "
+            "Empty: the embedded SmolLM2-135M-Instruct default.",
+        ),
+    ] = None
+    served_model_name: Annotated[
+        str | None,
+        Field(description="Model id clients send in `model` (default: derived from the model)."),
+    ] = None
+    max_model_len: Annotated[
+        int | None, Field(ge=1, description="Context window in tokens (default: the model's).")
+    ] = None
+    server_host: Annotated[str, Field(description="Address to listen on.")] = "0.0.0.0"
+    server_port: Annotated[int, Field(ge=1, le=65535, description="HTTP port.")] = 8000
+    cache_path: Annotated[
+        Path, Field(description="Writable cache for prepared models and downloads.")
+    ] = DEFAULT_CACHE_PATH
+    tensor_parallel_size: Annotated[
+        int, Field(ge=1, le=64, description="Number of GPUs the model is split over.")
+    ] = 1
+    gpu_memory_utilization: Annotated[
+        float, Field(gt=0, le=1, description="Fraction of GPU memory the engine may use.")
+    ] = 0.9
+    kv_cache_bytes: Annotated[
+        ByteSize | None,
+        Field(description="KV-cache size, e.g. 512MiB (default on CPU: 512MiB; on GPU: derived)."),
+    ] = None
+    max_num_seqs: Annotated[
+        int | None, Field(ge=1, description="Most sequences the engine runs at once.")
+    ] = None
+    log_level: Annotated[LogLevel, Field(description="Log level.")] = LogLevel.INFO
+    jsonl_logging: Annotated[bool, Field(description="Log one JSON object per line.")] = False
+    api_key: Annotated[
+        SecretStr | None,
+        Field(description="If set, /v1/* (except health and metrics) needs `Bearer <key>`."),
+    ] = None
+
+    @field_validator("model_name", "served_model_name", "api_key", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        # An operator or a shell often exports an empty variable to mean "not set".
+        if isinstance(value, str) and not value.strip():
+            return None
+        return value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_log_level(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+    @field_validator("model_name")
+    @classmethod
+    def _local_model_exists(cls, value: str | None) -> str | None:
+        # Anything that looks like a path must exist; a bare id (org/name) is left to the
+        # engine, which may fetch it in a cluster that allows downloads.
+        if value is not None and value.startswith(("/", ".", "~")):
+            path = Path(value).expanduser()
+            if not path.exists():
+                raise ValueError(f"no such file or directory: {path}")
+        return value
+
+
+class SettingsError(Exception):
+    """Invalid settings, rendered as one line naming the variable and the flag."""
+
+
+def describe_validation_error(error: ValidationError) -> str:
+    parts = []
+    for item in error.errors():
+        field = str(item["loc"][0]) if item["loc"] else "?"
+        env = ENV_PREFIX + field.upper()
+        flag = "--" + field.replace("_", "-")
+        value = item.get("input")
+        shown = "" if field == "api_key" else f" (got {value!r})"
+        parts.append(f"{env} / {flag}: {item['msg']}{shown}")
+    return "invalid settings: " + "; ".join(parts)
+
+
+def load_settings(argv: list[str] | None = None) -> Settings:
+    """Read settings from flags and the environment; raise SettingsError with one clear line."""
+    try:
+        return Settings(_cli_parse_args=argv if argv is not None else [])  # type: ignore[call-arg]
+    except ValidationError as error:
+        raise SettingsError(describe_validation_error(error)) from None
+
+
+def default_cache_path(settings: Settings) -> Path:
+    """The configured cache, or a per-user one when the NIM default is not writable here."""
+    path = settings.cache_path.expanduser()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        if os.access(path, os.W_OK):
+            return path
+    except OSError:
+        pass
+    if settings.cache_path != DEFAULT_CACHE_PATH:
+        # The user chose this path: falling back silently would hide their mistake.
+        raise SettingsError(
+            f"invalid settings: NIM_CACHE_PATH / --cache-path: {path} is not writable"
+        )
+    fallback = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "nim"
+    fallback.mkdir(parents=True, exist_ok=True)
+    return fallback

@@ -1,0 +1,631 @@
+"""kmock's KubernetesEmulator, taught the API-server behaviour our operator depends on.
+
+kmock 0.8 stores objects and streams watch events, but merges every write into a plain dict. A
+real API server does more, and the operator (and kopf) rely on it. This subclass adds, on top of
+kmock's storage, discovery and watch bus:
+
+* ``metadata.uid``, ``resourceVersion`` (one global counter), ``generation`` (bumped only when
+  something outside ``metadata``/``status`` changes), ``creationTimestamp``, ``generateName``;
+* the ``status`` subresource: writes to the main resource keep the stored status, writes to
+  ``/status`` change nothing else, and create drops a submitted status;
+* the ``scale`` subresource for Deployments and for custom resources that declare one;
+* JSON merge patch, JSON patch (with ``test``, which kopf uses for finalizers) and server-side
+  apply with per-manager field ownership (``metadata.managedFields``), see ``kmock_fields``;
+* no-op writes do not bump the resourceVersion and emit no watch event (as on a real server);
+* LIST/WATCH with label and field selectors, WATCH resumed from a resourceVersion, and
+  ``timeoutSeconds``;
+* pruning of unknown fields by a registered CRD's structural schema;
+* two bits of kube-controller-manager, done synchronously and in one place so tests can rely on
+  them: the garbage collector (deleting an owner deletes objects whose ownerReferences name its
+  uid) and the namespace controller (deleting a Namespace deletes what is in it);
+* API defaulting of ``Deployment.spec.replicas`` to 1 and of a new Pod's ``status.phase``.
+
+Fault injection stays kmock's: a reaction such as ``emulator["patch", resource] << 503`` wins
+over these fallbacks, and then nothing is stored, as with a real failed request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import copy
+import datetime
+import json
+import secrets
+import uuid
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+import attrs
+import jsonpatch
+import kmock
+import yaml
+from kmock._internal import k8s_views
+
+from tests.support import kmock_fields as fields
+
+ObjectKey = k8s_views.ArrayKey
+
+APPLY_PATCH = "application/apply-patch+yaml"
+JSON_PATCH = "application/json-patch+json"
+
+
+def _now() -> str:
+    return datetime.datetime.now(tz=datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _error(status: int, reason: str, message: str) -> kmock.KubernetesError:
+    return kmock.KubernetesError(status=status, reason=reason, message=message, details={})
+
+
+def _api_version(resource: kmock.resource) -> str:
+    return f"{resource.group}/{resource.version}" if resource.group else str(resource.version)
+
+
+def _content_type(request: kmock.Request) -> str:
+    for key, value in request.headers.items():
+        if key.lower() == "content-type":
+            return value.split(";")[0].strip().lower()
+    return "application/json"
+
+
+@attrs.frozen
+class ScalePaths:
+    spec_replicas: fields.Path
+    status_replicas: fields.Path
+    selector: fields.Path | None  # a string selector in status; None means spec.selector
+
+
+DEPLOYMENT_SCALE = ScalePaths(("spec", "replicas"), ("status", "replicas"), None)
+
+
+def _dotted(path: str) -> fields.Path:
+    return tuple(part for part in path.split(".") if part)
+
+
+@attrs.define(kw_only=True)
+class ApiServerEmulator(kmock.KubernetesEmulator):
+    """A stateful Kubernetes API emulator with the semantics listed in the module docstring."""
+
+    watch_history: int = 5000
+
+    _revision: int = attrs.field(default=0, init=False)
+    _managed: dict[ObjectKey, fields.ManagedFields] = attrs.field(factory=dict, init=False)
+    _changes: dict[kmock.resource, collections.deque[tuple[int, dict[str, Any]]]] = attrs.field(
+        init=False, factory=dict
+    )
+    _scales: dict[kmock.resource, ScalePaths] = attrs.field(init=False, factory=dict)
+    _schemas: dict[kmock.resource, Mapping[str, Any]] = attrs.field(init=False, factory=dict)
+
+    def __attrs_post_init__(self) -> None:
+        super().__attrs_post_init__()
+        self.resources.load_bundled()
+        self._scales[kmock.resource("apps", "v1", "deployments")] = DEPLOYMENT_SCALE
+
+    # --- registration ---------------------------------------------------------------------------
+
+    def register_crd(self, crd: Mapping[str, Any]) -> None:
+        """Serve a CustomResourceDefinition: discovery, subresources and schema pruning."""
+        spec = crd["spec"]
+        names = spec["names"]
+        for version in spec["versions"]:
+            if not version.get("served", True):
+                continue
+            resource = kmock.resource(spec["group"], version["name"], names["plural"])
+            subresources = version.get("subresources") or {}
+            self.resources[resource] = kmock.ResourceInfo(
+                kind=names["kind"],
+                singular=names.get("singular", names["kind"].lower()),
+                namespaced=spec.get("scope", "Namespaced") == "Namespaced",
+                shortnames=names.get("shortNames", []),
+                categories=names.get("categories", []),
+                subresources=set(subresources),
+                verbs={"get", "list", "watch", "create", "update", "patch", "delete"},
+            )
+            if scale := subresources.get("scale"):
+                self._scales[resource] = ScalePaths(
+                    _dotted(scale["specReplicasPath"]),
+                    _dotted(scale["statusReplicasPath"]),
+                    _dotted(scale["labelSelectorPath"]) if "labelSelectorPath" in scale else None,
+                )
+            if schema := (version.get("schema") or {}).get("openAPIV3Schema"):
+                self._schemas[resource] = schema
+        crds = kmock.resource("apiextensions.k8s.io", "v1", "customresourcedefinitions")
+        body = self._new_object(crds, None, copy.deepcopy(dict(crd)))
+        self.objects[crds, None, crd["metadata"]["name"]] = body
+
+    # --- request entry point --------------------------------------------------------------------
+
+    async def _handle(self, request: kmock.Request) -> Any:
+        # Skip KubernetesEmulator's own pre-handling (it merges every write before the reactions
+        # run). Our fallbacks below do the writing, so an injected fault prevents the write.
+        return await super(kmock.KubernetesEmulator, self)._handle(request)
+
+    # --- reads ----------------------------------------------------------------------------------
+
+    async def _serve_fetch(self, request: kmock.Request) -> Any:
+        assert request.resource is not None
+        assert request.name is not None
+        body = self._live(request.resource, request.namespace, request.name)
+        if body is None:
+            raise _not_found(request.resource, request.name)
+        if request.subresource == "scale":
+            return self._scale_view(request.resource, body)
+        return body
+
+    async def _serve_list(self, request: kmock.Request) -> Any:
+        resource = self._known(request)
+        items = [
+            body
+            for (res, namespace, _), body in self._iter_live()
+            if res == resource and (request.namespace is None or namespace == request.namespace)
+            if self._selected(request, body)
+        ]
+        kind = (self.resources[resource].kind or "") + "List"
+        return {
+            "apiVersion": _api_version(resource),
+            "kind": kind,
+            "metadata": {"resourceVersion": str(self._revision)},
+            "items": items,
+        }
+
+    async def _serve_watch(self, request: kmock.Request) -> AsyncIterator[Any]:
+        resource = self._known(request)
+        yield b""  # send the headers now: a watch with nothing to say is still a watch
+        bus = self._buses[resource]
+        async with self._lock:
+            mark = await bus.mark()
+            initial = self._initial_events(request, resource)
+        try:
+            for event in initial:
+                yield event
+            timeout = float(request.params.get("timeoutSeconds") or 0) or None
+            deadline = None if timeout is None else asyncio.get_running_loop().time() + timeout
+            while True:
+                remaining = None
+                if deadline is not None:
+                    remaining = deadline - asyncio.get_running_loop().time()
+                    if remaining <= 0:
+                        return
+                try:
+                    event = await asyncio.wait_for(bus.get(since=mark), remaining)
+                except TimeoutError:
+                    return
+                obj = event["object"]
+                meta = obj.get("metadata", {})
+                if request.namespace is not None and meta.get("namespace") != request.namespace:
+                    continue
+                if request.name is not None and meta.get("name") != request.name:
+                    continue
+                if self._selected(request, obj):
+                    yield event
+        finally:
+            await bus.unmark(mark)
+
+    def _initial_events(self, request: kmock.Request, resource: kmock.resource) -> list[Any]:
+        since = request.params.get("resourceVersion")
+        if since and since != "0":
+            changes = self._changes.get(resource, collections.deque())
+            oldest = changes[0][0] if changes else self._revision + 1
+            if int(since) < oldest - 1 and len(changes) >= self.watch_history:
+                gone = {"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 410}
+                return [{"type": "ERROR", "object": {**gone, "reason": "Expired"}}]
+            return [
+                event
+                for revision, event in changes
+                if revision > int(since)
+                if self._in_scope(request, event["object"])
+            ]
+        return [
+            {"type": "ADDED", "object": body}
+            for (res, _, _), body in self._iter_live()
+            if res == resource and self._in_scope(request, body)
+        ]
+
+    def _in_scope(self, request: kmock.Request, body: Mapping[str, Any]) -> bool:
+        meta = body.get("metadata", {})
+        if request.namespace is not None and meta.get("namespace") != request.namespace:
+            return False
+        if request.name is not None and meta.get("name") != request.name:
+            return False
+        return self._selected(request, body)
+
+    @staticmethod
+    def _selected(request: kmock.Request, body: Mapping[str, Any]) -> bool:
+        labels = body.get("metadata", {}).get("labels") or {}
+        return fields.matches_label_selector(
+            labels, request.params.get("labelSelector")
+        ) and fields.matches_field_selector(body, request.params.get("fieldSelector"))
+
+    # --- writes ---------------------------------------------------------------------------------
+
+    async def _serve_create(self, request: kmock.Request) -> Any:
+        resource = self._known(request)
+        if not isinstance(request.data, Mapping):
+            raise _error(400, "BadRequest", "the body of a create must be an object")
+        async with self._lock:
+            body = self._new_object(resource, request.namespace, dict(request.data))
+            key: ObjectKey = (resource, request.namespace, body["metadata"]["name"])
+            if self._live(*key) is not None:
+                raise _error(409, "AlreadyExists", f'{resource.plural} "{key[2]}" already exists')
+            managed: fields.ManagedFields = {}
+            fields.record_update(
+                managed,
+                (_manager(request), "Update", ""),
+                fields.tracked_paths(body, include_status=False),
+                body,
+            )
+            self._managed[key] = managed
+            await self._commit(key, body, "ADDED")
+        return kmock.Response(status=201, payload=body)
+
+    async def _serve_update(self, request: kmock.Request) -> Any:
+        resource = self._known(request)
+        assert request.name is not None
+        key: ObjectKey = (resource, request.namespace, request.name)
+        content_type = _content_type(request)
+        async with self._lock:
+            live = self._live(*key)
+            if live is None:
+                if content_type == APPLY_PATCH and request.subresource is None:
+                    return await self._create_by_apply(request, key)
+                raise _not_found(resource, request.name)
+            if request.subresource == "scale":
+                return await self._patch_scale(request, key, live)
+            if request.subresource not in (None, "status"):
+                raise _error(405, "MethodNotAllowed", f"{request.subresource} is not writable")
+            new = self._patched(request, key, live, content_type)
+            new = self._keep_server_fields(resource, live, new, request.subresource)
+            return await self._store_update(key, live, new)
+
+    async def _create_by_apply(self, request: kmock.Request, key: ObjectKey) -> Any:
+        config = _applied_config(request)
+        managed: fields.ManagedFields = {}
+        merged = fields.server_side_apply(
+            {}, config, managed, manager=_manager(request), force=_forced(request)
+        )
+        body = self._new_object(key[0], key[1], merged)
+        self._managed[key] = managed
+        await self._commit(key, body, "ADDED")
+        return kmock.Response(status=201, payload=body)
+
+    def _patched(
+        self, request: kmock.Request, key: ObjectKey, live: dict[str, Any], content_type: str
+    ) -> dict[str, Any]:
+        managed = self._managed.setdefault(key, {})
+        subresource = request.subresource or ""
+        if content_type == APPLY_PATCH:
+            try:
+                return fields.server_side_apply(
+                    live,
+                    _applied_config(request),
+                    managed,
+                    manager=_manager(request),
+                    force=_forced(request),
+                    subresource=subresource,
+                )
+            except fields.FieldConflictError as e:
+                raise _error(409, "Conflict", str(e)) from e
+        if content_type == JSON_PATCH:
+            try:
+                new = jsonpatch.apply_patch(live, request.data or [])
+            except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException) as e:
+                raise _error(422, "Invalid", f"the JSON patch cannot be applied: {e}") from e
+        else:  # merge patch; a strategic merge patch is treated as one (lists replace)
+            new = fields.merge_patch(live, request.data or {})
+        on_status = subresource == "status"
+        fields.record_update(
+            managed,
+            (_manager(request), "Update", subresource),
+            fields.changed_paths(live, new, status=on_status),
+            new,
+        )
+        return dict(new)
+
+    def _keep_server_fields(
+        self,
+        resource: kmock.resource,
+        live: Mapping[str, Any],
+        new: dict[str, Any],
+        subresource: str | None,
+    ) -> dict[str, Any]:
+        """What clients cannot change: identity metadata, and status vs. the rest."""
+        if subresource == "status":
+            result = copy.deepcopy(dict(live))
+            if "status" in new:
+                result["status"] = new["status"]
+            else:
+                result.pop("status", None)
+            return result
+        if self._has_status_subresource(resource):
+            if "status" in live:
+                new["status"] = copy.deepcopy(live["status"])
+            else:
+                new.pop("status", None)
+        meta = new.setdefault("metadata", {})
+        for field in ("name", "namespace", "uid", "creationTimestamp", "generation"):
+            if field in live.get("metadata", {}):
+                meta[field] = live["metadata"][field]
+        if live.get("metadata", {}).get("deletionTimestamp"):
+            meta["deletionTimestamp"] = live["metadata"]["deletionTimestamp"]
+        new.setdefault("apiVersion", live.get("apiVersion"))
+        new.setdefault("kind", live.get("kind"))
+        return new
+
+    async def _patch_scale(
+        self, request: kmock.Request, key: ObjectKey, live: dict[str, Any]
+    ) -> Any:
+        paths = self._scales.get(key[0])
+        if paths is None:
+            raise _error(404, "NotFound", f"{key[0].plural} have no scale subresource")
+        current = self._scale_view(key[0], live)
+        patched = fields.merge_patch(current, request.data or {})
+        replicas = patched.get("spec", {}).get("replicas")
+        if not isinstance(replicas, int) or replicas < 0:
+            raise _error(422, "Invalid", "spec.replicas must be a non-negative integer")
+        new = copy.deepcopy(live)
+        node = new
+        for part in paths.spec_replicas[:-1]:
+            node = node.setdefault(part, {})
+        node[paths.spec_replicas[-1]] = replicas
+        fields.record_update(
+            self._managed.setdefault(key, {}),
+            (_manager(request), "Update", "scale"),
+            fields.changed_paths(live, new, status=False),
+            new,
+        )
+        stored = await self._store_update(key, live, new)
+        return self._scale_view(key[0], stored)
+
+    async def _store_update(
+        self, key: ObjectKey, live: dict[str, Any], new: dict[str, Any]
+    ) -> dict[str, Any]:
+        resource = key[0]
+        new = self._pruned(resource, new)
+        self._default(resource, new)
+        new["metadata"]["managedFields"] = self._render_managed(key, new)
+        if _without_revision(new) == _without_revision(live):
+            return live  # a no-op: no new resourceVersion, no watch event
+        if _spec_like(new) != _spec_like(live):
+            new["metadata"]["generation"] = int(live["metadata"].get("generation", 1)) + 1
+        meta = new["metadata"]
+        if meta.get("deletionTimestamp") and not meta.get("finalizers"):
+            await self._commit(key, new, "MODIFIED")
+            await self._finalize_deletion(key)
+            return new
+        await self._commit(key, new, "MODIFIED")
+        return new
+
+    async def _serve_delete(self, request: kmock.Request) -> Any:
+        resource = self._known(request)
+        assert request.name is not None
+        key: ObjectKey = (resource, request.namespace, request.name)
+        async with self._lock:
+            live = self._live(*key)
+            if live is None:
+                raise _not_found(resource, request.name)
+            options = request.data if isinstance(request.data, Mapping) else {}
+            preconditions = options.get("preconditions") or {}
+            for field in ("uid", "resourceVersion"):
+                expected = preconditions.get(field)
+                if expected is not None and live["metadata"].get(field) != expected:
+                    raise _error(409, "Conflict", f"Precondition failed: {field} mismatch")
+            await self._delete(key)
+            return self._live(*key) or live
+
+    async def _delete(self, key: ObjectKey) -> None:
+        """Delete now, or mark for deletion while finalizers remain (the API-server part)."""
+        live = self._live(*key)
+        if live is None:
+            return
+        meta = live["metadata"]
+        if meta.get("finalizers"):
+            if not meta.get("deletionTimestamp"):
+                marked = copy.deepcopy(live)
+                marked["metadata"]["deletionTimestamp"] = _now()
+                await self._commit(key, marked, "MODIFIED")
+            return
+        await self._finalize_deletion(key)
+
+    async def _finalize_deletion(self, key: ObjectKey) -> None:
+        live = self._live(*key)
+        if live is None:
+            return
+        gone = copy.deepcopy(live)
+        self._revision += 1
+        gone["metadata"]["resourceVersion"] = str(self._revision)
+        self.objects[key].delete()
+        self._managed.pop(key, None)
+        await self._publish(key[0], "DELETED", gone)
+        # kube-controller-manager's garbage collector (background propagation, but at once):
+        uid = gone["metadata"].get("uid")
+        for dependent_key, body in list(self._iter_live()):
+            owners = body.get("metadata", {}).get("ownerReferences") or []
+            if any(owner.get("uid") == uid for owner in owners):
+                await self._delete(dependent_key)
+        # ... and its namespace controller:
+        if key[0] == kmock.resource("", "v1", "namespaces"):
+            for inner_key, _ in list(self._iter_live()):
+                if inner_key[1] == key[2]:
+                    await self._delete(inner_key)
+
+    # --- storage --------------------------------------------------------------------------------
+
+    def _new_object(
+        self, resource: kmock.resource, namespace: str | None, body: dict[str, Any]
+    ) -> dict[str, Any]:
+        body = copy.deepcopy(body)
+        info = self.resources[resource]
+        body.setdefault("apiVersion", _api_version(resource))
+        body.setdefault("kind", info.kind)
+        meta = body.setdefault("metadata", {})
+        if not meta.get("name"):
+            if not meta.get("generateName"):
+                raise _error(422, "Invalid", "metadata.name or metadata.generateName is required")
+            meta["name"] = meta["generateName"] + secrets.token_hex(3)[:5]
+        if info.namespaced is not False:
+            namespace = namespace or meta.get("namespace")
+            if not namespace:
+                raise _error(422, "Invalid", "metadata.namespace is required")
+            meta["namespace"] = namespace
+        meta["uid"] = str(uuid.uuid4())
+        meta["creationTimestamp"] = _now()
+        meta["generation"] = 1
+        for field in ("resourceVersion", "deletionTimestamp", "managedFields"):
+            meta.pop(field, None)
+        if self._has_status_subresource(resource):
+            body.pop("status", None)
+        body = self._pruned(resource, body)
+        self._default(resource, body, created=True)
+        return body
+
+    def _default(
+        self, resource: kmock.resource, body: dict[str, Any], *, created: bool = False
+    ) -> None:
+        """The API defaulting the operator can observe."""
+        if resource == kmock.resource("apps", "v1", "deployments"):
+            body.setdefault("spec", {}).setdefault("replicas", 1)
+        if created and resource == kmock.resource("", "v1", "pods"):
+            body["status"] = {"phase": "Pending"}
+
+    def _pruned(self, resource: kmock.resource, body: dict[str, Any]) -> dict[str, Any]:
+        schema = self._schemas.get(resource)
+        if schema is None:
+            return body
+        kept = {key: body[key] for key in ("apiVersion", "kind", "metadata") if key in body}
+        rest = _prune({k: v for k, v in body.items() if k not in kept}, schema)
+        return {**kept, **rest}
+
+    def _render_managed(self, key: ObjectKey, body: Mapping[str, Any]) -> list[dict[str, Any]]:
+        return fields.render_managed_fields(
+            self._managed.get(key, {}), api_version=str(body.get("apiVersion")), time=_now()
+        )
+
+    async def _commit(self, key: ObjectKey, body: dict[str, Any], event: str) -> None:
+        self._revision += 1
+        body["metadata"]["resourceVersion"] = str(self._revision)
+        if event == "ADDED":
+            body["metadata"]["managedFields"] = self._render_managed(key, body)
+        if key in self.objects:
+            self.objects[key].history.append(copy.deepcopy(body))
+        else:
+            self.objects[key] = copy.deepcopy(body)
+        await self._publish(key[0], event, copy.deepcopy(body))
+
+    async def _publish(self, resource: kmock.resource, event: str, body: dict[str, Any]) -> None:
+        changes = self._changes.setdefault(resource, collections.deque(maxlen=self.watch_history))
+        message = {"type": event, "object": body}
+        changes.append((self._revision, message))
+        await self._buses[resource].put(message)
+
+    def _live(self, resource: Any, namespace: str | None, name: str) -> dict[str, Any] | None:
+        key = (resource, namespace, name)
+        if key not in self.objects or self.objects[key].deleted:
+            return None
+        return copy.deepcopy(self.objects[key].raw)
+
+    def _iter_live(self) -> list[tuple[ObjectKey, dict[str, Any]]]:
+        return [(key, obj.raw) for key, obj in self.objects.items() if not obj.deleted]
+
+    def _known(self, request: kmock.Request) -> kmock.resource:
+        resource = request.resource
+        if resource is None or resource not in self.resources:
+            raise _error(404, "NotFound", f"the server could not find the resource {resource}")
+        return resource
+
+    def _has_status_subresource(self, resource: kmock.resource) -> bool:
+        return resource in self.resources and "status" in self.resources[resource].subresources
+
+    def _scale_view(self, resource: kmock.resource, body: Mapping[str, Any]) -> dict[str, Any]:
+        paths = self._scales.get(resource)
+        if paths is None:
+            raise _error(404, "NotFound", f"{resource.plural} have no scale subresource")
+        replicas = fields.get_path(body, paths.spec_replicas)
+        current = fields.get_path(body, paths.status_replicas)
+        if paths.selector is None:
+            match_labels = body.get("spec", {}).get("selector", {}).get("matchLabels", {})
+            selector: Any = ",".join(f"{k}={v}" for k, v in sorted(match_labels.items()))
+        else:
+            selector = fields.get_path(body, paths.selector)
+        meta = body["metadata"]
+        status: dict[str, Any] = {"replicas": current if isinstance(current, int) else 0}
+        if isinstance(selector, str) and selector:
+            status["selector"] = selector
+        return {
+            "apiVersion": "autoscaling/v1",
+            "kind": "Scale",
+            "metadata": {
+                key: meta[key]
+                for key in ("name", "namespace", "uid", "resourceVersion", "creationTimestamp")
+                if key in meta
+            },
+            "spec": {"replicas": replicas if isinstance(replicas, int) else 0},
+            "status": status,
+        }
+
+
+def _not_found(resource: kmock.resource, name: str) -> kmock.KubernetesError:
+    return _error(404, "NotFound", f'{resource.plural} "{name}" not found')
+
+
+def _manager(request: kmock.Request) -> str:
+    if manager := request.params.get("fieldManager"):
+        return manager
+    agent = next((v for k, v in request.headers.items() if k.lower() == "user-agent"), "")
+    return agent.split("/")[0] or "unknown"
+
+
+def _forced(request: kmock.Request) -> bool:
+    return request.params.get("force", "false").lower() == "true"
+
+
+def _applied_config(request: kmock.Request) -> dict[str, Any]:
+    config = yaml.safe_load(request.text) if request.text else None
+    if not isinstance(config, dict):
+        raise _error(400, "BadRequest", "an applied configuration must be an object")
+    if not config.get("apiVersion") or not config.get("kind"):
+        raise _error(400, "BadRequest", "an applied configuration needs apiVersion and kind")
+    return config
+
+
+def _without_revision(body: Mapping[str, Any]) -> str:
+    meta = {
+        k: v
+        for k, v in body.get("metadata", {}).items()
+        if k not in ("resourceVersion", "managedFields")
+    }
+    managers = sorted(
+        (e["manager"], e["operation"], json.dumps(e["fieldsV1"], sort_keys=True))
+        for e in body.get("metadata", {}).get("managedFields", [])
+    )
+    return json.dumps({**body, "metadata": meta, "_managers": managers}, sort_keys=True)
+
+
+def _spec_like(body: Mapping[str, Any]) -> str:
+    """Everything a generation counts: all but metadata and status."""
+    return json.dumps(
+        {k: v for k, v in body.items() if k not in ("metadata", "status")}, sort_keys=True
+    )
+
+
+def _prune(value: Any, schema: Mapping[str, Any]) -> Any:
+    """Drop fields a structural schema does not declare (as the API server does)."""
+    if schema.get("x-kubernetes-preserve-unknown-fields"):
+        return value
+    if isinstance(value, Mapping):
+        properties = schema.get("properties")
+        additional = schema.get("additionalProperties")
+        if properties is None and additional is None:
+            return dict(value) if schema.get("type") != "object" else {}
+        result = {}
+        for key, item in value.items():
+            if properties is not None and key in properties:
+                result[key] = _prune(item, properties[key])
+            elif isinstance(additional, Mapping):
+                result[key] = _prune(item, additional)
+            elif additional is True:
+                result[key] = item
+        return result
+    if isinstance(value, list) and isinstance(schema.get("items"), Mapping):
+        return [_prune(item, schema["items"]) for item in value]
+    return value
