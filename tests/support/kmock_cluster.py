@@ -1,0 +1,112 @@
+"""Serve the API-server emulator on a real localhost port, from a thread of its own.
+
+The operator under test (kopf in a KopfRunner thread, or a subprocess) and the test code each
+have their own event loop; the emulator gets a third one, so none of them can starve the others
+while blocking (KopfRunner's exit, for one, blocks its caller until the operator stops).
+Clients reach it only over HTTP through the kubeconfig this writes, exactly as they would reach a
+real cluster.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import threading
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self, TypeVar
+
+import kmock
+import yaml
+
+from tests.support.kmock_apiserver import ApiServerEmulator
+
+T = TypeVar("T")
+
+
+class EmulatedCluster:
+    """`with EmulatedCluster(crds) as cluster:` -> an API server at `cluster.url`."""
+
+    def __init__(self, crds: Iterable[Mapping[str, Any]] = ()) -> None:
+        self._crds = [dict(crd) for crd in crds]
+        self._thread = threading.Thread(target=self._serve, name="kmock-apiserver", daemon=True)
+        self._started = concurrent.futures.Future[str]()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._emulator: ApiServerEmulator | None = None
+        self.url = ""
+
+    def __enter__(self) -> Self:
+        self._thread.start()
+        self.url = self._started.result(timeout=30)
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._loop is not None and self._stop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(timeout=30)
+
+    def _serve(self) -> None:
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        try:
+            loop.run_until_complete(self._main())
+        except BaseException as e:  # surface startup failures to __enter__
+            if not self._started.done():
+                self._started.set_exception(e)
+            raise
+        finally:
+            loop.close()
+
+    async def _main(self) -> None:
+        self._stop = asyncio.Event()
+        async with ApiServerEmulator() as emulator, kmock.Server(emulator) as server:
+            for crd in self._crds:
+                emulator.register_crd(crd)
+            self._emulator = emulator
+            self._started.set_result(str(server.url).rstrip("/"))
+            await self._stop.wait()
+
+    def inspect(self, fn: Callable[[ApiServerEmulator], T]) -> T:
+        """Run `fn` on the emulator inside its own loop (thread-safe read access)."""
+        assert self._loop is not None
+        assert self._emulator is not None
+        emulator = self._emulator
+
+        async def call() -> T:
+            return fn(emulator)
+
+        return asyncio.run_coroutine_threadsafe(call(), self._loop).result(timeout=10)
+
+    def write_kubeconfig(self, path: Path) -> Path:
+        config = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{"name": "kmock", "cluster": {"server": self.url}}],
+            "users": [{"name": "kmock", "user": {"token": "kmock-test-token"}}],
+            "contexts": [
+                {
+                    "name": "kmock",
+                    "context": {"cluster": "kmock", "user": "kmock", "namespace": "default"},
+                }
+            ],
+            "current-context": "kmock",
+        }
+        path.write_text(yaml.safe_dump(config))
+        return path
+
+
+def load_crds(directory: Path) -> list[dict[str, Any]]:
+    """Every CustomResourceDefinition in the YAML files of `directory`."""
+    crds = []
+    for path in sorted(directory.glob("*.yaml")):
+        for document in yaml.safe_load_all(path.read_text()):
+            if isinstance(document, dict) and document.get("kind") == "CustomResourceDefinition":
+                crds.append(document)
+    return crds
