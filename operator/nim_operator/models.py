@@ -387,7 +387,7 @@ class HPABehavior(_Model):
 class HPASpec(_Model):
     min_replicas: Annotated[int, Field(ge=1)] = 1
     max_replicas: Annotated[int, Field(ge=1)]
-    metrics: list[MetricSpec] | None = None
+    metrics: Annotated[list[MetricSpec], Field(max_length=16)] | None = None
     behavior: HPABehavior | None = None
 
     @model_validator(mode="after")
@@ -429,7 +429,7 @@ class Toleration(_Model):
 
     key: str | None = None
     operator: Literal["Exists", "Equal"] | None = None
-    value: str | None = None
+    value: Annotated[str, Field(max_length=256)] | None = None
     effect: Literal["", "NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
     toleration_seconds: int | None = None
 
@@ -452,7 +452,7 @@ class NIMServiceSpec(_Model):
     auth_secret: str | None = None
     command: list[str] | None = None
     args: list[str] | None = None
-    env: list[EnvVar] | None = None
+    env: Annotated[list[EnvVar], Field(max_length=256)] | None = None
     model: ModelSpec | None = None
     gpu: GPUSpec | None = None
     resources: ResourceRequirements | None = None
@@ -467,7 +467,7 @@ class NIMServiceSpec(_Model):
     labels: StringMap | None = None
     annotations: StringMap | None = None
     node_selector: StringMap | None = None
-    tolerations: list[Toleration] | None = None
+    tolerations: Annotated[list[Toleration], Field(max_length=64)] | None = None
     affinity: dict[str, Any] | None = None
     user_id: Annotated[int, Field(ge=1, alias="userID")] = 1000
     group_id: Annotated[int, Field(ge=0, alias="groupID")] = 2000

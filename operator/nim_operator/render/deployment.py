@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from nim_operator.models import GPU_RESOURCE, NIMServiceSpec
@@ -135,7 +136,8 @@ def _pod_spec(owner: Owner, spec: NIMServiceSpec) -> dict[str, Any]:
         # Dumped field by field from the model, so every field (tolerationSeconds too) survives.
         pod["tolerations"] = [toleration.to_k8s() for toleration in spec.tolerations]
     if spec.affinity:
-        pod["affinity"] = spec.affinity
+        # Free-form, so key order is whatever the user wrote: sort it for a stable output.
+        pod["affinity"] = json.loads(json.dumps(spec.affinity, sort_keys=True))
     for key, value in (
         ("runtimeClassName", spec.runtime_class_name),
         ("priorityClassName", spec.priority_class_name),

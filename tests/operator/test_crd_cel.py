@@ -1,0 +1,250 @@
+"""The CRD's CEL rules, evaluated by a real CEL implementation, agree with the pydantic model.
+
+The API server defaults an object, then runs every x-kubernetes-validations rule on the nodes
+present. This does the same with cel-python: each invalid spec below must be rejected by the rule
+with the expected message AND by NIMServiceSpec with the same message; the samples pass both.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from collections.abc import Iterator
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import celpy  # type: ignore[import-untyped]
+import pytest
+import yaml
+from nim_operator.models import NIMServiceSpec
+from pydantic import ValidationError
+
+REPO = Path(__file__).parents[2]
+CRD_PATH = REPO / "crds" / "nimservice.yaml"
+SAMPLES = sorted((REPO / "manifests" / "samples").glob("*.yaml"))
+CEL = celpy.Environment()
+
+# A NIMService as NVIDIA's documentation writes one, with apiVersion switched to ours.
+NVIDIA_STYLE = {
+    "apiVersion": "nimstack.dev/v1alpha1",
+    "kind": "NIMService",
+    "metadata": {"name": "meta-llama3-8b-instruct"},
+    "spec": {
+        "image": {
+            "repository": "nvcr.io/nim/meta/llama3-8b-instruct",
+            "tag": "1.0.3",
+            "pullPolicy": "IfNotPresent",
+            "pullSecrets": ["ngc-secret"],
+        },
+        "authSecret": "ngc-api-secret",
+        "storage": {"pvc": {"create": True, "size": "50Gi", "volumeAccessMode": "ReadWriteMany"}},
+        "replicas": 1,
+        "resources": {"limits": {"nvidia.com/gpu": 1}},
+        "expose": {"service": {"type": "ClusterIP", "port": 8000}},
+        "tolerations": [
+            {
+                "key": "nvidia.com/gpu",
+                "operator": "Exists",
+                "effect": "NoExecute",
+                "tolerationSeconds": 300,
+            }
+        ],
+    },
+}
+
+
+@cache
+def openapi_root() -> dict[str, Any]:
+    crd = yaml.safe_load(CRD_PATH.read_text())
+    root: dict[str, Any] = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    return root
+
+
+@cache
+def compiled(rule: str) -> Any:
+    return CEL.program(CEL.compile(rule))
+
+
+def apply_defaults(node: dict[str, Any], value: Any) -> Any:
+    """Structural defaulting, top-down, as the API server does before validating."""
+    if isinstance(value, dict):
+        for name, child in node.get("properties", {}).items():
+            if name not in value and "default" in child:
+                value[name] = copy.deepcopy(child["default"])
+            if name in value:
+                value[name] = apply_defaults(child, value[name])
+        if isinstance(node.get("additionalProperties"), dict):
+            for key in value:
+                value[key] = apply_defaults(node["additionalProperties"], value[key])
+    if isinstance(value, list) and "items" in node:
+        return [apply_defaults(node["items"], item) for item in value]
+    return value
+
+
+def rules(node: dict[str, Any], value: Any) -> Iterator[tuple[str, str, Any]]:
+    """(rule, message, self) for every rule on a node the object has."""
+    for validation in node.get("x-kubernetes-validations", []):
+        yield validation["rule"], validation["message"], value
+    if isinstance(value, dict):
+        for name, child in node.get("properties", {}).items():
+            if name in value:
+                yield from rules(child, value[name])
+        if isinstance(node.get("additionalProperties"), dict):
+            for item in value.values():
+                yield from rules(node["additionalProperties"], item)
+    if isinstance(value, list) and "items" in node:
+        for item in value:
+            yield from rules(node["items"], item)
+
+
+def cel_violations(obj: dict[str, Any]) -> list[str]:
+    defaulted = apply_defaults(openapi_root(), copy.deepcopy(obj))
+    return [
+        message
+        for rule, message, value in rules(openapi_root(), defaulted)
+        if not compiled(rule).evaluate({"self": celpy.json_to_cel(value)})
+    ]
+
+
+def nimservice(name: str = "llama", **spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "nimstack.dev/v1alpha1",
+        "kind": "NIMService",
+        "metadata": {"name": name},
+        "spec": {"image": {"repository": "nvcr.io/nim/meta/llama", "tag": "1.3"}, **spec},
+    }
+
+
+INVALID_SPECS = {
+    "replicas with autoscaling": (
+        {"replicas": 2, "scale": {"enabled": True, "hpa": {"maxReplicas": 3}}},
+        "spec.replicas and spec.scale.enabled are mutually exclusive",
+    ),
+    "autoscaling without hpa": ({"scale": {"enabled": True}}, "scale.hpa (at least maxReplicas)"),
+    "max below min": (
+        {"scale": {"enabled": True, "hpa": {"minReplicas": 3, "maxReplicas": 2}}},
+        "scale.hpa.maxReplicas must be >= scale.hpa.minReplicas",
+    ),
+    "pvc created without size": (
+        {"storage": {"pvc": {"create": True}}},
+        "storage.pvc.size is required when storage.pvc.create is true",
+    ),
+    "pvc neither named nor created": (
+        {"storage": {"pvc": {"subPath": "models"}}},
+        "storage.pvc needs either name (an existing claim) or create",
+    ),
+    "two volume sources": (
+        {"storage": {"pvc": {"name": "cache"}, "emptyDir": {}}},
+        "set at most one of storage.pvc, storage.emptyDir, storage.hostPath",
+    ),
+    "nimCache": (
+        {"storage": {"nimCache": {"name": "llama", "profile": ""}}},
+        "storage.nimCache is not supported",
+    ),
+    "gpu twice": (
+        {"gpu": {"count": 1}, "resources": {"limits": {"nvidia.com/gpu": 1}}},
+        "set the GPU count either in gpu.count or in resources",
+    ),
+    "literal API key": (
+        {"env": [{"name": "NGC_API_KEY", "value": "nvapi-secret"}]},
+        "NGC_API_KEY and HF_TOKEN must come from a Secret",
+    ),
+    "literal HF token": (
+        {"env": [{"name": "HF_TOKEN", "value": "hf_secret"}]},
+        "NGC_API_KEY and HF_TOKEN must come from a Secret",
+    ),
+    "probe without handler": (
+        {"livenessProbe": {"probe": {"periodSeconds": 5}}},
+        "a probe needs exactly one of exec, httpGet, tcpSocket, grpc",
+    ),
+    "probe with two handlers": (
+        {"startupProbe": {"probe": {"exec": {"command": ["true"]}, "tcpSocket": {"port": "api"}}}},
+        "a probe needs exactly one of exec, httpGet, tcpSocket, grpc",
+    ),
+    "Exists toleration with a value": (
+        {"tolerations": [{"key": "gpu", "operator": "Exists", "value": "yes"}]},
+        "a toleration with operator Exists must not have a value",
+    ),
+    "tolerationSeconds without NoExecute": (
+        {"tolerations": [{"key": "gpu", "effect": "NoSchedule", "tolerationSeconds": 5}]},
+        "tolerationSeconds is only allowed with effect NoExecute",
+    ),
+    "metric without its source": (
+        {
+            "scale": {
+                "enabled": True,
+                "hpa": {
+                    "maxReplicas": 2,
+                    "metrics": [
+                        {
+                            "type": "Pods",
+                            "resource": {
+                                "name": "cpu",
+                                "target": {"type": "Utilization", "averageUtilization": 80},
+                            },
+                        }
+                    ],
+                },
+            }
+        },
+        "a metric of a given type needs the source of that type set",
+    ),
+}
+
+
+class TestRulesCompile:
+    def test_every_rule_is_valid_cel(self) -> None:
+        found = []
+        stack = [openapi_root()]
+        while stack:
+            node = stack.pop()
+            found += [v["rule"] for v in node.get("x-kubernetes-validations", [])]
+            stack += list(node.get("properties", {}).values())
+            stack += [node[key] for key in ("items", "additionalProperties") if key in node]
+        assert len(found) >= len(INVALID_SPECS) - 3
+        for rule in found:
+            compiled(rule)
+
+
+class TestValidObjects:
+    @pytest.mark.parametrize("path", SAMPLES, ids=lambda p: p.name)
+    def test_samples_pass_cel_and_the_model(self, path: Path) -> None:
+        sample = yaml.safe_load(path.read_text())
+        assert cel_violations(sample) == []
+        NIMServiceSpec.model_validate(sample["spec"])
+
+    def test_nvidia_style_nimservice_passes(self) -> None:
+        assert cel_violations(NVIDIA_STYLE) == []
+        spec = NIMServiceSpec.model_validate(NVIDIA_STYLE["spec"])
+        assert spec.gpu_count() == 1
+        assert spec.tolerations is not None
+        assert spec.tolerations[0].toleration_seconds == 300
+
+    def test_defaults_mean_what_the_model_assumes(self) -> None:
+        """What the API server stores (defaults applied) parses to the same spec as the input."""
+        for obj in [NVIDIA_STYLE, nimservice(), *(yaml.safe_load(p.read_text()) for p in SAMPLES)]:
+            stored = apply_defaults(openapi_root(), copy.deepcopy(obj))
+            assert NIMServiceSpec.model_validate(stored["spec"]) == NIMServiceSpec.model_validate(
+                obj["spec"]
+            )
+
+
+class TestInvalidObjects:
+    @pytest.mark.parametrize(("spec", "message"), INVALID_SPECS.values(), ids=INVALID_SPECS.keys())
+    def test_cel_and_model_reject_with_the_same_message(
+        self, spec: dict[str, Any], message: str
+    ) -> None:
+        violations = cel_violations(nimservice(**spec))
+        assert any(message in violation for violation in violations), violations
+        with pytest.raises(ValidationError, match=re.escape(message)):
+            NIMServiceSpec.model_validate(nimservice(**spec)["spec"])
+
+    @pytest.mark.parametrize("name", ["9llama", "Llama", "l" * 64, "llama.v1"])
+    def test_name_must_be_a_service_name(self, name: str) -> None:
+        violations = cel_violations(nimservice(name))
+        assert any("must be a DNS-1035 label" in violation for violation in violations)
+
+    @pytest.mark.parametrize("name", ["llama", "llama-3-1-8b", "l" * 63])
+    def test_good_names_pass(self, name: str) -> None:
+        assert cel_violations(nimservice(name)) == []

@@ -1,0 +1,160 @@
+"""manifests/: the kustomize base builds, validates, and grants only what the operator needs."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+from nim_operator import API_GROUP, PLURAL
+
+REPO = Path(__file__).parents[2]
+NAMESPACE = "nimstack-system"
+CHILD_VERBS = {"get", "list", "watch", "create", "patch", "update", "delete"}
+# (apiGroup, resource) -> verbs: the whole grant, nothing else.
+EXPECTED_RULES: dict[tuple[str, str], set[str]] = {
+    (API_GROUP, PLURAL): {"get", "list", "watch", "patch"},
+    (API_GROUP, f"{PLURAL}/status"): {"get", "patch", "update"},
+    ("", "services"): CHILD_VERBS,
+    ("", "persistentvolumeclaims"): CHILD_VERBS,
+    ("", "serviceaccounts"): CHILD_VERBS,
+    ("apps", "deployments"): CHILD_VERBS,
+    ("autoscaling", "horizontalpodautoscalers"): CHILD_VERBS,
+    ("policy", "poddisruptionbudgets"): CHILD_VERBS,
+    ("monitoring.coreos.com", "servicemonitors"): CHILD_VERBS,
+    ("", "pods"): {"get", "list", "watch"},
+    ("", "events"): {"create", "patch"},
+    ("events.k8s.io", "events"): {"create", "patch"},
+    ("apiextensions.k8s.io", "customresourcedefinitions"): {"get", "list", "watch"},
+    ("", "namespaces"): {"list", "watch"},
+}
+
+
+@pytest.fixture(scope="module")
+def built() -> list[dict[str, Any]]:
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("kubectl is not installed")
+    result = subprocess.run(
+        [kubectl, "kustomize", str(REPO / "manifests")],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+
+
+def one(built: list[dict[str, Any]], kind: str) -> dict[str, Any]:
+    (match,) = [doc for doc in built if doc["kind"] == kind]
+    return match
+
+
+class TestKustomization:
+    def test_contents(self, built: list[dict[str, Any]]) -> None:
+        assert sorted(doc["kind"] for doc in built) == [
+            "ClusterRole",
+            "ClusterRoleBinding",
+            "CustomResourceDefinition",
+            "Deployment",
+            "Namespace",
+            "ServiceAccount",
+        ]
+        crd = one(built, "CustomResourceDefinition")
+        assert crd == yaml.safe_load((REPO / "crds" / "nimservice.yaml").read_text()) | {
+            "metadata": crd["metadata"]
+        }
+
+    def test_every_object_validates(self, built: list[dict[str, Any]]) -> None:
+        for doc in built:
+            kubernetes_validate.validate(doc, "1.31", strict=True)
+
+    def test_namespaced_objects_live_in_the_operator_namespace(
+        self, built: list[dict[str, Any]]
+    ) -> None:
+        assert one(built, "Namespace")["metadata"]["name"] == NAMESPACE
+        for kind in ("ServiceAccount", "Deployment"):
+            assert one(built, kind)["metadata"]["namespace"] == NAMESPACE
+
+
+class TestRBAC:
+    def test_no_wildcards(self, built: list[dict[str, Any]]) -> None:
+        for rule in one(built, "ClusterRole")["rules"]:
+            for key in ("apiGroups", "resources", "verbs"):
+                assert "*" not in rule[key], rule
+            assert "resourceNames" not in rule
+            assert "nonResourceURLs" not in rule
+
+    def test_exactly_the_needed_verbs(self, built: list[dict[str, Any]]) -> None:
+        granted: dict[tuple[str, str], set[str]] = {}
+        for rule in one(built, "ClusterRole")["rules"]:
+            for group in rule["apiGroups"]:
+                for resource in rule["resources"]:
+                    granted.setdefault((group, resource), set()).update(rule["verbs"])
+        assert granted == EXPECTED_RULES
+
+    def test_no_secrets(self, built: list[dict[str, Any]]) -> None:
+        resources = {r for rule in one(built, "ClusterRole")["rules"] for r in rule["resources"]}
+        assert "secrets" not in resources
+
+    def test_binding(self, built: list[dict[str, Any]]) -> None:
+        binding = one(built, "ClusterRoleBinding")
+        account = one(built, "ServiceAccount")["metadata"]
+        assert binding["roleRef"]["name"] == one(built, "ClusterRole")["metadata"]["name"]
+        assert binding["subjects"] == [
+            {"kind": "ServiceAccount", "name": account["name"], "namespace": account["namespace"]}
+        ]
+
+
+class TestOperatorDeployment:
+    def test_single_replica_recreated(self, built: list[dict[str, Any]]) -> None:
+        spec = one(built, "Deployment")["spec"]
+        assert spec["replicas"] == 1
+        assert spec["strategy"] == {"type": "Recreate"}
+        pod = spec["template"]["spec"]
+        assert pod["serviceAccountName"] == one(built, "ServiceAccount")["metadata"]["name"]
+
+    def test_runs_kopf_with_a_liveness_endpoint(self, built: list[dict[str, Any]]) -> None:
+        (container,) = one(built, "Deployment")["spec"]["template"]["spec"]["containers"]
+        argv = container["command"] + container["args"]
+        assert argv[:4] == ["kopf", "run", "-m", "nim_operator.handlers"]
+        assert {"--all-namespaces", "--standalone"} <= set(argv)
+        assert "--liveness=http://0.0.0.0:8080/healthz" in argv
+        probe = container["livenessProbe"]["httpGet"]
+        ports = {port["name"]: port["containerPort"] for port in container["ports"]}
+        assert probe["path"] == "/healthz"
+        assert ports[probe["port"]] == 8080
+        assert container["image"].startswith("nimstack/nim-operator:")
+
+    def test_restricted_security(self, built: list[dict[str, Any]]) -> None:
+        pod = one(built, "Deployment")["spec"]["template"]["spec"]
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+        (container,) = pod["containers"]
+        security = container["securityContext"]
+        assert security["allowPrivilegeEscalation"] is False
+        assert security["capabilities"] == {"drop": ["ALL"]}
+        assert security["readOnlyRootFilesystem"] is True
+        assert (
+            one(built, "Namespace")["metadata"]["labels"]["pod-security.kubernetes.io/enforce"]
+            == "restricted"
+        )
+
+
+class TestSamples:
+    @pytest.mark.parametrize(
+        "name", ["llama-3.1-8b.yaml", "llama-3.1-8b-autoscaled.yaml", "smollm2-cpu.yaml"]
+    )
+    def test_sample_exists_and_is_a_nimservice(self, name: str) -> None:
+        sample = yaml.safe_load((REPO / "manifests" / "samples" / name).read_text())
+        assert sample["apiVersion"] == "nimstack.dev/v1alpha1"
+        assert sample["kind"] == "NIMService"
+
+    def test_cpu_sample_needs_no_gpu(self) -> None:
+        sample = yaml.safe_load((REPO / "manifests" / "samples" / "smollm2-cpu.yaml").read_text())
+        assert sample["spec"]["gpu"] == {"count": 0}
+        assert "authSecret" not in sample["spec"]
