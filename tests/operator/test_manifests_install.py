@@ -27,6 +27,8 @@ EXPECTED_RULES: dict[tuple[str, str], set[str]] = {
     ("policy", "poddisruptionbudgets"): CHILD_VERBS,
     ("monitoring.coreos.com", "servicemonitors"): CHILD_VERBS,
     ("", "pods"): {"get", "list", "watch"},
+    # Existence check of authSecret only: never list or watch every Secret in the cluster.
+    ("", "secrets"): {"get"},
     ("", "events"): {"create", "patch"},
     ("events.k8s.io", "events"): {"create", "patch"},
     ("apiextensions.k8s.io", "customresourcedefinitions"): {"get", "list", "watch"},
@@ -97,9 +99,10 @@ class TestRBAC:
                     granted.setdefault((group, resource), set()).update(rule["verbs"])
         assert granted == EXPECTED_RULES
 
-    def test_no_secrets(self, built: list[dict[str, Any]]) -> None:
-        resources = {r for rule in one(built, "ClusterRole")["rules"] for r in rule["resources"]}
-        assert "secrets" not in resources
+    def test_secrets_are_never_listed_or_watched(self, built: list[dict[str, Any]]) -> None:
+        for rule in one(built, "ClusterRole")["rules"]:
+            if "secrets" in rule["resources"]:
+                assert set(rule["verbs"]) == {"get"}
 
     def test_binding(self, built: list[dict[str, Any]]) -> None:
         binding = one(built, "ClusterRoleBinding")
