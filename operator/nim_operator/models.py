@@ -427,7 +427,7 @@ class MetricsSpec(_Model):
 class Toleration(_Model):
     """corev1.Toleration, every field of it (tolerationSeconds included)."""
 
-    key: str | None = None
+    key: Annotated[str, Field(max_length=316)] | None = None
     operator: Literal["Exists", "Equal"] | None = None
     value: Annotated[str, Field(max_length=256)] | None = None
     effect: Literal["", "NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
@@ -437,6 +437,8 @@ class Toleration(_Model):
     def _consistent(self) -> Toleration:
         if self.operator == "Exists" and self.value:
             raise ValueError("a toleration with operator Exists must not have a value")
+        if not self.key and self.operator != "Exists":
+            raise ValueError("a toleration without a key needs operator Exists")
         if self.toleration_seconds is not None and self.effect != "NoExecute":
             raise ValueError("tolerationSeconds is only allowed with effect NoExecute")
         return self
@@ -483,11 +485,15 @@ class NIMServiceSpec(_Model):
                 "spec.replicas and spec.scale.enabled are mutually exclusive: "
                 "the HPA owns the replica count while autoscaling is on"
             )
-        if self.gpu is not None and self._resource_gpu_quantity() is not None:
+        gpu_quantity = self._resource_gpu_quantity()
+        if self.gpu is not None and gpu_quantity is not None:
             raise ValueError(
                 "set the GPU count either in gpu.count or in resources "
                 "(limits/requests nvidia.com/gpu), not both"
             )
+        if gpu_quantity is not None and not str(gpu_quantity).isdigit():
+            # Kubernetes would refuse the pod later; say so now, where the spec is.
+            raise ValueError("resources nvidia.com/gpu must be a whole number of GPUs")
         return self
 
     @classmethod

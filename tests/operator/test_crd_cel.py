@@ -170,6 +170,10 @@ INVALID_SPECS = {
         {"tolerations": [{"key": "gpu", "effect": "NoSchedule", "tolerationSeconds": 5}]},
         "tolerationSeconds is only allowed with effect NoExecute",
     ),
+    "toleration without key or Exists": (
+        {"tolerations": [{"value": "x", "effect": "NoSchedule"}]},
+        "a toleration without a key needs operator Exists",
+    ),
     "metric without its source": (
         {
             "scale": {

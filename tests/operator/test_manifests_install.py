@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 from pathlib import Path
@@ -132,6 +133,19 @@ class TestOperatorDeployment:
         assert probe["path"] == "/healthz"
         assert ports[probe["port"]] == 8080
         assert container["image"].startswith("nimstack/nim-operator:")
+
+    def test_same_command_as_the_image(self, built: list[dict[str, Any]]) -> None:
+        """Running the image without the manifest's command/args does the same thing."""
+        dockerfile = (REPO / "operator" / "Dockerfile").read_text().splitlines()
+        exec_form = {
+            line.split(maxsplit=1)[0]: json.loads(line.split(maxsplit=1)[1])
+            for line in dockerfile
+            if line.startswith(("ENTRYPOINT ", "CMD "))
+        }
+        (container,) = one(built, "Deployment")["spec"]["template"]["spec"]["containers"]
+        assert exec_form["ENTRYPOINT"] == container["command"]
+        assert exec_form["CMD"] == container["args"]
+        assert "USER 65532:65532" in dockerfile
 
     def test_restricted_security(self, built: list[dict[str, Any]]) -> None:
         pod = one(built, "Deployment")["spec"]["template"]["spec"]

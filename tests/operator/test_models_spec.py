@@ -50,6 +50,7 @@ class TestSpecParsing:
             {"metrics": {"enabled": True, "serviceMonitor": {"interval": "soon"}}},
             {"storage": {"hostPath": "relative/path"}},
             {"userID": 0},
+            {"resources": {"limits": {"nvidia.com/gpu": "500m"}}},
         ],
     )
     def test_rejects(self, fields: dict[str, Any]) -> None:
