@@ -202,6 +202,7 @@ class TestRenderDeployment:
                 "1",
             ),
             ({"resources": {"limits": {"nvidia.com/gpu": 2}}}, {"nvidia.com/gpu": 2}, "2"),
+            ({"resources": {"requests": {"nvidia.com/gpu": "2"}}}, {"nvidia.com/gpu": 2}, "2"),
         ],
     )
     def test_gpus(

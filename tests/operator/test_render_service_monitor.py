@@ -27,7 +27,7 @@ class TestRenderServiceMonitor:
         )
         assert monitor["spec"] == {
             "selector": {"matchLabels": selector_labels("llama")},
-            "endpoints": [{"port": "api", "path": "/v1/metrics", "scheme": "http"}],
+            "endpoints": [{"port": "api", "path": "/v1/metrics"}],
         }
         assert monitor["metadata"]["ownerReferences"][0]["uid"] == OWNER.uid
 

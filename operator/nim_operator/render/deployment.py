@@ -39,16 +39,16 @@ def termination_grace_period_seconds(spec: NIMServiceSpec) -> int:
 
 
 def _resources(spec: NIMServiceSpec) -> dict[str, Any]:
-    """The user's resources, with `gpu.count` GPUs in limits (and requests, if the user set any).
+    """The user's resources with the GPU count in limits (extended resources need a limit).
 
-    Without `gpu` and without an nvidia.com/gpu entry, one GPU is requested: the service is for GPUs
-    and kind clusters say `gpu.count: 0` explicitly.
+    An nvidia.com/gpu limit the user wrote stays as written. Without `gpu` and without any
+    nvidia.com/gpu entry, one GPU is requested: the service is for GPUs, and kind clusters say
+    `gpu.count: 0` explicitly.
     """
     resources = spec.resources.to_k8s() if spec.resources is not None else {}
-    explicit_gpu = any(GPU_RESOURCE in resources.get(group, {}) for group in ("limits", "requests"))
     count = spec.gpu_count()
-    if count > 0 and not explicit_gpu:
-        resources.setdefault("limits", {})[GPU_RESOURCE] = count
+    if count > 0:
+        resources.setdefault("limits", {}).setdefault(GPU_RESOURCE, count)
     return {group: dict(sorted(values.items())) for group, values in sorted(resources.items())}
 
 

@@ -18,7 +18,7 @@ def render_service_monitor(owner: Owner, spec: NIMServiceSpec) -> dict[str, Any]
         return None
     monitor = spec.metrics.service_monitor
     labels = child_labels(owner.name, spec)
-    endpoint: dict[str, Any] = {"port": API_PORT_NAME, "path": METRICS_PATH, "scheme": "http"}
+    endpoint: dict[str, Any] = {"port": API_PORT_NAME, "path": METRICS_PATH}
     annotations = None
     if monitor is not None:
         # Extra labels let a Prometheus with a serviceMonitorSelector pick this monitor up;
