@@ -1,0 +1,120 @@
+"""kopf registrations, and nothing else: every handler delegates to `reconcile`.
+
+Run with `kopf run -m nim_operator.handlers --standalone` (or `python -m nim_operator`).
+
+Four ways in, one reconcile:
+* resume/create/update of a NIMService - at once, with kopf's retry semantics;
+* a timer per NIMService - every NIM_OPERATOR_RECONCILE_INTERVAL seconds, to undo hand edits;
+* events of our Deployments and Pods - a deleted Deployment or a pod going into CrashLoopBackOff
+  re-reconciles its owner within a second, found through an in-memory index of NIMServices.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from typing import Any
+
+import kopf
+
+from nim_operator import API_GROUP, API_VERSION, PLURAL
+from nim_operator.kube import TransientApiError
+from nim_operator.reconcile import Outcome, Runtime, reconcile, reconcile_soon
+from nim_operator.render.labels import FIELD_MANAGER, INSTANCE_LABEL, MANAGED_BY_LABEL
+from nim_operator.settings import Settings, configure_kopf
+
+__all__ = ["SETTINGS"]
+
+# Read at import: kopf takes the timer interval when the decorator runs.
+SETTINGS = Settings()
+NIMSERVICE = (API_GROUP, API_VERSION, PLURAL)
+OUR_CHILDREN = {MANAGED_BY_LABEL: FIELD_MANAGER}
+# How soon kopf retries a change handler after the API failed transiently.
+API_RETRY_DELAY = 10.0
+
+Logger = logging.Logger | logging.LoggerAdapter[logging.Logger]
+
+
+@kopf.on.startup()
+async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    configure_kopf(settings, SETTINGS)
+    memo.runtime = await Runtime.start(SETTINGS)
+
+
+@kopf.on.cleanup()
+async def stop(memo: kopf.Memo, **_: Any) -> None:
+    runtime: Runtime | None = memo.get("runtime")
+    if runtime is not None:
+        await runtime.close()
+
+
+@kopf.index(*NIMSERVICE)
+def nimservices_by_name(
+    namespace: str | None, name: str, body: kopf.Body, **_: Any
+) -> dict[tuple[str | None, str], dict[str, Any]]:
+    """The latest body of every NIMService, so child events can find and reconcile it."""
+    return {(namespace, name): copy.deepcopy(dict(body))}
+
+
+@kopf.on.resume(*NIMSERVICE)
+@kopf.on.create(*NIMSERVICE)
+@kopf.on.update(*NIMSERVICE)
+async def reconcile_on_change(body: kopf.Body, memo: kopf.Memo, logger: Logger, **_: Any) -> None:
+    try:
+        outcome = await reconcile(memo.runtime, body, logger=logger)
+    except TransientApiError as e:
+        raise kopf.TemporaryError(str(e), delay=API_RETRY_DELAY) from e
+    _raise_for(outcome)
+
+
+def _raise_for(outcome: Outcome | None) -> None:
+    """kopf's retry semantics for a failed reconcile (its status is written already)."""
+    if outcome is None or outcome.failure is None:
+        return
+    message = f"{outcome.failure.reason}: {outcome.failure.message}"
+    if outcome.permanent:
+        raise kopf.PermanentError(message)  # only an edit of the NIMService can help
+    if outcome.failure.reason in ("SecretNotFound", "PVCNotFound"):
+        raise kopf.TemporaryError(message, delay=SETTINGS.reconcile_interval)  # "not yet"
+
+
+@kopf.timer(
+    *NIMSERVICE,
+    interval=SETTINGS.reconcile_interval,
+    initial_delay=SETTINGS.reconcile_interval,
+)
+async def reconcile_periodically(
+    body: kopf.Body, memo: kopf.Memo, logger: Logger, **_: Any
+) -> None:
+    """Level-triggered safety net; failures are in the status and the next tick retries."""
+    try:
+        await reconcile(memo.runtime, body, logger=logger)
+    except TransientApiError as e:
+        logger.warning("Periodic reconcile postponed: %s", e)
+
+
+@kopf.on.event("apps", "v1", "deployments", labels=OUR_CHILDREN)
+@kopf.on.event("v1", "pods", labels=OUR_CHILDREN)
+async def reconcile_owner_of_child(
+    body: kopf.Body,
+    namespace: str | None,
+    memo: kopf.Memo,
+    logger: Logger,
+    # Injected by kopf (the index above, by its name); the default only satisfies typing.
+    nimservices_by_name: kopf.Index[tuple[str | None, str], dict[str, Any]] | None = None,
+    **_: Any,
+) -> None:
+    assert nimservices_by_name is not None
+    owner_name = body.get("metadata", {}).get("labels", {}).get(INSTANCE_LABEL, "")
+    if namespace is None or (namespace, owner_name) not in nimservices_by_name:
+        return  # not (or no longer) a NIMService of ours
+    try:
+        await reconcile_soon(memo.runtime, namespace, owner_name, logger=logger)
+    except TransientApiError as e:
+        logger.warning("Reconcile after a child event postponed: %s", e)
+
+
+@kopf.on.delete(*NIMSERVICE, optional=True)
+async def forget(uid: str, memo: kopf.Memo, **_: Any) -> None:
+    """Children go with the owner (ownerReferences); only our in-memory state is left."""
+    memo.runtime.forget(uid)

@@ -1,0 +1,356 @@
+"""Level-triggered reconciliation of one NIMService: the only place that changes the cluster.
+
+`reconcile()` does not care what happened (created, updated, resumed, timer, a child changed):
+it reads the NIMService as it is, renders every child, makes the cluster match, observes the
+result and writes the status. Running it twice in a row is a no-op the second time.
+
+1. Parse the spec (pydantic). Invalid -> status Failed/InvalidSpec, nothing applied.
+2. Check what the spec refers to and the operator does not create: the authSecret, an existing
+   PVC. Missing -> status Failed, nothing applied (the timer checks again).
+3. Delete children whose feature is off (only those with our controller ownerReference), then
+   server-side apply the rest, in the renderers' order, with our field manager and force.
+4. Read the Deployment and its Pods, compute the status (`conditions`), write it to the status
+   subresource if it changed, and post an Event per condition transition.
+
+Runs for the same NIMService are serialized by a per-object lock (kopf runs change handlers,
+the timer and child-event handlers concurrently).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import ValidationError
+
+from nim_operator import API_GROUP, API_VERSION, PLURAL, events
+from nim_operator.conditions import OWNED_STATUS_FIELDS, Observation, Problem, compute_status
+from nim_operator.kube import ApiError, CapabilityCache, KubeClient, ResourceKind, TransientApiError
+from nim_operator.models import NIMServiceSpec, service_name_problem
+from nim_operator.render import FIELD_MANAGER, ChildRef, Owner, render_children
+from nim_operator.render.labels import selector_labels
+from nim_operator.settings import Settings
+
+__all__ = [
+    "HANDOVER_MANAGER",
+    "NIMSERVICES",
+    "Outcome",
+    "Runtime",
+    "reconcile",
+    "reconcile_soon",
+]
+
+NIMSERVICES = ResourceKind(f"{API_GROUP}/{API_VERSION}", PLURAL)
+DEPLOYMENTS = ResourceKind("apps/v1", "deployments")
+PODS = ResourceKind("v1", "pods")
+SECRETS = ResourceKind("v1", "secrets")
+PVCS = ResourceKind("v1", "persistentvolumeclaims")
+SERVICE_MONITORS = ("monitoring.coreos.com/v1", "servicemonitors")
+
+# A second field manager that holds Deployment.spec.replicas for the moment between "we stop
+# declaring it" and "the HPA writes it" (see `_hand_over_replicas`).
+HANDOVER_MANAGER = f"{FIELD_MANAGER}-replicas-handover"
+
+
+@dataclass
+class _OwnerSlot:
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    # The status this operator last wrote: fresher than the body a timer or an index holds,
+    # so transitions (lastTransitionTime, Events) are judged against what is really stored.
+    last_status: dict[str, Any] | None = None
+
+
+EventPoster = Callable[[Mapping[str, Any], Sequence[events.EventNote]], None]
+
+
+@dataclass
+class Runtime:
+    """What reconcile needs across calls; lives in kopf's `memo` for one operator run."""
+
+    kube: KubeClient
+    settings: Settings
+    capabilities: CapabilityCache
+    # kopf's poster in the operator; tests outside kopf pass a recorder.
+    post_events: EventPoster = events.post
+    _slots: dict[str, _OwnerSlot] = field(default_factory=dict)
+    # "namespace/name" of NIMServices with a child-triggered reconcile waiting to start.
+    _queued: set[str] = field(default_factory=set)
+
+    @classmethod
+    async def start(cls, settings: Settings) -> Runtime:
+        kube = await KubeClient.connect(timeout=settings.api_timeout, retries=settings.api_retries)
+        return cls(kube, settings, CapabilityCache(kube, ttl=settings.capability_ttl))
+
+    async def close(self) -> None:
+        await self.kube.close()
+
+    def slot(self, uid: str) -> _OwnerSlot:
+        return self._slots.setdefault(uid, _OwnerSlot())
+
+    def forget(self, uid: str) -> None:
+        self._slots.pop(uid, None)
+
+    def enqueue(self, key: str) -> bool:
+        """Mark a run for `key` as waiting; False if one already is."""
+        if key in self._queued:
+            return False
+        self._queued.add(key)
+        return True
+
+    def dequeue(self, key: str) -> None:
+        self._queued.discard(key)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a reconcile found; handlers turn a failure into kopf's retry semantics."""
+
+    status: dict[str, Any]
+    failure: Problem | None = None
+    # True when only a change of the NIMService itself can fix the failure.
+    permanent: bool = False
+
+
+def _now() -> str:
+    return datetime.datetime.now(tz=datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _clip(message: str, limit: int = 1024) -> str:
+    return message if len(message) <= limit else message[: limit - 3] + "..."
+
+
+def _kind(ref: ChildRef) -> ResourceKind:
+    return ResourceKind(ref.api_version, ref.plural)
+
+
+def _parse_spec(owner: Owner, body: Mapping[str, Any]) -> NIMServiceSpec | Problem:
+    """The validated spec, or why there is none. Messages name fields, never values."""
+    if (problem := service_name_problem(owner.name)) is not None:
+        return Problem("InvalidName", problem)
+    try:
+        return NIMServiceSpec.from_body(dict(body.get("spec") or {}))
+    except ValidationError as e:
+        # e.errors() rather than str(e): str(e) quotes the input, which may be a literal
+        # NGC_API_KEY the validator is refusing.
+        details = "; ".join(
+            f"spec.{'.'.join(str(part) for part in error['loc'])}: {error['msg']}"
+            if error["loc"]
+            else f"spec: {error['msg']}"
+            for error in e.errors(include_url=False, include_input=False)
+        )
+        return Problem("InvalidSpec", _clip(details))
+
+
+async def _missing_dependency(
+    kube: KubeClient, owner: Owner, spec: NIMServiceSpec
+) -> Problem | None:
+    """What the spec refers to but the operator does not create, when it is not there.
+
+    Metadata-only reads: the operator needs to know the Secret exists, not what it holds.
+    """
+    ns = owner.namespace
+    secret = spec.auth_secret
+    if secret and await kube.get(SECRETS, ns, secret, metadata_only=True) is None:
+        return Problem(
+            "SecretNotFound",
+            f'authSecret "{secret}" not found in namespace {ns}: '
+            "create it with an NGC_API_KEY key (and HF_TOKEN for gated models)",
+        )
+    pvc = spec.storage.pvc
+    claim = pvc.name if pvc is not None and not pvc.create else None
+    if claim and await kube.get(PVCS, ns, claim, metadata_only=True) is None:
+        return Problem(
+            "PVCNotFound",
+            f'storage.pvc.name "{claim}" not found in namespace {ns}: '
+            "create the claim, or set storage.pvc.create with a size",
+        )
+    return None
+
+
+def _controlled_by(obj: Mapping[str, Any], owner: Owner) -> bool:
+    return any(
+        ref.get("uid") == owner.uid and ref.get("controller")
+        for ref in obj.get("metadata", {}).get("ownerReferences") or []
+    )
+
+
+def _manager_applies_replicas(deployment: Mapping[str, Any], manager: str) -> bool:
+    for entry in deployment.get("metadata", {}).get("managedFields") or []:
+        ours = entry.get("manager") == manager and entry.get("operation") == "Apply"
+        if ours and "f:replicas" in (entry.get("fieldsV1") or {}).get("f:spec", {}):
+            return True
+    return False
+
+
+async def _hand_over_replicas(kube: KubeClient, ref: ChildRef, namespace: str) -> None:
+    """Keep the replica count when our apply stops declaring it because an HPA takes over.
+
+    With server-side apply, a field that one manager applied alone is *removed* when that
+    manager applies again without it - for Deployment.spec.replicas, the API server then
+    defaults it to 1, scaling a busy service down before the HPA reacts. So, while we still own
+    it, a second manager applies just the current value; our next apply drops the field, the
+    second manager keeps it at its value, and the HPA's first scale write takes it over for good
+    (this is the ownership transfer described in the Kubernetes server-side apply docs).
+
+    Simpler options lose: re-applying the live value on every reconcile keeps us an owner and
+    overwrites whatever the HPA chose between our read and our write.
+    """
+    live = await kube.get(DEPLOYMENTS, namespace, ref.name)
+    if live is None or not _manager_applies_replicas(live, FIELD_MANAGER):
+        return
+    replicas = live.get("spec", {}).get("replicas")
+    if replicas is None:
+        return
+    keep = {
+        "apiVersion": ref.api_version,
+        "kind": ref.kind,
+        "metadata": {"name": ref.name, "namespace": namespace},
+        "spec": {"replicas": replicas},
+    }
+    await kube.apply(DEPLOYMENTS, keep, field_manager=HANDOVER_MANAGER)
+
+
+async def _sync_children(
+    runtime: Runtime, owner: Owner, spec: NIMServiceSpec, *, service_monitors: bool
+) -> None:
+    kube = runtime.kube
+    children = render_children(
+        owner,
+        spec,
+        replicas=spec.desired_replicas(),
+        service_monitor_supported=service_monitors,
+    )
+    # Deletions first: an HPA being switched off must be gone before the Deployment's replica
+    # count is enforced again, or it could rescale in between.
+    for ref, manifest in children:
+        if manifest is None:
+            current = await kube.get(_kind(ref), owner.namespace, ref.name, metadata_only=True)
+            # Only what we control: a retained PVC or a user's object of the same name stays.
+            if current is not None and _controlled_by(current, owner):
+                uid = current["metadata"].get("uid")
+                await kube.delete(_kind(ref), owner.namespace, ref.name, uid=uid)
+    for ref, manifest in children:
+        if manifest is None:
+            continue
+        if ref.kind == "Deployment" and spec.hpa_enabled():
+            await _hand_over_replicas(kube, ref, owner.namespace)
+        await kube.apply(_kind(ref), manifest, field_manager=FIELD_MANAGER, force=True)
+
+
+async def _observe(runtime: Runtime, owner: Owner) -> tuple[dict[str, Any] | None, list[Any]]:
+    kube = runtime.kube
+    deployment = await kube.get(DEPLOYMENTS, owner.namespace, owner.name)
+    if deployment is not None and not _controlled_by(deployment, owner):
+        deployment = None  # someone else's Deployment of the same name says nothing about us
+    selector = ",".join(f"{k}={v}" for k, v in sorted(selector_labels(owner.name).items()))
+    pods = await kube.list(PODS, owner.namespace, label_selector=selector)
+    return deployment, pods
+
+
+async def _write_status(
+    runtime: Runtime,
+    body: Mapping[str, Any],
+    owner: Owner,
+    obs: Observation,
+    *,
+    logger: logging.Logger | logging.LoggerAdapter[logging.Logger],
+) -> dict[str, Any]:
+    slot = runtime.slot(owner.uid)
+    previous = slot.last_status or dict(body.get("status") or {})
+    status = compute_status(obs, previous, now=_now())
+    if {k: previous.get(k) for k in OWNED_STATUS_FIELDS} != {
+        k: status.get(k) for k in OWNED_STATUS_FIELDS
+    }:
+        # Merge patch: fields we no longer report are nulled; fields of other writers stay.
+        patch = {"status": {**dict.fromkeys(OWNED_STATUS_FIELDS), **status}}
+        written = await runtime.kube.merge_patch(
+            NIMSERVICES,
+            owner.namespace,
+            owner.name,
+            patch,
+            subresource="status",
+            field_manager=FIELD_MANAGER,
+        )
+        if written is None:
+            return status  # the NIMService is gone; nothing to report to
+        slot.last_status = status
+        notes = events.transition_events(previous.get("conditions") or [], status["conditions"])
+        runtime.post_events(body, notes)
+        for note in notes:
+            logger.info("%s %s: %s", note.type, note.reason, note.message)
+    return status
+
+
+async def reconcile(
+    runtime: Runtime,
+    body: Mapping[str, Any],
+    *,
+    logger: logging.Logger | logging.LoggerAdapter[logging.Logger],
+) -> Outcome | None:
+    """Make the cluster match the NIMService `body`; None when it is being deleted."""
+    meta = body["metadata"]
+    if meta.get("deletionTimestamp"):
+        return None  # garbage collection removes the children; do not re-create them
+    owner = Owner(name=meta["name"], namespace=meta["namespace"], uid=meta["uid"])
+    async with runtime.slot(owner.uid).lock:
+        parsed = _parse_spec(owner, body)
+        spec = parsed if isinstance(parsed, NIMServiceSpec) else None
+        problem = parsed if isinstance(parsed, Problem) else None
+        monitor_missing = False
+        rejected = False
+        if spec is not None:
+            problem = await _missing_dependency(runtime.kube, owner, spec)
+        if spec is not None and problem is None:
+            monitors = await runtime.capabilities.has(*SERVICE_MONITORS)
+            monitor_missing = spec.metrics_enabled() and not monitors
+            try:
+                await _sync_children(runtime, owner, spec, service_monitors=monitors)
+            except TransientApiError:
+                raise
+            except ApiError as e:
+                # The spec passed the CRD schema and pydantic, but a child built from it did not
+                # pass the API server (e.g. a malformed affinity), or we may not write it (RBAC).
+                problem = Problem("ChildRejected", _clip(f"{e.reason}: {e}"))
+                rejected = e.status in (400, 422)
+        deployment, pods = await _observe(runtime, owner)
+        obs = Observation(
+            owner=owner,
+            generation=int(meta.get("generation") or 0),
+            spec=spec,
+            config_problem=problem,
+            deployment=deployment,
+            pods=pods,
+            service_monitor_missing=monitor_missing,
+        )
+        status = await _write_status(runtime, body, owner, obs, logger=logger)
+    return Outcome(status=status, failure=problem, permanent=spec is None or rejected)
+
+
+async def reconcile_soon(
+    runtime: Runtime,
+    namespace: str,
+    name: str,
+    *,
+    logger: logging.Logger | logging.LoggerAdapter[logging.Logger],
+) -> Outcome | None:
+    """Reconcile a NIMService after a short delay, folding a burst of child events into one run.
+
+    If a run is already waiting, this one is dropped: the waiting run has not read anything
+    yet, so it will see whatever this event was about. The NIMService is read afresh after the
+    delay: a body remembered from before could resurrect the children of a deleted service.
+    """
+    key = f"{namespace}/{name}"
+    if not runtime.enqueue(key):
+        return None
+    try:
+        await asyncio.sleep(runtime.settings.child_event_delay)
+    finally:
+        runtime.dequeue(key)
+    body = await runtime.kube.get(NIMSERVICES, namespace, name)
+    if body is None:
+        return None
+    return await reconcile(runtime, body, logger=logger)

@@ -1,0 +1,83 @@
+"""Operator settings: ours from NIM_OPERATOR_* environment variables, and kopf's in one place.
+
+`Settings` is read once at import of `nim_operator.handlers`, because kopf takes a timer's interval
+when the handler is registered. `configure_kopf` is what the one `@kopf.on.startup` handler calls.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import kopf
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from nim_operator import API_GROUP
+from nim_operator.render.labels import FIELD_MANAGER, MANAGED_BY_LABEL
+
+__all__ = ["FINALIZER", "Settings", "configure_kopf", "managed_children_selector"]
+
+FINALIZER = f"{API_GROUP}/finalizer"
+
+
+class Settings(BaseSettings):
+    """Knobs of the operator process; each field is `NIM_OPERATOR_<FIELD NAME>`."""
+
+    model_config = SettingsConfigDict(env_prefix="NIM_OPERATOR_", frozen=True)
+
+    # How often every NIMService is reconciled even without events: the bound on how long a
+    # hand-edited child, or one whose deletion event was missed, can stay wrong.
+    reconcile_interval: float = Field(default=60.0, gt=0)
+    # Child (Deployment/Pod) events within this window are folded into one reconcile.
+    child_event_delay: float = Field(default=0.5, ge=0)
+    # How long "the cluster has (no) ServiceMonitor CRD" is believed before asking again.
+    capability_ttl: float = Field(default=300.0, ge=0)
+    api_timeout: float = Field(default=30.0, gt=0)
+    api_retries: int = Field(default=4, ge=0)
+    # Comma-separated namespaces or globs (e.g. "team-*"); empty means the whole cluster.
+    namespaces: str = ""
+    liveness_endpoint: str = "http://0.0.0.0:8080/healthz"
+    # Watches are closed by the server after this many seconds and reopened: a stuck
+    # connection (e.g. through a dead load balancer) cannot silence the operator for long.
+    watch_timeout: float = Field(default=300.0, gt=0)
+    # Debug-level logs (every API request kopf makes); never request bodies.
+    verbose: bool = False
+
+    def namespace_patterns(self) -> list[str]:
+        return [ns.strip() for ns in self.namespaces.split(",") if ns.strip()]
+
+
+def managed_children_selector() -> str:
+    """The label selector of every Deployment and Pod this operator manages."""
+    return f"{MANAGED_BY_LABEL}={FIELD_MANAGER}"
+
+
+def configure_kopf(kopf_settings: kopf.OperatorSettings, settings: Settings) -> None:
+    """All of kopf's settings: state under our API group, bounded watches, explicit events."""
+    persistence = kopf_settings.persistence
+    persistence.finalizer = FINALIZER
+    persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=API_GROUP)
+    persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=API_GROUP, key="last-handled-configuration"
+    )
+
+    watching = kopf_settings.watching
+    watching.server_timeout = settings.watch_timeout
+    watching.client_timeout = settings.watch_timeout + 30
+    watching.connect_timeout = settings.api_timeout
+    # Children are watched only to re-reconcile their owner: let the API server filter them, so
+    # the operator never streams every Pod of the cluster.
+    for resource in (("apps/v1", "deployments"), ("v1", "pods")):
+        watching.label_selectors[resource] = managed_children_selector()
+
+    kopf_settings.networking.connect_timeout = settings.api_timeout
+    kopf_settings.networking.request_timeout = settings.api_timeout * 2
+
+    # Events are posted explicitly on condition transitions (see nim_operator.events), never
+    # from log lines, so a timer tick does not add an Event every minute.
+    kopf_settings.posting.loggers = False
+    kopf_settings.posting.level = logging.INFO
+    kopf_settings.posting.reporting_component = FIELD_MANAGER
+
+    # One operator replica (Recreate rollout): no peering objects to create or watch.
+    kopf_settings.peering.standalone = True

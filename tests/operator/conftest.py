@@ -1,0 +1,123 @@
+"""Fixtures for the operator's end-to-end tests, on kmock and (when KUBECONFIG is set) for real.
+
+`backend` is parametrised: "kmock" serves tests/support's API-server emulator on a localhost
+port; "k8s" (marked `k8s`, skipped unless KUBECONFIG is set) uses the cluster KUBECONFIG points
+at, with the CRD applied from crds/. Either way the test code and the real operator process
+talk HTTP to it through a kubeconfig, and every test gets a namespace of its own.
+
+    pytest tests/operator                       # kmock only
+    KUBECONFIG=~/.kube/config pytest -m k8s     # a real cluster (e.g. kind), see
+                                                # docs/operator-runtime.md
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+from nim_operator.kube import ApiError, KubeClient, ResourceKind
+
+from tests.support.kmock_cluster import EmulatedCluster, load_crds
+from tests.support.kmock_harness import (
+    ClusterDriver,
+    EmulatedControllers,
+    OperatorProcess,
+    RealControllers,
+    connection_from_kubeconfig,
+    eventually,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+CRDS = REPO / "crds"
+NAMESPACE_PREFIX = "nimtest-"
+# The operator's timer, shortened from 60 s so "restored within the interval" is quick to see.
+RECONCILE_INTERVAL = 2.0
+
+NAMESPACES = ResourceKind("v1", "namespaces", namespaced=False)
+CRD_KIND = ResourceKind("apiextensions.k8s.io/v1", "customresourcedefinitions", namespaced=False)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if os.environ.get("KUBECONFIG"):
+        return
+    skip = pytest.mark.skip(reason="needs a cluster: set KUBECONFIG (docs/operator-runtime.md)")
+    for item in items:
+        if "k8s" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session", params=["kmock", pytest.param("k8s", marks=pytest.mark.k8s)])
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture(scope="session")
+def kubeconfig(backend: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    if backend == "k8s":
+        yield Path(os.environ["KUBECONFIG"]).expanduser()
+        return
+    with EmulatedCluster(load_crds(CRDS)) as cluster:
+        yield cluster.write_kubeconfig(tmp_path_factory.mktemp("kmock") / "kubeconfig")
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def api(kubeconfig: Path) -> AsyncIterator[KubeClient]:
+    client = KubeClient(connection_from_kubeconfig(kubeconfig), user_agent="nimstack-e2e")
+    yield client
+    await client.close()
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def crds_installed(backend: str, api: KubeClient) -> None:
+    """On a real cluster, apply crds/ (server-side) and wait until the API serves them."""
+    if backend != "k8s":
+        return  # the emulator registered them at startup
+    for crd in load_crds(CRDS):
+        await api.apply(CRD_KIND, crd, field_manager="nimstack-e2e")
+
+        async def established(name: str = crd["metadata"]["name"]) -> bool:
+            live = await api.get(CRD_KIND, None, name)
+            conditions = (live or {}).get("status", {}).get("conditions", [])
+            return any(c["type"] == "Established" and c["status"] == "True" for c in conditions)
+
+        await eventually(established, within=60, what=f"CRD {crd['metadata']['name']}")
+
+
+@pytest.fixture(scope="session")
+def operator_process(
+    kubeconfig: Path, crds_installed: None, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[OperatorProcess]:
+    """The real operator, watching the test namespaces, with a 2 s timer."""
+    process = OperatorProcess(
+        kubeconfig,
+        tmp_path_factory.mktemp("operator") / "operator.log",
+        namespaces=f"{NAMESPACE_PREFIX}*",
+        reconcile_interval=str(RECONCILE_INTERVAL),
+        child_event_delay="0.2",
+        capability_ttl="2",
+        verbose="true",
+    )
+    process.start()
+    yield process
+    process.stop()
+
+
+@pytest.fixture(scope="session")
+def driver(backend: str, api: KubeClient) -> ClusterDriver:
+    return RealControllers() if backend == "k8s" else EmulatedControllers(api)
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def namespace(api: KubeClient, operator_process: OperatorProcess) -> AsyncIterator[str]:
+    name = f"{NAMESPACE_PREFIX}{secrets.token_hex(4)}"
+    manifest = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}
+    await api.create(NAMESPACES, None, manifest)
+    yield name
+    # Best effort: a real cluster finishes deleting the namespace in the background.
+    with contextlib.suppress(ApiError):
+        await api.delete(NAMESPACES, None, name)
