@@ -8,6 +8,7 @@ model loads, after it fails to load, and after the engine process dies.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from abc import ABC, abstractmethod
@@ -22,6 +23,7 @@ from nim_server.settings import Settings, default_cache_path
 
 if TYPE_CHECKING:
     from vllm import RequestOutput, SamplingParams
+    from vllm.tokenizers import TokenizerLike
     from vllm.v1.engine.async_llm import AsyncLLM
 
 log = logging.getLogger(__name__)
@@ -241,15 +243,20 @@ class VllmEngine(InferenceEngine):
         (rendered,) = await llm.renderer.render_cmpl_async([parsed], tokenize)
         return _engine_prompt(rendered)
 
-    async def generate(  # type: ignore[override]  # an async generator is an AsyncIterator
+    async def generate(
         self, prompt: EnginePrompt, params: SamplingParams, request_id: str
     ) -> AsyncIterator[RequestOutput]:
         from vllm.exceptions import VLLMClientError, VLLMValidationError
         from vllm.v1.engine.exceptions import EngineDeadError
 
         try:
-            async for output in self.llm.generate(prompt.engine_input, params, request_id):
-                yield output
+            # aclosing: if our caller stops early, close vLLM's generator now, which aborts the
+            # request in the engine, instead of whenever it is garbage collected.
+            async with contextlib.aclosing(
+                self.llm.generate(prompt.engine_input, params, request_id)
+            ) as outputs:
+                async for output in outputs:
+                    yield output
         except VLLMValidationError as error:
             raise EngineRequestError(str(error.args[0]), error.parameter) from None
         except VLLMClientError as error:
@@ -258,11 +265,18 @@ class VllmEngine(InferenceEngine):
             self.check_health()
             raise EngineDead(self.reason) from None
 
+    @property
+    def _tokenizer(self) -> TokenizerLike:
+        tokenizer = self.llm.tokenizer
+        if tokenizer is None:  # only for engines started with skip_tokenizer_init
+            raise EngineDead("the engine has no tokenizer")
+        return tokenizer
+
     def decode(self, token_ids: Sequence[int]) -> str:
-        return str(self.llm.tokenizer.decode(list(token_ids)))
+        return str(self._tokenizer.decode(list(token_ids)))
 
     def token_strings(self, token_ids: Sequence[int]) -> list[str]:
-        tokenizer = self.llm.tokenizer
+        tokenizer = self._tokenizer
         return [str(tokenizer.decode([token_id])) for token_id in token_ids]
 
 
@@ -272,17 +286,21 @@ def _create_async_llm(settings: Settings, resolved: ResolvedModel, cache: Path) 
     from vllm.v1.engine.async_llm import AsyncLLM
 
     on_cpu = current_platform.is_cpu()
-    kv_bytes = settings.kv_cache_bytes
+    kv_bytes: int | None = settings.kv_cache_bytes
     if kv_bytes is None and on_cpu:
         kv_bytes = DEFAULT_CPU_KV_CACHE_BYTES
+    # Unset settings are left out so the engine derives them from the model and the device.
+    optional: dict[str, Any] = {
+        "max_model_len": settings.max_model_len,
+        "kv_cache_memory_bytes": kv_bytes,
+        "max_num_seqs": settings.max_num_seqs,
+    }
     args = AsyncEngineArgs(
         model=resolved.path,
         served_model_name=[resolved.served_name],
-        max_model_len=settings.max_model_len,
         tensor_parallel_size=settings.tensor_parallel_size,
         gpu_memory_utilization=settings.gpu_memory_utilization,
-        kv_cache_memory_bytes=int(kv_bytes) if kv_bytes is not None else None,
-        max_num_seqs=settings.max_num_seqs,
+        **{name: value for name, value in optional.items() if value is not None},
         download_dir=str(cache / "hub"),
         # CUDA graphs buy nothing on CPU and cost start-up time.
         enforce_eager=on_cpu,

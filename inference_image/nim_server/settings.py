@@ -117,7 +117,7 @@ def describe_validation_error(error: ValidationError) -> str:
 def load_settings(argv: list[str] | None = None) -> Settings:
     """Read settings from flags and the environment; raise SettingsError with one clear line."""
     try:
-        return Settings(_cli_parse_args=argv if argv is not None else [])  # type: ignore[call-arg]
+        return Settings(_cli_parse_args=argv if argv is not None else [])
     except ValidationError as error:
         raise SettingsError(describe_validation_error(error)) from None
 

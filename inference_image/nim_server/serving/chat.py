@@ -23,6 +23,7 @@ from nim_server.protocol import (
 )
 from nim_server.serving.common import (
     check_message_content,
+    close_stream,
     output_budget,
     served_model,
     started,
@@ -177,6 +178,10 @@ class ChatService:
         except Exception as error:  # after the 200 was sent, errors go in-band
             self._on_stream_error()
             yield stream_error_payload(error)
+        finally:
+            # Reached early when the client hangs up (the SSE response closes this generator):
+            # closing the engine stream aborts the request and frees its slot at once.
+            await close_stream(outputs)
         yield DONE
 
 
@@ -218,6 +223,8 @@ def _chat_logprobs(
     fallback = dict(zip(token_ids, engine.token_strings(token_ids), strict=True))
     content = []
     for token_id, position in zip(token_ids, positions, strict=False):
+        if position is None:  # never for generated tokens; keeps the types honest
+            continue
         sampled = position.get(token_id)
         text = token_text(sampled, fallback.get(token_id, ""))
         top = top_entries(position, request.top_logprobs or 0, fallback)

@@ -109,12 +109,12 @@ async def started(stream: AsyncIterator[T]) -> tuple[T | None, AsyncIterator[T]]
     except StopAsyncIteration:
         return None, stream
     except BaseException as error:
-        await _close(stream)
+        await close_stream(stream)
         raise as_api_error(error) from None
     return first, stream
 
 
-async def _close(stream: AsyncIterator[Any]) -> None:
+async def close_stream(stream: AsyncIterator[Any]) -> None:
     close = getattr(stream, "aclose", None)
     if close is not None:
         await close()

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from nim_server.engine import EnginePrompt, InferenceEngine, ServedModel
+from nim_server.errors import invalid_request
 from nim_server.protocol import (
     CompletionChoice,
     CompletionLogprobs,
@@ -17,6 +18,7 @@ from nim_server.protocol import (
 )
 from nim_server.serving.chat import DONE
 from nim_server.serving.common import (
+    close_stream,
     merge_streams,
     output_budget,
     served_model,
@@ -85,6 +87,8 @@ class CompletionService:
 
     async def _prepare(self, raw: str | list[int]) -> _Prompt:
         prompt = await self._engine.render_text(raw)
+        if not prompt.token_ids:
+            raise invalid_request("The prompt is empty.", param="prompt")
         text = raw if isinstance(raw, str) else self._engine.decode(raw)
         return _Prompt(engine_prompt=prompt, text=text)
 
@@ -206,6 +210,10 @@ class CompletionService:
         except Exception as error:  # after the 200 was sent, errors go in-band
             self._on_stream_error()
             yield stream_error_payload(error)
+        finally:
+            # Reached early when the client hangs up: abort every prompt's engine request.
+            for _, rest in streams:
+                await close_stream(rest)
         yield DONE
 
 
@@ -213,7 +221,7 @@ def _split_prompts(prompt: str | list[str] | list[int] | list[list[int]]) -> lis
     if isinstance(prompt, str):
         return [prompt]
     if prompt and isinstance(prompt[0], int):
-        return [prompt]  # type: ignore[list-item]  # one prompt given as token ids
+        return [prompt]  # one prompt given as token ids
     return list(prompt)  # type: ignore[arg-type]
 
 

@@ -10,6 +10,7 @@ from nim_server.protocol import ResponseFormat, SamplingFields
 
 if TYPE_CHECKING:
     from vllm import SamplingParams
+    from vllm.sampling_params import StructuredOutputsParams
 
 
 def sampling_params(
@@ -22,41 +23,51 @@ def sampling_params(
     response_format: ResponseFormat | None = None,
 ) -> SamplingParams:
     from vllm import SamplingParams
+    from vllm.exceptions import VLLMValidationError
     from vllm.sampling_params import RequestOutputKind
 
-    stop = [request.stop] if isinstance(request.stop, str) else request.stop
-    params = SamplingParams(
-        n=request.n,
-        temperature=1.0 if request.temperature is None else request.temperature,
-        top_p=1.0 if request.top_p is None else request.top_p,
-        top_k=0 if request.top_k is None else request.top_k,
-        min_p=0.0 if request.min_p is None else request.min_p,
-        presence_penalty=request.presence_penalty or 0.0,
-        frequency_penalty=request.frequency_penalty or 0.0,
-        repetition_penalty=1.0
-        if request.repetition_penalty is None
-        else request.repetition_penalty,
-        seed=request.seed,
-        stop=stop,
-        stop_token_ids=request.stop_token_ids,
-        include_stop_str_in_output=request.include_stop_str_in_output,
-        ignore_eos=request.ignore_eos,
-        max_tokens=max_tokens,
-        min_tokens=min(request.min_tokens, max_tokens),
-        logprobs=logprobs,
-        prompt_logprobs=prompt_logprobs,
-        skip_special_tokens=request.skip_special_tokens,
-        logit_bias=_logit_bias(request.logit_bias, vocab_size),
-        structured_outputs=_structured_outputs(response_format),
-        # Deltas: each output carries only the new tokens, so streaming costs O(new text).
-        output_kind=RequestOutputKind.DELTA,
-    )
     if request.stop_token_ids and any(t >= vocab_size for t in request.stop_token_ids):
         raise invalid_request(
             f"stop_token_ids must be token ids below the vocabulary size {vocab_size}",
             param="stop_token_ids",
         )
-    return params
+    if request.n > 1 and request.temperature == 0:
+        # The engine refuses this; say why in the client's terms.
+        raise invalid_request(
+            "n > 1 needs sampling: with temperature 0 every choice would be the same",
+            param="n",
+        )
+    stop = [request.stop] if isinstance(request.stop, str) else request.stop
+    try:
+        return SamplingParams(
+            n=request.n,
+            temperature=1.0 if request.temperature is None else request.temperature,
+            top_p=1.0 if request.top_p is None else request.top_p,
+            top_k=0 if request.top_k is None else request.top_k,
+            min_p=0.0 if request.min_p is None else request.min_p,
+            presence_penalty=request.presence_penalty or 0.0,
+            frequency_penalty=request.frequency_penalty or 0.0,
+            repetition_penalty=1.0
+            if request.repetition_penalty is None
+            else request.repetition_penalty,
+            seed=request.seed,
+            stop=stop,
+            stop_token_ids=request.stop_token_ids,
+            include_stop_str_in_output=request.include_stop_str_in_output,
+            ignore_eos=request.ignore_eos,
+            max_tokens=max_tokens,
+            min_tokens=min(request.min_tokens, max_tokens),
+            logprobs=logprobs,
+            prompt_logprobs=prompt_logprobs,
+            skip_special_tokens=request.skip_special_tokens,
+            logit_bias=_logit_bias(request.logit_bias, vocab_size),
+            structured_outputs=_structured_outputs(response_format),
+            # Deltas: each output carries only the new tokens, so streaming costs O(new text).
+            output_kind=RequestOutputKind.DELTA,
+        )
+    except VLLMValidationError as error:
+        # Combinations the engine refuses, e.g. n > 1 with greedy sampling.
+        raise invalid_request(str(error.args[0]), param=error.parameter) from None
 
 
 def _logit_bias(bias: dict[str, float] | None, vocab_size: int) -> dict[int, float] | None:
@@ -79,7 +90,7 @@ def _logit_bias(bias: dict[str, float] | None, vocab_size: int) -> dict[int, flo
     return parsed
 
 
-def _structured_outputs(response_format: ResponseFormat | None) -> object | None:
+def _structured_outputs(response_format: ResponseFormat | None) -> StructuredOutputsParams | None:
     from vllm.sampling_params import StructuredOutputsParams
 
     if response_format is None or response_format.type == "text":

@@ -1,0 +1,65 @@
+"""A client that goes away frees its engine slot at once: the engine request is aborted.
+
+The evidence is the engine's own token counter: an aborted request stops generating, so far
+fewer tokens are produced than the request asked for (random weights never stop early, and
+`ignore_eos` rules it out anyway).
+"""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+import pytest
+
+from tests.server.conftest import TINY_MAX_MODEL_LEN, chat_body
+from tests.server.test_metrics import scrape
+
+# Eight long samples: tens of thousands of tokens, many seconds of engine work, so that the
+# few hundred milliseconds an abort takes on a busy 2-core machine stay far below the bound.
+CHOICES = 8
+LONG = {"max_tokens": TINY_MAX_MODEL_LEN - 64, "ignore_eos": True, "n": CHOICES, "temperature": 1}
+FULL = CHOICES * LONG["max_tokens"]
+
+
+def wait_idle(http: httpx.Client, timeout: float = 60) -> dict[str, float]:
+    deadline = time.monotonic() + timeout
+    while True:
+        samples = scrape(http)
+        if samples["num_requests_running"] == 0 and samples["num_requests_waiting"] == 0:
+            return samples
+        assert time.monotonic() < deadline, "engine still busy"
+        time.sleep(0.1)
+
+
+def test_stream_disconnect_aborts_engine_request(server_url: str, http: httpx.Client) -> None:
+    before = wait_idle(http)["generation_tokens_total"]
+    streams = 2
+    for _ in range(streams):
+        with (
+            httpx.Client(base_url=server_url, headers=http.headers, timeout=60) as client,
+            client.stream(
+                "POST", "/v1/chat/completions", json=chat_body(stream=True, **LONG)
+            ) as response,
+        ):
+            assert response.status_code == 200
+            lines = response.iter_lines()
+            for _ in range(6):  # a few chunks in, then hang up
+                next(lines)
+    generated = wait_idle(http)["generation_tokens_total"] - before
+    assert generated < streams * FULL / 2, generated
+
+
+def test_non_streaming_disconnect_aborts_engine_request(
+    server_url: str, http: httpx.Client
+) -> None:
+    before = wait_idle(http)["generation_tokens_total"]
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(
+            f"{server_url}/v1/chat/completions",
+            json=chat_body(**LONG),
+            headers=http.headers,
+            timeout=1.0,
+        )
+    generated = wait_idle(http)["generation_tokens_total"] - before
+    assert generated < FULL / 2, generated
