@@ -42,6 +42,11 @@ NAMESPACES = ResourceKind("v1", "namespaces", namespaced=False)
 CRD_KIND = ResourceKind("apiextensions.k8s.io/v1", "customresourcedefinitions", namespaced=False)
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    # kmock 0.8 loads its bundled resource list with a deprecated importlib call.
+    config.addinivalue_line("filterwarnings", "ignore::DeprecationWarning:kmock.*")
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if os.environ.get("KUBECONFIG"):
         return
