@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 import sys
 
 import uvicorn
@@ -49,6 +50,11 @@ async def serve(settings: Settings) -> int:
             server.should_exit = True
 
     watcher = asyncio.create_task(stop_if_engine_fails())
+    # uvicorn turns SIGTERM/SIGINT into a graceful shutdown and then re-raises the signal to
+    # whatever handler was installed before it. A no-op handler here makes a graceful stop
+    # exit with status 0, which is what a pod being drained should report.
+    for handled in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(handled, lambda *_: None)
     await server.serve()
     watcher.cancel()
     return EXIT_ENGINE_FAILED if engine.state is EngineState.FAILED else 0

@@ -17,8 +17,9 @@ from typing import Any
 import celpy  # type: ignore[import-untyped]
 import pytest
 import yaml
-from nim_operator.models import NIMServiceSpec
 from pydantic import ValidationError
+
+from nim_operator.models import NIMServiceSpec
 
 REPO = Path(__file__).parents[2]
 CRD_PATH = REPO / "crds" / "nimservice.yaml"

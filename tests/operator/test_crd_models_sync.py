@@ -13,9 +13,10 @@ from typing import Annotated, Any, Literal, Union
 
 import pytest
 import yaml
-from nim_operator.models import NIMServiceSpec, NIMServiceStatus
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 from pydantic.fields import FieldInfo
+
+from nim_operator.models import NIMServiceSpec, NIMServiceStatus
 
 CRD_PATH = Path(__file__).parents[2] / "crds" / "nimservice.yaml"
 # Keywords that describe the value; the rest (description, CEL rules, list types) are CRD-only.

@@ -16,6 +16,7 @@ import kubernetes_validate
 import pytest
 import re2  # type: ignore[import-untyped]  # the regex engine the API server's patterns use
 import yaml
+
 from nim_operator import API_GROUP, API_VERSION, KIND, PLURAL
 
 CRD_PATH = Path(__file__).parents[2] / "crds" / "nimservice.yaml"

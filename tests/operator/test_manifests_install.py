@@ -11,6 +11,7 @@ from typing import Any
 import kubernetes_validate
 import pytest
 import yaml
+
 from nim_operator import API_GROUP, PLURAL
 
 REPO = Path(__file__).parents[2]

@@ -5,8 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from nim_operator.models import NIMServiceSpec, NIMServiceStatus, service_name_problem
 from pydantic import ValidationError
+
+from nim_operator.models import NIMServiceSpec, NIMServiceStatus, service_name_problem
 
 IMAGE = {"repository": "nvcr.io/nim/meta/llama-3.1-8b-instruct", "tag": "1.3.3"}
 

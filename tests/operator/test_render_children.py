@@ -9,6 +9,7 @@ from typing import Any
 import kubernetes_validate
 import pytest
 import yaml
+
 from nim_operator import API_GROUP, API_VERSION, KIND
 from nim_operator.models import NIMServiceSpec
 from nim_operator.render import FIELD_MANAGER, ChildRef, Owner, render_children

@@ -6,6 +6,7 @@ from typing import Any
 
 import kubernetes_validate
 import pytest
+
 from nim_operator.models import NIMServiceSpec
 from nim_operator.render import Owner, render_deployment, selector_labels
 

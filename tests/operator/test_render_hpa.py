@@ -6,6 +6,7 @@ import random
 from typing import Any
 
 import kubernetes_validate
+
 from nim_operator.models import NIMServiceSpec
 from nim_operator.render import Owner, render_hpa
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import kubernetes_validate
+
 from nim_operator.models import NIMServiceSpec
 from nim_operator.render import Owner, render_service, selector_labels, service_endpoint
 

@@ -51,12 +51,14 @@ def served_model(engine: InferenceEngine, requested: str | None) -> ServedModel:
             retry_after=LOADING_RETRY_AFTER,
             code="model_not_ready",
         )
-    if state is not EngineState.READY:
+    if state is EngineState.STOPPED:
         raise service_unavailable(
-            f"The server cannot serve requests: {engine.reason}.",
-            retry_after=30,
-            code="engine_unavailable",
+            f"The server is shutting down ({engine.reason}); retry on another replica.",
+            retry_after=1,
+            code="shutting_down",
         )
+    if state is not EngineState.READY:  # failed to load, or died: this process cannot serve
+        raise engine_failure(f"The server cannot serve requests: {engine.reason}.")
     model = engine.model
     # `model` omitted or "" (the Nitro client) means the one model this server serves.
     if requested and requested != model.name:

@@ -1,0 +1,96 @@
+"""The server's life: port up before the model, 503 while loading, ready, engine death, exit.
+
+Runs its own `nim-serve` process because it kills the engine.
+"""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+
+from tests.server.conftest import SERVED_NAME, chat_body, tiny_server_env
+from tests.support.server_process import ServerProcess, start_server
+
+
+@pytest.fixture
+def fresh_server(tiny_model_dir: Path, tmp_path: Path) -> ServerProcess:
+    proc = start_server(tmp_path, tiny_server_env(tiny_model_dir, tmp_path / "cache"))
+    yield proc
+    proc.stop()
+
+
+def engine_core_processes(server: ServerProcess) -> list[psutil.Process]:
+    children = psutil.Process(server.process.pid).children(recursive=True)
+    return [p for p in children if "EngineCore" in " ".join([*p.cmdline(), p.name()])]
+
+
+def test_loading_then_ready_then_engine_death(fresh_server: ServerProcess) -> None:
+    server = fresh_server
+    # The port answers long before the model is loaded: live is 200 at once...
+    live = server.wait_until("/v1/health/live", 200, timeout=60)
+    assert live.json() == {
+        "object": "health.response",
+        "message": "Service is live.",
+        "status": "alive",
+    }
+    # ...while readiness and inference say "not yet, retry" instead of refusing connections.
+    ready = httpx.get(server.base_url + "/v1/health/ready")
+    assert ready.status_code == 503
+    assert ready.json()["error"]["code"] == "engine_loading"
+    assert (
+        "loading" in ready.json()["error"]["message"]
+        or "prepared" in ready.json()["error"]["message"]
+    )
+    chat = httpx.post(server.base_url + "/v1/chat/completions", json=chat_body())
+    assert chat.status_code == 503
+    assert int(chat.headers["retry-after"]) > 0
+    assert chat.json()["error"]["code"] == "model_not_ready"
+    assert httpx.get(server.base_url + "/v1/models").status_code == 503
+
+    server.wait_until("/v1/health/ready", 200, timeout=300)
+    ok = httpx.post(server.base_url + "/v1/chat/completions", json=chat_body(), timeout=60)
+    assert ok.status_code == 200, ok.text
+    assert ok.json()["model"] == SERVED_NAME
+
+    # The engine process dies (OOM killer, GPU fault): readiness and liveness say so, and
+    # requests fail with a clear 500 instead of hanging.
+    (core,) = engine_core_processes(server)
+    core.kill()
+    core.wait(30)
+    server.wait_until("/v1/health/ready", 503, timeout=60)
+    dead = httpx.get(server.base_url + "/v1/health/ready").json()["error"]
+    assert "died" in dead["message"]
+    assert httpx.get(server.base_url + "/v1/health/live").status_code == 503
+    failed = httpx.post(server.base_url + "/v1/chat/completions", json=chat_body(), timeout=30)
+    assert failed.status_code == 500
+    assert failed.json()["error"]["type"] == "internal_server_error"
+
+
+def test_sigterm_exits_cleanly_and_reaps_the_engine(fresh_server: ServerProcess) -> None:
+    server = fresh_server
+    server.wait_until("/v1/health/ready", 200, timeout=300)
+    children = engine_core_processes(server)
+    assert children
+    server.process.send_signal(signal.SIGTERM)
+    assert server.process.wait(60) == 0
+    _gone, alive = psutil.wait_procs(children, timeout=30)
+    assert not alive, alive
+
+
+def test_model_load_failure_exits_nonzero(tmp_path: Path) -> None:
+    broken = tmp_path / "broken-model"
+    broken.mkdir()
+    (broken / "config.json").write_text("{not json")
+    server = start_server(
+        tmp_path, {"NIM_MODEL_NAME": str(broken), "NIM_CACHE_PATH": str(tmp_path)}
+    )
+    try:
+        code = server.process.wait(180)
+    finally:
+        server.stop()
+    assert code == 3
+    assert "model failed to load" in server.log()

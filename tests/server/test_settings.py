@@ -1,0 +1,132 @@
+"""Settings: NIM_* variables, `nim-serve` flags, precedence, and one-line errors at start."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from nim_server.settings import LogLevel, SettingsError, load_settings
+from tests.support.server_process import nim_serve_command
+
+ALL_VARIABLES = [
+    "NIM_MODEL_NAME",
+    "NIM_SERVED_MODEL_NAME",
+    "NIM_MAX_MODEL_LEN",
+    "NIM_SERVER_PORT",
+    "NIM_CACHE_PATH",
+    "NIM_TENSOR_PARALLEL_SIZE",
+    "NIM_GPU_MEMORY_UTILIZATION",
+    "NIM_KV_CACHE_BYTES",
+    "NIM_LOG_LEVEL",
+    "NIM_JSONL_LOGGING",
+    "NIM_API_KEY",
+]
+
+
+@pytest.fixture(autouse=True)
+def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ALL_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+
+
+def test_defaults() -> None:
+    settings = load_settings([])
+    assert settings.server_port == 8000
+    assert settings.model_name is None
+    assert settings.log_level is LogLevel.INFO
+    assert settings.api_key is None
+
+
+def test_every_variable_is_read(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    values = {
+        "NIM_MODEL_NAME": str(tmp_path),
+        "NIM_SERVED_MODEL_NAME": "meta/llama-3.1-8b-instruct",
+        "NIM_MAX_MODEL_LEN": "2048",
+        "NIM_SERVER_PORT": "9000",
+        "NIM_CACHE_PATH": str(tmp_path / "cache"),
+        "NIM_TENSOR_PARALLEL_SIZE": "2",
+        "NIM_GPU_MEMORY_UTILIZATION": "0.5",
+        "NIM_KV_CACHE_BYTES": "256MiB",
+        "NIM_LOG_LEVEL": "debug",
+        "NIM_JSONL_LOGGING": "1",
+        "NIM_API_KEY": "secret",
+    }
+    for name, value in values.items():
+        monkeypatch.setenv(name, value)
+    s = load_settings([])
+    assert (s.model_name, s.served_model_name) == (str(tmp_path), "meta/llama-3.1-8b-instruct")
+    assert (s.max_model_len, s.server_port, s.tensor_parallel_size) == (2048, 9000, 2)
+    assert s.cache_path == tmp_path / "cache"
+    assert s.gpu_memory_utilization == 0.5
+    assert s.kv_cache_bytes == 256 * 1024 * 1024
+    assert s.log_level is LogLevel.DEBUG
+    assert s.jsonl_logging is True
+    assert s.api_key is not None
+    assert s.api_key.get_secret_value() == "secret"
+
+
+def test_flags_override_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NIM_SERVER_PORT", "9000")
+    monkeypatch.setenv("NIM_JSONL_LOGGING", "true")
+    settings = load_settings(
+        ["--server-port", "9100", "--no-jsonl-logging", "--max-model-len", "64"]
+    )
+    assert settings.server_port == 9100
+    assert settings.jsonl_logging is False
+    assert settings.max_model_len == 64
+
+
+def test_empty_variables_mean_unset(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NIM_MODEL_NAME", "")
+    monkeypatch.setenv("NIM_API_KEY", " ")
+    settings = load_settings([])
+    assert settings.model_name is None
+    assert settings.api_key is None
+
+
+@pytest.mark.parametrize(
+    ("env", "argv", "names"),
+    [
+        ({}, ["--server-port", "70000"], "NIM_SERVER_PORT / --server-port"),
+        ({"NIM_MAX_MODEL_LEN": "abc"}, [], "NIM_MAX_MODEL_LEN / --max-model-len"),
+        ({"NIM_GPU_MEMORY_UTILIZATION": "1.5"}, [], "NIM_GPU_MEMORY_UTILIZATION"),
+        ({"NIM_MODEL_NAME": "/no/such/model"}, [], "NIM_MODEL_NAME / --model-name"),
+        ({"NIM_LOG_LEVEL": "loud"}, [], "NIM_LOG_LEVEL"),
+        ({"NIM_KV_CACHE_BYTES": "lots"}, [], "NIM_KV_CACHE_BYTES"),
+    ],
+)
+def test_invalid_settings_fail_at_start_with_one_line(
+    env: dict[str, str], argv: list[str], names: str
+) -> None:
+    result = subprocess.run(
+        [*nim_serve_command(), *argv],
+        env={"PATH": "/usr/bin:/bin", **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("nim-serve: invalid settings: ")
+    assert names in lines[0]
+
+
+def test_api_key_is_never_echoed() -> None:
+    with pytest.raises(SettingsError) as error:
+        load_settings(["--api-key", "hunter2", "--server-port", "0"])
+    assert "hunter2" not in str(error.value)
+    assert "NIM_SERVER_PORT" in str(error.value)
+
+
+def test_help_lists_every_setting() -> None:
+    result = subprocess.run(
+        [*nim_serve_command(), "--help"], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0
+    for name in ALL_VARIABLES:
+        flag = "--" + name.removeprefix("NIM_").lower().replace("_", "-")
+        assert flag in result.stdout, flag
