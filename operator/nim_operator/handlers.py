@@ -11,7 +11,6 @@ Four ways in, one reconcile:
 
 from __future__ import annotations
 
-import copy
 import logging
 from typing import Any
 
@@ -50,10 +49,10 @@ async def stop(memo: kopf.Memo, **_: Any) -> None:
 
 @kopf.index(*NIMSERVICE)
 def nimservices_by_name(
-    namespace: str | None, name: str, body: kopf.Body, **_: Any
-) -> dict[tuple[str | None, str], dict[str, Any]]:
-    """The latest body of every NIMService, so child events can find and reconcile it."""
-    return {(namespace, name): copy.deepcopy(dict(body))}
+    namespace: str | None, name: str, uid: str, **_: Any
+) -> dict[tuple[str | None, str], str]:
+    """Which NIMServices exist, so a child event is only acted on when its owner is ours."""
+    return {(namespace, name): uid}
 
 
 @kopf.on.resume(*NIMSERVICE)
@@ -101,7 +100,7 @@ async def reconcile_owner_of_child(
     memo: kopf.Memo,
     logger: Logger,
     # Injected by kopf (the index above, by its name); the default only satisfies typing.
-    nimservices_by_name: kopf.Index[tuple[str | None, str], dict[str, Any]] | None = None,
+    nimservices_by_name: kopf.Index[tuple[str | None, str], str] | None = None,
     **_: Any,
 ) -> None:
     assert nimservices_by_name is not None

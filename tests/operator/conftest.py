@@ -12,7 +12,6 @@ talk HTTP to it through a kubeconfig, and every test gets a namespace of its own
 
 from __future__ import annotations
 
-import contextlib
 import os
 import secrets
 from collections.abc import AsyncIterator, Iterator
@@ -20,8 +19,8 @@ from pathlib import Path
 
 import pytest
 import pytest_asyncio
-from nim_operator.kube import ApiError, KubeClient, ResourceKind
 
+from nim_operator.kube import KubeClient, ResourceKind
 from tests.support.kmock_cluster import EmulatedCluster, load_crds
 from tests.support.kmock_harness import (
     ClusterDriver,
@@ -29,6 +28,7 @@ from tests.support.kmock_harness import (
     OperatorProcess,
     RealControllers,
     connection_from_kubeconfig,
+    delete_namespace,
     eventually,
 )
 
@@ -123,6 +123,4 @@ async def namespace(api: KubeClient, operator_process: OperatorProcess) -> Async
     manifest = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}
     await api.create(NAMESPACES, None, manifest)
     yield name
-    # Best effort: a real cluster finishes deleting the namespace in the background.
-    with contextlib.suppress(ApiError):
-        await api.delete(NAMESPACES, None, name)
+    await delete_namespace(api, name)

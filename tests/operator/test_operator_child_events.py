@@ -13,9 +13,15 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
-from nim_operator.kube import KubeClient, ResourceKind
 
-from tests.support.kmock_harness import ClusterDriver, OperatorProcess, PodState, eventually
+from nim_operator.kube import KubeClient, ResourceKind
+from tests.support.kmock_harness import (
+    ClusterDriver,
+    OperatorProcess,
+    PodState,
+    delete_namespace,
+    eventually,
+)
 
 NIMSERVICES = ResourceKind("nimstack.dev/v1alpha1", "nimservices")
 DEPLOYMENTS = ResourceKind("apps/v1", "deployments")
@@ -49,7 +55,7 @@ async def events_namespace(
         NAMESPACES, None, {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}
     )
     yield name
-    await api.delete(NAMESPACES, None, name)
+    await delete_namespace(api, name)
 
 
 async def test_a_deleted_deployment_comes_back_at_once(

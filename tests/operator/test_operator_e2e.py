@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import pytest
-from nim_operator.kube import ApiError, KubeClient, ResourceKind
 
+from nim_operator.kube import ApiError, KubeClient, ResourceKind
 from tests.operator.conftest import RECONCILE_INTERVAL
 from tests.support.kmock_harness import ClusterDriver, OperatorProcess, PodState, eventually
 
@@ -221,18 +221,21 @@ async def test_hand_edits_and_deletions_of_children_are_undone(e2e: E2E) -> None
     service = await e2e.child(SERVICES, "llm")
     deployment = await e2e.child(DEPLOYMENTS, "llm")
 
-    # As `kubectl edit` would: a merge patch under another field manager. Services are not
-    # watched, so only the timer can notice: within one interval (plus a reconcile's time).
-    ports = [{"name": "api", "port": 1234, "targetPort": "api", "protocol": "TCP"}]
-    await e2e.api.merge_patch(
-        SERVICES, e2e.namespace, "llm", {"spec": {"ports": ports}}, field_manager="kubectl-edit"
-    )
+    # As `kubectl edit` would: a merge patch under another field manager, here re-pointing the
+    # Service's selector (a field the operator applies). Services are not watched, so only the
+    # timer can notice: within one interval, plus a reconcile's time.
+    # (Server-side apply restores the fields the operator declares; a field it does not declare,
+    # such as an extra port added by hand, is left to whoever added it.)
+    hijack = {"spec": {"selector": {"app.kubernetes.io/name": "something-else"}}}
+    await e2e.api.merge_patch(SERVICES, e2e.namespace, "llm", hijack, field_manager="kubectl-edit")
 
     async def service_restored() -> bool:
         svc = await e2e.get(SERVICES, "llm")
-        return bool(svc) and svc["spec"]["ports"][0]["port"] == 8000
+        return bool(svc) and svc["spec"]["selector"] == service["spec"]["selector"]
 
-    await e2e.until(service_restored, "Service port restored", within=2 * RECONCILE_INTERVAL + 3)
+    await e2e.until(
+        service_restored, "Service selector restored", within=2 * RECONCILE_INTERVAL + 3
+    )
 
     await e2e.api.merge_patch(
         DEPLOYMENTS, e2e.namespace, "llm", {"spec": {"replicas": 4}}, field_manager="kubectl-edit"

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import os
 import secrets
@@ -29,12 +30,15 @@ from typing import Any, Protocol, TypeVar
 import kopf
 import kubernetes.client
 import kubernetes.config
-from nim_operator.kube import KubeClient, ResourceKind
+
+from nim_operator.kube import ApiError, KubeClient, ResourceKind
 
 T = TypeVar("T")
 
 DEPLOYMENTS = ResourceKind("apps/v1", "deployments")
 PODS = ResourceKind("v1", "pods")
+NAMESPACES = ResourceKind("v1", "namespaces", namespaced=False)
+NIMSERVICES = ResourceKind("nimstack.dev/v1alpha1", "nimservices")
 
 
 def connection_from_kubeconfig(path: Path) -> kopf.ConnectionInfo:
@@ -137,6 +141,25 @@ async def eventually(
         if asyncio.get_running_loop().time() >= deadline:
             raise AssertionError(f"timed out after {within}s waiting for {what}\n{context()}")
         await asyncio.sleep(interval)
+
+
+async def delete_namespace(api: KubeClient, name: str) -> None:
+    """Delete a test namespace, its NIMServices first.
+
+    The NIMServices go while the operator still runs to release its finalizers: a namespace
+    deleted after the operator stopped would hang in Terminating on a real cluster.
+    """
+    for nim in await api.list(NIMSERVICES, name):
+        await api.delete(NIMSERVICES, name, nim["metadata"]["name"])
+
+    async def released() -> bool:
+        return not await api.list(NIMSERVICES, name)
+
+    with contextlib.suppress(AssertionError):
+        await eventually(released, within=30, what=f"NIMServices in {name} deleted")
+    # Best effort: a real cluster finishes deleting the namespace in the background.
+    with contextlib.suppress(ApiError):
+        await api.delete(NAMESPACES, None, name)
 
 
 class PodState(enum.Enum):
