@@ -2,7 +2,7 @@
 
 Run with `kopf run -m nim_operator.handlers --standalone` (or `python -m nim_operator`).
 
-Four ways in, one reconcile:
+Three ways in, one reconcile:
 * resume/create/update of a NIMService - at once, with kopf's retry semantics;
 * a timer per NIMService - every NIM_OPERATOR_RECONCILE_INTERVAL seconds, to undo hand edits;
 * events of our Deployments and Pods - a deleted Deployment or a pod going into CrashLoopBackOff
