@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 import yaml
+
 from nim_operator.conditions import (
     OWNED_STATUS_FIELDS,
     Observation,

@@ -17,8 +17,8 @@ import aiohttp
 import kopf
 import pytest
 import pytest_asyncio
-from nim_operator.kube import ApiError, KubeClient, ResourceKind
 
+from nim_operator.kube import ApiError, KubeClient, ResourceKind
 from tests.support.kmock_cluster import EmulatedCluster, load_crds
 
 CRDS = Path(__file__).resolve().parents[2] / "crds"

@@ -14,8 +14,8 @@ import kubernetes.config.kube_config
 import pytest
 import pytest_asyncio
 from kopf.testing import KopfRunner
-from nim_operator.kube import KubeClient, ResourceKind
 
+from nim_operator.kube import KubeClient, ResourceKind
 from tests.support.kmock_cluster import EmulatedCluster, load_crds
 from tests.support.kmock_harness import connection_from_kubeconfig, eventually
 

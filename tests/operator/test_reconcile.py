@@ -16,11 +16,11 @@ from typing import Any
 import kmock
 import pytest
 import pytest_asyncio
+
 from nim_operator.events import EventNote
 from nim_operator.kube import CapabilityCache, KubeClient, ResourceKind, TransientApiError
 from nim_operator.reconcile import HANDOVER_MANAGER, Runtime, reconcile, reconcile_soon
 from nim_operator.settings import Settings
-
 from tests.support.kmock_cluster import EmulatedCluster, load_crds
 from tests.support.kmock_harness import connection_from_kubeconfig
 

@@ -11,8 +11,8 @@ import kmock
 import kopf
 import pytest
 import pytest_asyncio
-from nim_operator.kube import ApiError, CapabilityCache, KubeClient, ResourceKind, TransientApiError
 
+from nim_operator.kube import ApiError, CapabilityCache, KubeClient, ResourceKind, TransientApiError
 from tests.support.kmock_cluster import EmulatedCluster
 
 SERVICES = ResourceKind("v1", "services")

@@ -225,21 +225,28 @@ class ApiServerEmulator(kmock.KubernetesEmulator):
         async with self._lock:
             mark = await bus.mark()
             initial = self._initial_events(request, resource)
+        # One pending read of the bus at a time, never cancelled on a timeout (a cancelled read
+        # could drop an event); the periodic wake-ups notice a client that went away.
+        pending: asyncio.Task[Any] | None = None
         try:
             for event in initial:
                 yield event
             timeout = float(request.params.get("timeoutSeconds") or 0) or None
             deadline = None if timeout is None else asyncio.get_running_loop().time() + timeout
             while True:
-                remaining = None
+                remaining = 1.0
                 if deadline is not None:
-                    remaining = deadline - asyncio.get_running_loop().time()
+                    remaining = min(remaining, deadline - asyncio.get_running_loop().time())
                     if remaining <= 0:
                         return
-                try:
-                    event = await asyncio.wait_for(bus.get(since=mark), remaining)
-                except TimeoutError:
-                    return
+                if pending is None:
+                    pending = asyncio.ensure_future(bus.get(since=mark))
+                done, _ = await asyncio.wait({pending}, timeout=remaining)
+                if not done:
+                    if _client_gone(request):
+                        return  # aiohttp does not cancel handlers on disconnect; stop streaming
+                    continue
+                event, pending = pending.result(), None
                 obj = event["object"]
                 meta = obj.get("metadata", {})
                 if request.namespace is not None and meta.get("namespace") != request.namespace:
@@ -249,6 +256,8 @@ class ApiServerEmulator(kmock.KubernetesEmulator):
                 if self._selected(request, obj):
                     yield event
         finally:
+            if pending is not None:
+                pending.cancel()
             await bus.unmark(mark)
 
     def _initial_events(self, request: kmock.Request, resource: kmock.resource) -> list[Any]:
@@ -623,6 +632,12 @@ class ApiServerEmulator(kmock.KubernetesEmulator):
             "spec": {"replicas": replicas if isinstance(replicas, int) else 0},
             "status": status,
         }
+
+
+def _client_gone(request: kmock.Request) -> bool:
+    raw = request._raw_request
+    transport = raw.transport if raw is not None else None
+    return transport is None or transport.is_closing()
 
 
 def _not_found(resource: kmock.resource, name: str) -> kmock.KubernetesError:
