@@ -28,11 +28,16 @@ from typing import Any
 from pydantic import ValidationError
 
 from nim_operator import API_GROUP, API_VERSION, PLURAL, events
-from nim_operator.conditions import OWNED_STATUS_FIELDS, Observation, Problem, compute_status
+from nim_operator.conditions import (
+    OWNED_STATUS_FIELDS,
+    Observation,
+    Problem,
+    compute_status,
+    label_selector,
+)
 from nim_operator.kube import ApiError, CapabilityCache, KubeClient, ResourceKind, TransientApiError
 from nim_operator.models import NIMServiceSpec, service_name_problem
 from nim_operator.render import FIELD_MANAGER, ChildRef, Owner, render_children
-from nim_operator.render.labels import selector_labels
 from nim_operator.settings import Settings
 
 __all__ = [
@@ -246,9 +251,12 @@ async def _observe(runtime: Runtime, owner: Owner) -> tuple[dict[str, Any] | Non
     deployment = await kube.get(DEPLOYMENTS, owner.namespace, owner.name)
     if deployment is not None and not _controlled_by(deployment, owner):
         deployment = None  # someone else's Deployment of the same name says nothing about us
-    selector = ",".join(f"{k}={v}" for k, v in sorted(selector_labels(owner.name).items()))
-    pods = await kube.list(PODS, owner.namespace, label_selector=selector)
+    pods = await kube.list(PODS, owner.namespace, label_selector=label_selector(owner.name))
     return deployment, pods
+
+
+def _owned(status: Mapping[str, Any]) -> dict[str, Any]:
+    return {key: status.get(key) for key in OWNED_STATUS_FIELDS}
 
 
 async def _write_status(
@@ -260,11 +268,10 @@ async def _write_status(
     logger: logging.Logger | logging.LoggerAdapter[logging.Logger],
 ) -> dict[str, Any]:
     slot = runtime.slot(owner.uid)
-    previous = slot.last_status or dict(body.get("status") or {})
+    stored = dict(body.get("status") or {})
+    previous = slot.last_status or stored
     status = compute_status(obs, previous, now=_now())
-    if {k: previous.get(k) for k in OWNED_STATUS_FIELDS} != {
-        k: status.get(k) for k in OWNED_STATUS_FIELDS
-    }:
+    if _owned(status) != _owned(previous) or _owned(status) != _owned(stored):
         # Merge patch: fields we no longer report are nulled; fields of other writers stay.
         patch = {"status": {**dict.fromkeys(OWNED_STATUS_FIELDS), **status}}
         written = await runtime.kube.merge_patch(
