@@ -5,6 +5,7 @@ Runs its own `nim-serve` process because it kills the engine.
 
 from __future__ import annotations
 
+import json
 import signal
 from pathlib import Path
 
@@ -56,11 +57,24 @@ def test_loading_then_ready_then_engine_death(fresh_server: ServerProcess) -> No
     assert ok.status_code == 200, ok.text
     assert ok.json()["model"] == SERVED_NAME
 
-    # The engine process dies (OOM killer, GPU fault): readiness and liveness say so, and
-    # requests fail with a clear 500 instead of hanging.
+    # The engine process dies (OOM killer, GPU fault) in the middle of a stream: the stream
+    # ends with an in-band error and [DONE]; readiness and liveness say so; new requests fail
+    # with a clear 500 instead of hanging.
     (core,) = engine_core_processes(server)
-    core.kill()
+    long_stream = chat_body(stream=True, max_tokens=4000, ignore_eos=True)
+    with httpx.stream(
+        "POST", server.base_url + "/v1/chat/completions", json=long_stream, timeout=60
+    ) as response:
+        assert response.status_code == 200
+        lines = response.iter_lines()
+        assert next(lines).startswith("data: ")
+        core.kill()
+        payloads = [line.removeprefix("data: ") for line in lines if line.startswith("data: ")]
     core.wait(30)
+    assert payloads[-1] == "[DONE]"
+    error = json.loads(payloads[-2])["error"]
+    assert error["type"] == "internal_server_error"
+    assert "engine" in error["message"]
     server.wait_until("/v1/health/ready", 503, timeout=60)
     dead = httpx.get(server.base_url + "/v1/health/ready").json()["error"]
     assert "died" in dead["message"]
@@ -85,12 +99,22 @@ def test_model_load_failure_exits_nonzero(tmp_path: Path) -> None:
     broken = tmp_path / "broken-model"
     broken.mkdir()
     (broken / "config.json").write_text("{not json")
-    server = start_server(
-        tmp_path, {"NIM_MODEL_NAME": str(broken), "NIM_CACHE_PATH": str(tmp_path)}
-    )
+    env = {
+        "NIM_MODEL_NAME": str(broken),
+        "NIM_CACHE_PATH": str(tmp_path),
+        "NIM_JSONL_LOGGING": "1",
+    }
+    server = start_server(tmp_path, env)
     try:
         code = server.process.wait(180)
     finally:
         server.stop()
     assert code == 3
-    assert "model failed to load" in server.log()
+    # Our own lines are JSON objects a log pipeline can parse (third-party progress bars that
+    # write straight to the terminal are not log records and are not reformatted).
+    records = [json.loads(line) for line in server.log().splitlines() if line.startswith("{")]
+    failure = [r for r in records if r["message"] == "model failed to load"]
+    assert failure, server.log()[-3000:]
+    assert failure[0]["level"] == "ERROR"
+    assert "config.json" in failure[0]["exception"] or "JSON" in failure[0]["exception"]
+    assert {"time", "level", "logger", "message"} <= set(records[0])
