@@ -19,7 +19,13 @@ kmock's storage, discovery and watch bus:
   them: the garbage collector (deleting an owner deletes objects whose ownerReferences name its
   uid; an object created with owners that are all gone is deleted at once) and the namespace
   controller (deleting a Namespace deletes what is in it);
-* API defaulting of ``Deployment.spec.replicas`` to 1 and of a new Pod's ``status.phase``.
+* API defaulting of ``Deployment.spec.replicas`` to 1 and of a new Pod's ``status.phase``;
+* metadata-only reads (``Accept: ...;as=PartialObjectMetadata``) answered without the object's
+  data, as the operator's existence checks of Secrets rely on;
+* the API server's answer to a server-side apply whose content does not fit a built-in kind's type
+  (a 500, see ``kmock_schemas``);
+* optional RBAC (``authorizer``, see ``kmock_rbac``) and, for fault tests, ``drop_watches()``
+  to cut every open watch at once, and ``arrival_times`` of each request.
 
 Fault injection stays kmock's: a reaction such as ``emulator["patch", resource] << 503`` wins
 over these fallbacks, and then nothing is stored, as with a real failed request.
@@ -35,7 +41,7 @@ import json
 import secrets
 import uuid
 from collections.abc import AsyncIterator, Mapping
-from typing import Any
+from typing import Any, Protocol
 
 import attrs
 import jsonpatch
@@ -44,10 +50,13 @@ import yaml
 from kmock._internal import k8s_views, parsing
 
 from tests.support import kmock_fields as fields
+from tests.support.kmock_schemas import typed_patch_errors
 
 ObjectKey = k8s_views.ArrayKey
 
 APPLY_PATCH = "application/apply-patch+yaml"
+# How often an idle watch checks whether its client left or the test cut it (seconds).
+WATCH_WAKEUP = 0.25
 JSON_PATCH = "application/json-patch+json"
 
 
@@ -108,12 +117,22 @@ def _dotted(path: str) -> fields.Path:
     return tuple(part for part in path.split(".") if part)
 
 
+class Authorizer(Protocol):
+    def authorize(self, request: kmock.Request, *, creates: bool) -> str | None:
+        """None to allow the request, else the message of a 403 Forbidden."""
+
+
 @attrs.define(kw_only=True)
 class ApiServerEmulator(kmock.KubernetesEmulator):
     """A stateful Kubernetes API emulator with the semantics listed in the module docstring."""
 
     watch_history: int = 5000
+    authorizer: Authorizer | None = None
+    # Loop time at which each request arrived, by kmock's request id (for backoff assertions).
+    arrival_times: dict[int, float] = attrs.field(factory=dict, init=False)
 
+    _watch_cut: asyncio.Event | None = attrs.field(default=None, init=False)
+    _watch_cut_abort: bool = attrs.field(default=False, init=False)
     _revision: int = attrs.field(default=0, init=False)
     _managed: dict[ObjectKey, fields.ManagedFields] = attrs.field(factory=dict, init=False)
     _changes: dict[kmock.resource, collections.deque[tuple[int, dict[str, Any]]]] = attrs.field(
@@ -165,6 +184,11 @@ class ApiServerEmulator(kmock.KubernetesEmulator):
     # --- request entry point --------------------------------------------------------------------
 
     async def _handle(self, request: kmock.Request) -> Any:
+        self.arrival_times[request.id] = asyncio.get_running_loop().time()
+        if self.authorizer is not None:
+            denied = self.authorizer.authorize(request, creates=self._creates_by_apply(request))
+            if denied is not None:
+                raise _error(403, "Forbidden", denied)
         # With reactions added by a test (fault injection), let kmock match them first. kmock
         # matches a reaction by scanning every request served so far, which grows slow over a
         # long session, so without any, route directly to the handlers below (kmock's own
@@ -177,6 +201,26 @@ class ApiServerEmulator(kmock.KubernetesEmulator):
         if handler is None:
             return await super(kmock.KubernetesEmulator, self)._handle(request)
         return await kmock.Response(payload=handler)(request)
+
+    def _creates_by_apply(self, request: kmock.Request) -> bool:
+        """A server-side apply of an object that does not exist yet (authorized as create too)."""
+        resource = request.resource
+        if request.method != kmock.method.PATCH or resource is None or request.name is None:
+            return False
+        if request.subresource or _content_type(request) != APPLY_PATCH:
+            return False
+        return self._live(resource, request.namespace, request.name) is None
+
+    def drop_watches(self, *, abort: bool) -> None:
+        """Cut every open watch: `abort` resets the connection, else the stream just ends.
+
+        A load balancer or an API server restart does the former; the server's own watch
+        timeout the latter. Clients must notice either and watch again.
+        """
+        self._watch_cut_abort = abort
+        if self._watch_cut is not None:
+            self._watch_cut.set()
+        self._watch_cut = asyncio.Event()
 
     def _route(self, request: kmock.Request) -> Any:
         if request.resource is None or not request.resource.plural:
@@ -200,6 +244,12 @@ class ApiServerEmulator(kmock.KubernetesEmulator):
             raise _not_found(request.resource, request.name)
         if request.subresource == "scale":
             return self._scale_view(request.resource, body)
+        if _wants_metadata_only(request):
+            return {
+                "apiVersion": "meta.k8s.io/v1",
+                "kind": "PartialObjectMetadata",
+                "metadata": body["metadata"],
+            }
         return body
 
     async def _serve_list(self, request: kmock.Request) -> Any:
@@ -228,13 +278,16 @@ class ApiServerEmulator(kmock.KubernetesEmulator):
         # One pending read of the bus at a time, never cancelled on a timeout (a cancelled read
         # could drop an event); the periodic wake-ups notice a client that went away.
         pending: asyncio.Task[Any] | None = None
+        if self._watch_cut is None:
+            self._watch_cut = asyncio.Event()
+        cut = self._watch_cut  # polled at each wake-up: a cut takes effect within WATCH_WAKEUP
         try:
             for event in initial:
                 yield event
             timeout = float(request.params.get("timeoutSeconds") or 0) or None
             deadline = None if timeout is None else asyncio.get_running_loop().time() + timeout
             while True:
-                remaining = 1.0
+                remaining = WATCH_WAKEUP
                 if deadline is not None:
                     remaining = min(remaining, deadline - asyncio.get_running_loop().time())
                     if remaining <= 0:
@@ -242,6 +295,10 @@ class ApiServerEmulator(kmock.KubernetesEmulator):
                 if pending is None:
                     pending = asyncio.ensure_future(bus.get(since=mark))
                 done, _ = await asyncio.wait({pending}, timeout=remaining)
+                if cut.is_set():
+                    if self._watch_cut_abort:
+                        _reset_connection(request)
+                    return
                 if not done:
                     if _client_gone(request):
                         return  # aiohttp does not cancel handlers on disconnect; stop streaming
@@ -333,6 +390,8 @@ class ApiServerEmulator(kmock.KubernetesEmulator):
         assert request.name is not None
         key: ObjectKey = (resource, request.namespace, request.name)
         content_type = _content_type(request)
+        if content_type == APPLY_PATCH and request.subresource is None:
+            _check_typed_patch(request, key)
         async with self._lock:
             live = self._live(*key)
             if live is None:
@@ -632,6 +691,32 @@ class ApiServerEmulator(kmock.KubernetesEmulator):
             "spec": {"replicas": replicas if isinstance(replicas, int) else 0},
             "status": status,
         }
+
+
+def _check_typed_patch(request: kmock.Request, key: ObjectKey) -> None:
+    """The API server's (500) answer to an applied configuration that does not fit its type."""
+    config = _applied_config(request)
+    problems = typed_patch_errors(config)
+    if problems:
+        where = f"{key[1]}/{key[2]}" if key[1] else str(key[2])
+        gvk = f"{config['apiVersion']}, Kind={config['kind']}"
+        raise _error(
+            500,
+            "InternalError",
+            f"failed to create typed patch object ({where}; {gvk}): {problems[0]}",
+        )
+
+
+def _wants_metadata_only(request: kmock.Request) -> bool:
+    accept = next((v for k, v in request.headers.items() if k.lower() == "accept"), "")
+    return "as=PartialObjectMetadata" in accept
+
+
+def _reset_connection(request: kmock.Request) -> None:
+    raw = request._raw_request
+    transport = raw.transport if raw is not None else None
+    if transport is not None:
+        transport.abort()
 
 
 def _client_gone(request: kmock.Request) -> bool:

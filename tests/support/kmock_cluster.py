@@ -26,10 +26,14 @@ T = TypeVar("T")
 
 
 class EmulatedCluster:
-    """`with EmulatedCluster(crds) as cluster:` -> an API server at `cluster.url`."""
+    """`with EmulatedCluster(crds) as cluster:` -> an API server at `cluster.url`.
 
-    def __init__(self, crds: Iterable[Mapping[str, Any]] = ()) -> None:
+    `emulator_options` go to `ApiServerEmulator` (e.g. an `authorizer`).
+    """
+
+    def __init__(self, crds: Iterable[Mapping[str, Any]] = (), **emulator_options: Any) -> None:
         self._crds = [dict(crd) for crd in crds]
+        self._emulator_options = emulator_options
         self._thread = threading.Thread(target=self._serve, name="kmock-apiserver", daemon=True)
         self._started = concurrent.futures.Future[str]()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -66,7 +70,8 @@ class EmulatedCluster:
 
     async def _main(self) -> None:
         self._stop = asyncio.Event()
-        async with ApiServerEmulator() as emulator, kmock.Server(emulator) as server:
+        emulator_context = ApiServerEmulator(**self._emulator_options)
+        async with emulator_context as emulator, kmock.Server(emulator) as server:
             for crd in self._crds:
                 emulator.register_crd(crd)
             self._emulator = emulator
@@ -84,12 +89,13 @@ class EmulatedCluster:
 
         return asyncio.run_coroutine_threadsafe(call(), self._loop).result(timeout=10)
 
-    def write_kubeconfig(self, path: Path) -> Path:
+    def write_kubeconfig(self, path: Path, *, token: str = "kmock-test-token") -> Path:
+        """A kubeconfig for this server; `token` is the bearer token (an identity for RBAC)."""
         config = {
             "apiVersion": "v1",
             "kind": "Config",
             "clusters": [{"name": "kmock", "cluster": {"server": self.url}}],
-            "users": [{"name": "kmock", "user": {"token": "kmock-test-token"}}],
+            "users": [{"name": "kmock", "user": {"token": token}}],
             "contexts": [
                 {
                     "name": "kmock",

@@ -23,7 +23,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
@@ -71,11 +71,26 @@ def _free_port() -> int:
 
 
 class OperatorProcess:
-    """`python -m nim_operator` against a kubeconfig, logging to a file."""
+    """`python -m nim_operator` against a kubeconfig, logging to a file.
 
-    def __init__(self, kubeconfig: Path, log_path: Path, **settings: str) -> None:
+    `argv` replaces the command (e.g. the manifest's `kopf run -m nim_operator.handlers ...`);
+    `{liveness}` in it is replaced by the liveness URL the process must serve.
+    """
+
+    def __init__(
+        self,
+        kubeconfig: Path,
+        log_path: Path,
+        *,
+        argv: Sequence[str] | None = None,
+        **settings: str,
+    ) -> None:
         self.log_path = log_path
         self.liveness = f"http://127.0.0.1:{_free_port()}/healthz"
+        self._argv = [
+            part.replace("{liveness}", self.liveness)
+            for part in (argv or [sys.executable, "-m", "nim_operator"])
+        ]
         self._env = {
             **os.environ,
             "KUBECONFIG": str(kubeconfig),
@@ -87,7 +102,7 @@ class OperatorProcess:
     def start(self, timeout: float = 60.0) -> None:
         with self.log_path.open("ab") as log:
             self._process = subprocess.Popen(
-                [sys.executable, "-m", "nim_operator"],
+                self._argv,
                 env=self._env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -113,6 +128,12 @@ class OperatorProcess:
         except subprocess.TimeoutExpired:
             self._process.kill()
             return self._process.wait()
+
+    def kill(self) -> int:
+        """SIGKILL: no cleanup, no finalizer or annotation written on the way out."""
+        assert self._process is not None
+        self._process.kill()
+        return self._process.wait()
 
     def alive(self) -> bool:
         return self._process is not None and self._process.poll() is None
