@@ -24,17 +24,22 @@ from nim_operator.models import Condition, ModelStatus, NIMServiceSpec, NIMServi
 from nim_operator.render import Owner, selector_labels, service_endpoint
 
 __all__ = [
+    "AUTOSCALER_CONDITION_TYPES",
     "CONDITION_TYPES",
     "OWNED_STATUS_FIELDS",
+    "ConditionReport",
     "Observation",
     "Problem",
     "compute_status",
     "diagnose_pods",
     "label_selector",
     "rollout_problem",
+    "scheduling_problem",
 ]
 
 CONDITION_TYPES = ("Ready", "Progressing", "Degraded", "Failed")
+# Added while spec.autoscaling is set; computed by nim_operator.autoscaling.
+AUTOSCALER_CONDITION_TYPES = ("ScalingActive", "ScalingLimited")
 # Top-level status fields this module writes; anything else in status (e.g. `autoscaling`)
 # belongs to another writer and is left alone.
 OWNED_STATUS_FIELDS = (
@@ -64,6 +69,16 @@ class Problem:
 
 
 @dataclass(frozen=True)
+class ConditionReport:
+    """A condition computed elsewhere (the built-in autoscaler's), written with the others."""
+
+    type: str
+    status: ConditionStatus
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
 class Observation:
     """Everything the status is computed from, as observed in one reconcile."""
 
@@ -75,6 +90,8 @@ class Observation:
     deployment: Mapping[str, Any] | None = None
     pods: Sequence[Mapping[str, Any]] = ()
     service_monitor_missing: bool = False
+    # Written after the four conditions above, e.g. the autoscaler's ScalingActive.
+    extra_conditions: Sequence[ConditionReport] = ()
 
 
 def label_selector(name: str) -> str:
@@ -141,6 +158,21 @@ def _container_problem(pod: str, container: Mapping[str, Any]) -> Problem | None
     return None
 
 
+def scheduling_problem(pod: Mapping[str, Any]) -> Problem | None:
+    """Why the scheduler finds no node for the pod (InsufficientGPU or Unschedulable), if so."""
+    name = pod.get("metadata", {}).get("name", "?")
+    for condition in (pod.get("status") or {}).get("conditions") or []:
+        if (
+            condition.get("type") == "PodScheduled"
+            and condition.get("status") == "False"
+            and condition.get("reason") == "Unschedulable"
+        ):
+            message = condition.get("message", "")
+            reason = "InsufficientGPU" if "nvidia.com/gpu" in message else "Unschedulable"
+            return Problem(reason, f"pod {name} cannot be scheduled: {message}")
+    return None
+
+
 def _pod_problem(pod: Mapping[str, Any]) -> Problem | None:
     name = pod.get("metadata", {}).get("name", "?")
     status = pod.get("status") or {}
@@ -151,15 +183,8 @@ def _pod_problem(pod: Mapping[str, Any]) -> Problem | None:
     found = [p for c in containers if (p := _container_problem(name, c)) is not None]
     if found:
         return min(found, key=lambda p: _SEVERITY.index(p.reason))
-    for condition in status.get("conditions") or []:
-        if (
-            condition.get("type") == "PodScheduled"
-            and condition.get("status") == "False"
-            and condition.get("reason") == "Unschedulable"
-        ):
-            message = condition.get("message", "")
-            reason = "InsufficientGPU" if "nvidia.com/gpu" in message else "Unschedulable"
-            return Problem(reason, f"pod {name} cannot be scheduled: {message}")
+    if (unscheduled := scheduling_problem(pod)) is not None:
+        return unscheduled
     if status.get("phase") == "Failed":
         why = status.get("message") or status.get("reason") or "the pod failed"
         return Problem("PodFailed", f"pod {name}: {why}")
@@ -370,8 +395,7 @@ def _with_transitions(
     """metav1.Conditions; lastTransitionTime moves only when a condition's status changes."""
     before = {c.get("type"): c for c in previous}
     conditions = []
-    for kind in CONDITION_TYPES:
-        state = states[kind]
+    for kind, state in states.items():
         old = before.get(kind)
         since = now
         if old is not None and old.get("status") == state.status:
@@ -397,6 +421,8 @@ def compute_status(
     `now` is an RFC 3339 timestamp, used only for conditions whose status changes.
     """
     states, state = _conditions(obs)
+    for extra in obs.extra_conditions:
+        states[extra.type] = _State(extra.status, extra.reason, _clip(extra.message))
     conditions = _with_transitions(
         states,
         (previous or {}).get("conditions") or [],

@@ -16,6 +16,7 @@ __all__ = ["EventNote", "post", "transition_events"]
 
 # Ready=False for these reasons is a normal wait, not a warning.
 _WAITING_REASONS = {
+    "NoReadyPods",
     "Starting",
     "PodsPending",
     "RolloutPending",
@@ -38,12 +39,23 @@ def _is_warning(condition: Mapping[str, Any]) -> bool:
         return status == "True"
     if kind == "Ready":
         return status == "False" and condition.get("reason") not in _WAITING_REASONS
+    if kind == "ScalingActive":  # the built-in autoscaler lost its metrics
+        return status == "False" and condition.get("reason") not in _WAITING_REASONS
     return kind == "Progressing" and condition.get("reason") == "ProgressDeadlineExceeded"
 
 
+# Conditions whose first appearance with this status is not news.
+_QUIET_STARTS = {
+    ("Degraded", "False"),
+    ("Failed", "False"),
+    ("ScalingActive", "True"),
+    ("ScalingLimited", "False"),
+}
+
+
 def _is_quiet_start(condition: Mapping[str, Any]) -> bool:
-    """Degraded/Failed appearing as False on a new object is not news."""
-    return condition.get("type") in ("Degraded", "Failed") and condition.get("status") == "False"
+    """Degraded/Failed False, or a healthy autoscaler, appearing on a new object is not news."""
+    return (condition.get("type"), condition.get("status")) in _QUIET_STARTS
 
 
 def transition_events(

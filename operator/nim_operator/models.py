@@ -17,11 +17,14 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_vali
 from pydantic.alias_generators import to_camel
 
 __all__ = [
+    "DEFAULT_AUTOSCALING_TARGETS",
     "DNS1035_LABEL",
     "DURATION_PATTERN",
     "GPU_RESOURCE",
     "QUANTITY_PATTERN",
     "SECRET_ENV_NAMES",
+    "AutoscalingSpec",
+    "AutoscalingStatus",
     "Condition",
     "EmptyDirStorage",
     "EnvVar",
@@ -44,6 +47,7 @@ __all__ = [
     "Probe",
     "ProbeSpec",
     "ResourceRequirements",
+    "ScaleRecord",
     "ScaleSpec",
     "ServiceMonitorSpec",
     "ServiceSpec",
@@ -409,6 +413,41 @@ class ScaleSpec(_Model):
         return self
 
 
+# The built-in autoscaler's metrics (nim_operator.autoscaling) and the target of each when unset:
+# waiting requests per pod, requests in flight per pod, fraction of the KV cache in use.
+AutoscalingMetric = Literal["queue", "running", "kvCache"]
+DEFAULT_AUTOSCALING_TARGETS: dict[str, float] = {"queue": 4.0, "running": 16.0, "kvCache": 0.75}
+
+
+class AutoscalingSpec(_Model):
+    """The built-in autoscaler (a nimstack addition): scales on what the pods report."""
+
+    min_replicas: Annotated[int, Field(ge=1)] = 1
+    max_replicas: Annotated[int, Field(ge=1)]
+    metric: AutoscalingMetric = "running"
+    target: Annotated[float, Field(gt=0)] | None = None
+    tolerance: Annotated[float, Field(ge=0, lt=1)] = 0.1
+    scale_up_stabilization_seconds: Annotated[int, Field(ge=0, le=3600)] = 0
+    scale_down_stabilization_seconds: Annotated[int, Field(ge=0, le=3600)] = 300
+    interval: Annotated[int, Field(ge=1, le=3600)] = 15
+
+    @model_validator(mode="after")
+    def _consistent(self) -> AutoscalingSpec:
+        if self.max_replicas < self.min_replicas:
+            raise ValueError("autoscaling.maxReplicas must be >= autoscaling.minReplicas")
+        if self.metric == "kvCache" and self.target is not None and self.target > 1:
+            raise ValueError(
+                "autoscaling.target for kvCache is the fraction of the KV cache in use, "
+                "at most 1 (e.g. 0.75)"
+            )
+        return self
+
+    def effective_target(self) -> float:
+        if self.target is not None:
+            return self.target
+        return DEFAULT_AUTOSCALING_TARGETS[self.metric]
+
+
 # --- metrics, scheduling ------------------------------------------------------------------------
 
 
@@ -465,6 +504,7 @@ class NIMServiceSpec(_Model):
     readiness_probe: ProbeSpec = ProbeSpec()
     startup_probe: ProbeSpec = ProbeSpec()
     scale: ScaleSpec = ScaleSpec()
+    autoscaling: AutoscalingSpec | None = None
     metrics: MetricsSpec = MetricsSpec()
     labels: StringMap | None = None
     annotations: StringMap | None = None
@@ -484,6 +524,16 @@ class NIMServiceSpec(_Model):
             raise ValueError(
                 "spec.replicas and spec.scale.enabled are mutually exclusive: "
                 "the HPA owns the replica count while autoscaling is on"
+            )
+        if self.autoscaling is not None and self.replicas is not None:
+            raise ValueError(
+                "spec.replicas and spec.autoscaling are mutually exclusive: "
+                "the built-in autoscaler owns the replica count"
+            )
+        if self.autoscaling is not None and self.scale.enabled:
+            raise ValueError(
+                "spec.autoscaling and spec.scale.enabled are mutually exclusive: "
+                "use either the built-in autoscaler or an HPA"
             )
         gpu_quantity = self._resource_gpu_quantity()
         if self.gpu is not None and gpu_quantity is not None:
@@ -506,9 +556,13 @@ class NIMServiceSpec(_Model):
     def hpa_enabled(self) -> bool:
         return self.scale.enabled
 
+    def autoscaling_enabled(self) -> bool:
+        """The built-in autoscaler (nim_operator.autoscaling) owns the replica count."""
+        return self.autoscaling is not None
+
     def desired_replicas(self) -> int | None:
-        """Replicas the Deployment should have, or None when the HPA decides."""
-        if self.hpa_enabled():
+        """Replicas the Deployment should have, or None when an autoscaler decides."""
+        if self.hpa_enabled() or self.autoscaling_enabled():
             return None
         return 1 if self.replicas is None else self.replicas
 
@@ -516,6 +570,8 @@ class NIMServiceSpec(_Model):
         """The most pods this service can run at once (for the disruption budget)."""
         if self.hpa_enabled() and self.scale.hpa is not None:
             return self.scale.hpa.max_replicas
+        if self.autoscaling is not None:
+            return self.autoscaling.max_replicas
         return 1 if self.replicas is None else self.replicas
 
     def gpu_count(self) -> int:
@@ -579,6 +635,31 @@ class ModelStatus(_Model):
     cluster_endpoint: str | None = None
 
 
+class ScaleRecord(_Model):
+    """One decision of the built-in autoscaler that changed the replica count."""
+
+    time: str
+    from_replicas: Annotated[int, Field(ge=0, alias="from")]
+    to: Annotated[int, Field(ge=0)]
+    metric: AutoscalingMetric
+    value: float | None = None
+    reason: str
+
+
+class AutoscalingStatus(_Model):
+    """What the built-in autoscaler measured and decided (status.autoscaling)."""
+
+    metric: AutoscalingMetric | None = None
+    target: float | None = None
+    current_metric: float | None = None
+    current_replicas: Annotated[int, Field(ge=0)] | None = None
+    desired_replicas: Annotated[int, Field(ge=0)] | None = None
+    last_scale_time: str | None = None
+    reason: str | None = None
+    message: Annotated[str, Field(max_length=4096)] | None = None
+    history: Annotated[list[ScaleRecord], Field(max_length=10)] | None = None
+
+
 class NIMServiceStatus(_Model):
     """Observed state of a NIMService, as written by the operator."""
 
@@ -591,4 +672,4 @@ class NIMServiceStatus(_Model):
     model: ModelStatus | None = None
     state: Literal["Pending", "NotReady", "Ready", "Failed"] | None = None
     conditions: list[Condition] | None = None
-    autoscaling: dict[str, Any] | None = None
+    autoscaling: AutoscalingStatus | None = None

@@ -29,7 +29,9 @@ from pydantic import ValidationError
 
 from nim_operator import API_GROUP, API_VERSION, PLURAL, events
 from nim_operator.conditions import (
+    AUTOSCALER_CONDITION_TYPES,
     OWNED_STATUS_FIELDS,
+    ConditionReport,
     Observation,
     Problem,
     compute_status,
@@ -67,6 +69,9 @@ class _OwnerSlot:
     # The status this operator last wrote: fresher than the body a timer or an index holds,
     # so transitions (lastTransitionTime, Events) are judged against what is really stored.
     last_status: dict[str, Any] | None = None
+    # The built-in autoscaler's conditions from its last evaluation (nim_operator.autoscaling);
+    # None until it has evaluated since the operator started.
+    autoscaler_conditions: tuple[ConditionReport, ...] | None = None
 
 
 EventPoster = Callable[[Mapping[str, Any], Sequence[events.EventNote]], None]
@@ -241,7 +246,8 @@ async def _sync_children(
     for ref, manifest in children:
         if manifest is None:
             continue
-        if ref.kind == "Deployment" and spec.hpa_enabled():
+        if ref.kind == "Deployment" and spec.desired_replicas() is None:
+            # An HPA or the built-in autoscaler owns the count from now on.
             await _hand_over_replicas(kube, ref, owner.namespace)
         await kube.apply(_kind(ref), manifest, field_manager=FIELD_MANAGER, force=True)
 
@@ -253,6 +259,23 @@ async def _observe(runtime: Runtime, owner: Owner) -> tuple[dict[str, Any] | Non
         deployment = None  # someone else's Deployment of the same name says nothing about us
     pods = await kube.list(PODS, owner.namespace, label_selector=label_selector(owner.name))
     return deployment, pods
+
+
+def _autoscaler_conditions(
+    slot: _OwnerSlot, spec: NIMServiceSpec | None, stored: Mapping[str, Any]
+) -> tuple[ConditionReport, ...]:
+    """ScalingActive/ScalingLimited while the built-in autoscaler is on, else none."""
+    if spec is None or not spec.autoscaling_enabled():
+        return ()
+    if slot.autoscaler_conditions is not None:
+        return slot.autoscaler_conditions
+    # Not evaluated since this operator started: keep what the status says until it has.
+    previous = (slot.last_status or stored).get("conditions") or []
+    return tuple(
+        ConditionReport(c["type"], c["status"], c["reason"], c.get("message", ""))
+        for c in previous
+        if c.get("type") in AUTOSCALER_CONDITION_TYPES
+    )
 
 
 def _owned(status: Mapping[str, Any]) -> dict[str, Any]:
@@ -271,9 +294,17 @@ async def _write_status(
     stored = dict(body.get("status") or {})
     previous = slot.last_status or stored
     status = compute_status(obs, previous, now=_now())
-    if _owned(status) != _owned(previous) or _owned(status) != _owned(stored):
+    # status.autoscaling is the built-in autoscaler's; once it is switched off, it goes.
+    stale_autoscaling = (
+        obs.spec is not None
+        and not obs.spec.autoscaling_enabled()
+        and stored.get("autoscaling") is not None
+    )
+    if _owned(status) != _owned(previous) or _owned(status) != _owned(stored) or stale_autoscaling:
         # Merge patch: fields we no longer report are nulled; fields of other writers stay.
         patch = {"status": {**dict.fromkeys(OWNED_STATUS_FIELDS), **status}}
+        if stale_autoscaling:
+            patch["status"]["autoscaling"] = None
         written = await runtime.kube.merge_patch(
             NIMSERVICES,
             owner.namespace,
@@ -332,6 +363,9 @@ async def reconcile(
             deployment=deployment,
             pods=pods,
             service_monitor_missing=monitor_missing,
+            extra_conditions=_autoscaler_conditions(
+                runtime.slot(owner.uid), spec, body.get("status") or {}
+            ),
         )
         status = await _write_status(runtime, body, owner, obs, logger=logger)
     return Outcome(status=status, failure=problem, permanent=spec is None or rejected)

@@ -127,6 +127,26 @@ INVALID_SPECS = {
         {"scale": {"enabled": True, "hpa": {"minReplicas": 3, "maxReplicas": 2}}},
         "scale.hpa.maxReplicas must be >= scale.hpa.minReplicas",
     ),
+    "replicas with the built-in autoscaler": (
+        {"replicas": 2, "autoscaling": {"maxReplicas": 3}},
+        "spec.replicas and spec.autoscaling are mutually exclusive",
+    ),
+    "built-in autoscaler and an HPA": (
+        {"autoscaling": {"maxReplicas": 3}, "scale": {"enabled": True, "hpa": {"maxReplicas": 3}}},
+        "spec.autoscaling and spec.scale.enabled are mutually exclusive",
+    ),
+    "built-in autoscaler max below min": (
+        {"autoscaling": {"minReplicas": 3, "maxReplicas": 2}},
+        "autoscaling.maxReplicas must be >= autoscaling.minReplicas",
+    ),
+    "built-in autoscaler max below the default min": (
+        {"autoscaling": {"minReplicas": 2, "maxReplicas": 1}},
+        "autoscaling.maxReplicas must be >= autoscaling.minReplicas",
+    ),
+    "kvCache target as a percentage": (
+        {"autoscaling": {"maxReplicas": 3, "metric": "kvCache", "target": 80.0}},
+        "autoscaling.target for kvCache is the fraction of the KV cache in use",
+    ),
     "pvc created without size": (
         {"storage": {"pvc": {"create": True}}},
         "storage.pvc.size is required when storage.pvc.create is true",
@@ -225,6 +245,23 @@ class TestValidObjects:
         assert spec.gpu_count() == 1
         assert spec.tolerations is not None
         assert spec.tolerations[0].toleration_seconds == 300
+
+    @pytest.mark.parametrize(
+        "autoscaling",
+        [
+            {"maxReplicas": 4},
+            {"maxReplicas": 4, "metric": "kvCache", "target": 0.8},
+            {"maxReplicas": 4, "metric": "queue", "target": 80.0},
+            {"minReplicas": 2, "maxReplicas": 2, "scaleDownStabilizationSeconds": 0},
+        ],
+    )
+    def test_built_in_autoscaler_specs_pass(self, autoscaling: dict[str, Any]) -> None:
+        """Alone, or with an HPA configured but switched off (NVIDIA manifests keep one)."""
+        hpa_off = {"enabled": False, "hpa": {"maxReplicas": 5}}
+        for spec in ({"autoscaling": autoscaling}, {"autoscaling": autoscaling, "scale": hpa_off}):
+            assert cel_violations(nimservice(**spec)) == []
+            parsed = NIMServiceSpec.model_validate(nimservice(**spec)["spec"])
+            assert parsed.desired_replicas() is None
 
     def test_defaults_mean_what_the_model_assumes(self) -> None:
         """What the API server stores (defaults applied) parses to the same spec as the input."""

@@ -20,7 +20,17 @@ from nim_operator.models import NIMServiceSpec, NIMServiceStatus
 
 CRD_PATH = Path(__file__).parents[2] / "crds" / "nimservice.yaml"
 # Keywords that describe the value; the rest (description, CEL rules, list types) are CRD-only.
-LEAF_KEYWORDS = ("type", "enum", "minimum", "maximum", "minLength", "maxLength", "pattern")
+LEAF_KEYWORDS = (
+    "type",
+    "enum",
+    "minimum",
+    "maximum",
+    "exclusiveMinimum",
+    "exclusiveMaximum",
+    "minLength",
+    "maxLength",
+    "pattern",
+)
 
 
 def openapi_root() -> dict[str, Any]:
@@ -60,6 +70,10 @@ def _leaf_from_pydantic(annotation: Any) -> dict[str, Any]:
         return leaf
     if "const" in schema:
         schema = {**schema, "enum": [schema.pop("const")]}
+    # JSON Schema's numeric exclusive bounds are OpenAPI v3.0's bound plus a boolean flag.
+    for exclusive, bound in (("exclusiveMinimum", "minimum"), ("exclusiveMaximum", "maximum")):
+        if exclusive in schema:
+            schema = {**schema, bound: schema[exclusive], exclusive: True}
     return {key: schema[key] for key in LEAF_KEYWORDS if key in schema}
 
 
@@ -167,6 +181,7 @@ class _Probe(BaseModel):
     mode: Literal["a", "b"] | None = None
     tags: Annotated[list[str], Field(max_length=4)] | None = None
     extra: dict[str, Any] | None = None
+    ratio: Annotated[float, Field(gt=0, lt=1)] | None = None
 
 
 PROBE_NODE: dict[str, Any] = {
@@ -176,6 +191,13 @@ PROBE_NODE: dict[str, Any] = {
         "mode": {"type": "string", "enum": ["a", "b"]},
         "tags": {"type": "array", "maxItems": 4, "items": {"type": "string"}},
         "extra": {"type": "object", "x-kubernetes-preserve-unknown-fields": True},
+        "ratio": {
+            "type": "number",
+            "minimum": 0,
+            "exclusiveMinimum": True,
+            "maximum": 1,
+            "exclusiveMaximum": True,
+        },
     },
 }
 
@@ -207,6 +229,8 @@ class TestComparisonCatchesDrift:
             (["properties", "tags"], "maxItems", 8, "maxItems 8 in CRD"),
             (["properties", "tags", "items"], "type", "integer", "x.tags[]: CRD"),
             (["properties", "extra"], "x-kubernetes-preserve-unknown-fields", None, "free-form"),
+            (["properties", "ratio"], "exclusiveMinimum", None, "x.ratio: CRD"),
+            (["properties", "ratio"], "exclusiveMaximum", False, "x.ratio: CRD"),
             ([], "required", ["port"], "x: required ['port']"),
         ],
     )

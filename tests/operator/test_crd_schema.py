@@ -66,6 +66,10 @@ def to_json_schema(node: dict[str, Any]) -> dict[str, Any]:
         converted["additionalProperties"] = to_json_schema(node["additionalProperties"])
     if "items" in node:
         converted["items"] = to_json_schema(node["items"])
+    # OpenAPI v3.0 marks a bound exclusive with a boolean; JSON Schema gives the bound itself.
+    for exclusive, bound in (("exclusiveMinimum", "minimum"), ("exclusiveMaximum", "maximum")):
+        if converted.pop(exclusive, False) is True:
+            converted[exclusive] = converted.pop(bound)
     return converted
 
 
@@ -166,7 +170,14 @@ class TestStructuralSchema:
             "conditions",
             "autoscaling",
         } <= set(status)
-        assert status["autoscaling"]["x-kubernetes-preserve-unknown-fields"] is True
+        # Declared field by field: a structural schema would prune anything undeclared.
+        autoscaling = status["autoscaling"]
+        assert "x-kubernetes-preserve-unknown-fields" not in autoscaling
+        assert {"currentMetric", "desiredReplicas", "lastScaleTime", "history"} <= set(
+            autoscaling["properties"]
+        )
+        record = autoscaling["properties"]["history"]["items"]["properties"]
+        assert set(record) == {"time", "from", "to", "metric", "value", "reason"}
         assert status["conditions"]["x-kubernetes-list-map-keys"] == ["type"]
 
 

@@ -76,13 +76,25 @@ class TestSpecHelpers:
             ({"replicas": 3}, 3, 3),
             ({"scale": {"enabled": True, "hpa": {"minReplicas": 2, "maxReplicas": 5}}}, None, 5),
             ({"scale": {"enabled": False, "hpa": {"maxReplicas": 5}}}, 1, 1),
+            ({"autoscaling": {"minReplicas": 2, "maxReplicas": 6}}, None, 6),
         ],
     )
     def test_replicas(self, fields: dict[str, Any], desired: int | None, ceiling: int) -> None:
         spec = make_spec(**fields)
         assert spec.desired_replicas() == desired
-        assert spec.hpa_enabled() is (desired is None)
+        assert (spec.hpa_enabled() or spec.autoscaling_enabled()) is (desired is None)
         assert spec.max_possible_replicas() == ceiling
+
+    @pytest.mark.parametrize(
+        ("metric", "target", "effective"),
+        [("queue", None, 4.0), ("running", None, 16.0), ("kvCache", None, 0.75), ("queue", 2, 2)],
+    )
+    def test_autoscaling_target_defaults_per_metric(
+        self, metric: str, target: float | None, effective: float
+    ) -> None:
+        spec = make_spec(autoscaling={"maxReplicas": 3, "metric": metric, "target": target})
+        assert spec.autoscaling is not None
+        assert spec.autoscaling.effective_target() == effective
 
     @pytest.mark.parametrize(
         ("fields", "count"),
@@ -144,7 +156,26 @@ class TestStatus:
                     "observedGeneration": 3,
                 }
             ],
-            "autoscaling": {"anything": ["goes", 1]},
+            "autoscaling": {
+                "metric": "queue",
+                "target": 4.0,
+                "currentMetric": 6.5,
+                "currentReplicas": 2,
+                "desiredReplicas": 3,
+                "lastScaleTime": "2025-01-01T00:00:10Z",
+                "reason": "ScaleUp",
+                "message": "6.5 waiting requests per pod on 2 pod(s), target 4",
+                "history": [
+                    {
+                        "time": "2025-01-01T00:00:10Z",
+                        "from": 2,
+                        "to": 3,
+                        "metric": "queue",
+                        "value": 6.5,
+                        "reason": "ScaleUp",
+                    }
+                ],
+            },
         }
         status = NIMServiceStatus.model_validate(body)
         assert status.conditions is not None
