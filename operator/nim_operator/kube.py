@@ -6,8 +6,11 @@ one place:
 
 * 404 is an answer, not an error: `get` returns None, `delete` returns False.
 * 409 on delete with a uid precondition means "not the object we meant": `delete` returns False.
-* 429, 5xx, 409 on apply, connection errors and timeouts are retried a bounded number of times
-  with exponential backoff (honouring Retry-After), then raised as `TransientApiError`.
+* 429, 5xx, 409 on a patch, connection errors and timeouts are retried a bounded number of
+  times with exponential backoff (honouring Retry-After), then raised as `TransientApiError`.
+* ... except the 500 the API server answers when an applied object does not fit its kind's type
+  ("failed to create typed patch object", kubernetes/kubernetes#139253): that is invalid
+  content, retrying cannot fix it, so it is an `ApiError` with `invalid_content`.
 * 401 triggers one fresh login (tokens rotate), then the request is retried.
 
 Nothing here logs request or response bodies: a Secret read must never reach a log.
@@ -44,6 +47,8 @@ MERGE_PATCH = "application/merge-patch+json"
 # Ask for metadata only: existence checks of Secrets must not even transfer the secret data.
 METADATA_ONLY = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1,application/json"
 RETRIABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
+# How the API server words a server-side apply it could not type (it answers 500, not 422).
+TYPED_PATCH_FAILURE = "failed to create typed patch object"
 
 
 class ApiError(Exception):
@@ -54,6 +59,13 @@ class ApiError(Exception):
         self.reason = reason
         self.message = message
         super().__init__(f"{method} {path} failed: {status} {reason}: {message}")
+
+    @property
+    def invalid_content(self) -> bool:
+        """The API server refused what was sent: only a different object can succeed."""
+        if self.status in (400, 422):
+            return True
+        return self.status == 500 and self.message.startswith(TYPED_PATCH_FAILURE)
 
 
 class TransientApiError(ApiError):
@@ -141,11 +153,18 @@ class KubeClient:
     # --- verbs ----------------------------------------------------------------------------------
 
     async def get(
-        self, kind: ResourceKind, namespace: str | None, name: str, *, metadata_only: bool = False
+        self,
+        kind: ResourceKind,
+        namespace: str | None,
+        name: str,
+        *,
+        metadata_only: bool = False,
+        subresource: str = "",
     ) -> dict[str, Any] | None:
         headers = {"Accept": METADATA_ONLY} if metadata_only else None
         try:
-            return await self._request("GET", kind.path(namespace, name), headers=headers)
+            path = kind.path(namespace, name, subresource)
+            return await self._request("GET", path, headers=headers)
         except ApiError as e:
             if e.status == 404:
                 return None
@@ -204,6 +223,9 @@ class KubeClient:
                 params=params,
                 body=dict(patch),
                 content_type=MERGE_PATCH,
+                # A merge patch carries no resourceVersion, so a 409 is the server's own
+                # optimistic-concurrency race: sending the same patch again is safe.
+                retry_conflicts=True,
             )
         except ApiError as e:
             if e.status == 404:
@@ -290,6 +312,7 @@ class KubeClient:
                     await self.close()
                     continue
                 retriable = status in RETRIABLE_STATUSES or (status == 409 and retry_conflicts)
+                retriable = retriable and not message.startswith(TYPED_PATCH_FAILURE)
                 error_cls = TransientApiError if retriable else ApiError
                 failure = error_cls(status, reason, message, method=method, path=path)
                 if not retriable:

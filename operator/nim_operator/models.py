@@ -17,12 +17,14 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_vali
 from pydantic.alias_generators import to_camel
 
 __all__ = [
+    "API_KEY_ENV",
     "DEFAULT_AUTOSCALING_TARGETS",
     "DNS1035_LABEL",
     "DURATION_PATTERN",
     "GPU_RESOURCE",
     "QUANTITY_PATTERN",
     "SECRET_ENV_NAMES",
+    "APIKeySecret",
     "AutoscalingSpec",
     "AutoscalingStatus",
     "Condition",
@@ -56,10 +58,12 @@ __all__ = [
     "service_name_problem",
 ]
 
-# Kubernetes resource.Quantity grammar: a signed decimal number with an optional binary (Ki..Ei),
-# decimal (n, u, m, k, M, G, T, P, E) or exponent suffix.
+# Kubernetes resource.Quantity grammar: a decimal number with an optional binary (Ki..Ei),
+# decimal (n, u, m, k, M, G, T, P, E) or exponent suffix. The grammar allows a minus sign, but no
+# quantity here (resources, sizes, metric targets) may be negative: the API server would reject
+# the child later, so the sign is refused up front.
 QUANTITY_PATTERN = (
-    r"^[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)"
+    r"^\+?([0-9]+(\.[0-9]*)?|\.[0-9]+)"
     r"(([KMGTPE]i)|[numkMGTPE]|[eE][+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+))?$"
 )
 # Prometheus-operator Duration: units in descending order, e.g. "30s", "1m30s", "0".
@@ -68,10 +72,14 @@ DURATION_PATTERN = r"^(0|([0-9]+y)?([0-9]+w)?([0-9]+d)?([0-9]+h)?([0-9]+m)?([0-9
 DNS1035_LABEL = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
 ENV_NAME_PATTERN = r"^[-._a-zA-Z][-._a-zA-Z0-9]*$"
 GPU_RESOURCE = "nvidia.com/gpu"
-# Credentials the operator injects from `authSecret`; they may never be given as literal values.
-SECRET_ENV_NAMES = ("NGC_API_KEY", "HF_TOKEN")
+# Credentials the operator injects from Secrets (`authSecret`, `apiKeySecret`); they may never be
+# given as literal values.
+SECRET_ENV_NAMES = ("NGC_API_KEY", "HF_TOKEN", "NIM_API_KEY")
+# The server's bearer key (nim_server's NIM_API_KEY), and the Secret key it is read from by default.
+API_KEY_ENV = "NIM_API_KEY"
 
-Quantity = int | Annotated[str, StringConstraints(pattern=QUANTITY_PATTERN)]
+# The CRD's pattern only constrains the string form; a negative integer is refused here.
+Quantity = Annotated[int, Field(ge=0)] | Annotated[str, StringConstraints(pattern=QUANTITY_PATTERN)]
 Duration = Annotated[str, StringConstraints(pattern=DURATION_PATTERN)]
 IntOrString = int | str
 StringMap = dict[str, str]
@@ -100,6 +108,13 @@ class ImageSpec(_Model):
     tag: Annotated[str, Field(min_length=1)]
     pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = None
     pull_secrets: list[str] | None = None
+
+    @model_validator(mode="after")
+    def _pull_secrets_once(self) -> ImageSpec:
+        # The pod's imagePullSecrets is a list keyed by name: a duplicate fails the apply.
+        if self.pull_secrets and len(set(self.pull_secrets)) != len(self.pull_secrets):
+            raise ValueError("image.pullSecrets must not name a Secret twice")
+        return self
 
     @property
     def reference(self) -> str:
@@ -145,10 +160,17 @@ class EnvVar(_Model):
     def _secrets_only_by_reference(self) -> EnvVar:
         if self.name in SECRET_ENV_NAMES and self.value is not None:
             raise ValueError(
-                "NGC_API_KEY and HF_TOKEN must come from a Secret (valueFrom.secretKeyRef), "
-                "never a literal value"
+                "NGC_API_KEY, HF_TOKEN and NIM_API_KEY must come from a Secret "
+                "(valueFrom.secretKeyRef), never a literal value"
             )
         return self
+
+
+class APIKeySecret(_Model):
+    """Where the server's API key lives: a key of a Secret in the NIMService's namespace."""
+
+    name: Annotated[str, Field(min_length=1)]
+    key: Annotated[str, Field(min_length=1)] = API_KEY_ENV
 
 
 class ModelSpec(_Model):
@@ -491,6 +513,7 @@ class NIMServiceSpec(_Model):
 
     image: ImageSpec
     auth_secret: str | None = None
+    api_key_secret: APIKeySecret | None = None
     command: list[str] | None = None
     args: list[str] | None = None
     env: Annotated[list[EnvVar], Field(max_length=256)] | None = None

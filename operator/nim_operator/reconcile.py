@@ -170,6 +170,13 @@ async def _missing_dependency(
             f'authSecret "{secret}" not found in namespace {ns}: '
             "create it with an NGC_API_KEY key (and HF_TOKEN for gated models)",
         )
+    api_key = spec.api_key_secret
+    if api_key and await kube.get(SECRETS, ns, api_key.name, metadata_only=True) is None:
+        return Problem(
+            "SecretNotFound",
+            f'apiKeySecret "{api_key.name}" not found in namespace {ns}: '
+            f"create it with the server's API key under the key {api_key.key}",
+        )
     pvc = spec.storage.pvc
     claim = pvc.name if pvc is not None and not pvc.create else None
     if claim and await kube.get(PVCS, ns, claim, metadata_only=True) is None:
@@ -353,7 +360,7 @@ async def reconcile(
                 # The spec passed the CRD schema and pydantic, but a child built from it did not
                 # pass the API server (e.g. a malformed affinity), or we may not write it (RBAC).
                 problem = Problem("ChildRejected", _clip(f"{e.reason}: {e}"))
-                rejected = e.status in (400, 422)
+                rejected = e.invalid_content
         deployment, pods = await _observe(runtime, owner)
         obs = Observation(
             owner=owner,

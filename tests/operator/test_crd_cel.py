@@ -169,11 +169,11 @@ INVALID_SPECS = {
     ),
     "literal API key": (
         {"env": [{"name": "NGC_API_KEY", "value": "nvapi-secret"}]},
-        "NGC_API_KEY and HF_TOKEN must come from a Secret",
+        "NGC_API_KEY, HF_TOKEN and NIM_API_KEY must come from a Secret",
     ),
     "literal HF token": (
         {"env": [{"name": "HF_TOKEN", "value": "hf_secret"}]},
-        "NGC_API_KEY and HF_TOKEN must come from a Secret",
+        "NGC_API_KEY, HF_TOKEN and NIM_API_KEY must come from a Secret",
     ),
     "probe without handler": (
         {"livenessProbe": {"probe": {"periodSeconds": 5}}},

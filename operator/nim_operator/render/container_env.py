@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from nim_operator.models import NIMServiceSpec
+from nim_operator.models import API_KEY_ENV, NIMServiceSpec
 
 __all__ = ["CONTAINER_PORT", "MODEL_STORE_PATH", "container_env", "container_port"]
 
@@ -19,8 +19,10 @@ def _value(name: str, value: str | int) -> dict[str, Any]:
     return {"name": name, "value": str(value)}
 
 
-def _from_secret(name: str, secret: str, *, optional: bool) -> dict[str, Any]:
-    ref: dict[str, Any] = {"name": secret, "key": name}
+def _from_secret(
+    name: str, secret: str, *, optional: bool, key: str | None = None
+) -> dict[str, Any]:
+    ref: dict[str, Any] = {"name": secret, "key": key or name}
     if optional:
         ref["optional"] = True
     return {"name": name, "valueFrom": {"secretKeyRef": ref}}
@@ -48,6 +50,10 @@ def injected_env(owner_name: str, spec: NIMServiceSpec) -> list[dict[str, Any]]:
         env.append(_from_secret("NGC_API_KEY", spec.auth_secret, optional=False))
         # Only gated Hugging Face models need a token; most secrets will not carry one.
         env.append(_from_secret("HF_TOKEN", spec.auth_secret, optional=True))
+    if spec.api_key_secret is not None:
+        # Not optional: a server asked to require a key must not start without one.
+        secret = spec.api_key_secret
+        env.append(_from_secret(API_KEY_ENV, secret.name, optional=False, key=secret.key))
     return env
 
 
