@@ -65,7 +65,7 @@ class ApiError(Exception):
         """The API server refused what was sent: only a different object can succeed."""
         if self.status in (400, 422):
             return True
-        return self.status == 500 and self.message.startswith(TYPED_PATCH_FAILURE)
+        return self.status == 500 and TYPED_PATCH_FAILURE in self.message
 
 
 class TransientApiError(ApiError):
@@ -312,7 +312,7 @@ class KubeClient:
                     await self.close()
                     continue
                 retriable = status in RETRIABLE_STATUSES or (status == 409 and retry_conflicts)
-                retriable = retriable and not message.startswith(TYPED_PATCH_FAILURE)
+                retriable = retriable and TYPED_PATCH_FAILURE not in message
                 error_cls = TransientApiError if retriable else ApiError
                 failure = error_cls(status, reason, message, method=method, path=path)
                 if not retriable:

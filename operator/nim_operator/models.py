@@ -13,7 +13,14 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
 from pydantic.alias_generators import to_camel
 
 __all__ = [
@@ -109,12 +116,13 @@ class ImageSpec(_Model):
     pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = None
     pull_secrets: list[str] | None = None
 
-    @model_validator(mode="after")
-    def _pull_secrets_once(self) -> ImageSpec:
+    @field_validator("pull_secrets")
+    @classmethod
+    def _pull_secrets_once(cls, names: list[str] | None) -> list[str] | None:
         # The pod's imagePullSecrets is a list keyed by name: a duplicate fails the apply.
-        if self.pull_secrets and len(set(self.pull_secrets)) != len(self.pull_secrets):
-            raise ValueError("image.pullSecrets must not name a Secret twice")
-        return self
+        if names and len(set(names)) != len(names):
+            raise ValueError("must not name a Secret twice")
+        return names
 
     @property
     def reference(self) -> str:

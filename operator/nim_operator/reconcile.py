@@ -141,18 +141,33 @@ def _parse_spec(owner: Owner, body: Mapping[str, Any]) -> NIMServiceSpec | Probl
     """The validated spec, or why there is none. Messages name fields, never values."""
     if (problem := service_name_problem(owner.name)) is not None:
         return Problem("InvalidName", problem)
+    spec = dict(body.get("spec") or {})
     try:
-        return NIMServiceSpec.from_body(dict(body.get("spec") or {}))
+        return NIMServiceSpec.from_body(spec)
     except ValidationError as e:
         # e.errors() rather than str(e): str(e) quotes the input, which may be a literal
         # NGC_API_KEY the validator is refusing.
-        details = "; ".join(
-            f"spec.{'.'.join(str(part) for part in error['loc'])}: {error['msg']}"
-            if error["loc"]
-            else f"spec: {error['msg']}"
-            for error in e.errors(include_url=False, include_input=False)
-        )
-        return Problem("InvalidSpec", _clip(details))
+        details: dict[str, str] = {}
+        for error in e.errors(include_url=False, include_input=False):
+            # The first reason per field: a union (int or quantity string) fails once per arm.
+            details.setdefault(_field_path(spec, error["loc"]), error["msg"])
+        return Problem("InvalidSpec", _clip("; ".join(f"{k}: {v}" for k, v in details.items())))
+
+
+def _field_path(spec: Mapping[str, Any], loc: Sequence[int | str]) -> str:
+    """`spec.env[0].name`, as the API server writes paths; pydantic's union-arm tags dropped."""
+    path, node = "spec", spec
+    for part in loc:
+        if isinstance(node, list) and isinstance(part, int) and part < len(node):
+            path, node = f"{path}[{part}]", node[part]
+        elif isinstance(node, Mapping) and isinstance(part, str) and part in node:
+            path, node = f"{path}.{part}", node[part]
+        elif not isinstance(node, Mapping | list):
+            continue  # a tag naming which type of a union failed, not a field
+        else:
+            path = f"{path}.{part}"  # a missing required field
+            node = {}
+    return path
 
 
 async def _missing_dependency(

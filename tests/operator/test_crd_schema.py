@@ -18,6 +18,7 @@ import re2  # type: ignore[import-untyped]  # the regex engine the API server's 
 import yaml
 
 from nim_operator import API_GROUP, API_VERSION, KIND, PLURAL
+from tests.support.crd_validation import to_json_schema
 
 CRD_PATH = Path(__file__).parents[2] / "crds" / "nimservice.yaml"
 KUBERNETES_VERSION = "1.31"
@@ -49,28 +50,6 @@ def walk(node: dict[str, Any], path: str = "") -> Iterator[tuple[str, dict[str, 
         yield from walk(node["additionalProperties"], f"{path}{{}}")
     if "items" in node:
         yield from walk(node["items"], f"{path}[]")
-
-
-def to_json_schema(node: dict[str, Any]) -> dict[str, Any]:
-    """CRD OpenAPI v3 -> JSON Schema, rejecting unknown fields as strict field validation does."""
-    converted = {
-        key: value
-        for key, value in node.items()
-        if not key.startswith("x-kubernetes-") and key not in ("properties", "items", "default")
-    }
-    if "properties" in node:
-        converted["properties"] = {k: to_json_schema(v) for k, v in node["properties"].items()}
-        if not node.get("x-kubernetes-preserve-unknown-fields"):
-            converted["additionalProperties"] = False
-    if isinstance(node.get("additionalProperties"), dict):
-        converted["additionalProperties"] = to_json_schema(node["additionalProperties"])
-    if "items" in node:
-        converted["items"] = to_json_schema(node["items"])
-    # OpenAPI v3.0 marks a bound exclusive with a boolean; JSON Schema gives the bound itself.
-    for exclusive, bound in (("exclusiveMinimum", "minimum"), ("exclusiveMaximum", "maximum")):
-        if converted.pop(exclusive, False) is True:
-            converted[exclusive] = converted.pop(bound)
-    return converted
 
 
 class TestCRDObject:
@@ -187,7 +166,7 @@ class TestValues:
         assert len(defaulted) > 10
         for path, node in defaulted:
             try:
-                jsonschema.validate(node["default"], to_json_schema(node))
+                jsonschema.validate(node["default"], to_json_schema(node, strict=True))
             except jsonschema.ValidationError as error:
                 pytest.fail(f"{path}: default {node['default']!r} is invalid: {error.message}")
 
@@ -212,7 +191,7 @@ class TestValues:
     )
     def test_quantities(self, root: dict[str, Any], value: object, valid: bool) -> None:
         size = root["properties"]["spec"]["properties"]["storage"]["properties"]["pvc"]
-        schema = to_json_schema(size["properties"]["size"])
+        schema = to_json_schema(size["properties"]["size"], strict=True)
         assert jsonschema.Draft202012Validator(schema).is_valid(value) is valid
 
     @pytest.mark.parametrize(
@@ -229,7 +208,7 @@ class TestValues:
         self, root: dict[str, Any], field: str, value: object, valid: bool
     ) -> None:
         spec = {"image": {"repository": "r", "tag": "t"}, field: value}
-        schema = to_json_schema(root["properties"]["spec"])
+        schema = to_json_schema(root["properties"]["spec"], strict=True)
         assert jsonschema.Draft202012Validator(schema).is_valid(spec) is valid
 
     def test_service_port_bounds(self, root: dict[str, Any]) -> None:

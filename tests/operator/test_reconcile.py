@@ -219,7 +219,7 @@ async def test_an_invalid_spec_is_permanent_and_names_fields_not_values(
     assert outcome.permanent
     assert outcome.failure is not None
     assert outcome.failure.reason == "InvalidSpec"
-    assert "spec.env.0" in outcome.failure.message
+    assert "spec.env[0]" in outcome.failure.message
     stored = await kube.get(NIMSERVICES, NS, "llm")
     assert stored is not None
     assert stored["status"]["conditions"]  # the status was written ...
