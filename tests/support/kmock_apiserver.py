@@ -24,11 +24,13 @@ kmock's storage, discovery and watch bus:
   data, as the operator's existence checks of Secrets rely on;
 * the API server's answer to a server-side apply whose content does not fit a built-in kind's type
   (a 500, see ``kmock_schemas``);
-* optional RBAC (``authorizer``, see ``kmock_rbac``) and, for fault tests, ``drop_watches()``
-  to cut every open watch at once, and ``arrival_times`` of each request.
+* optional RBAC (``authorizer``, see ``kmock_rbac``) and, for fault tests, ``add_fault()``
+  (answer the next N matching requests with an error, or delay them), ``drop_watches()`` to cut
+  every open watch at once, and ``arrival_times`` of each request.
 
-Fault injection stays kmock's: a reaction such as ``emulator["patch", resource] << 503`` wins
-over these fallbacks, and then nothing is stored, as with a real failed request.
+Faults can also be injected with kmock reactions: a reaction such as
+``emulator["patch", resource] << 503`` wins over these fallbacks, and then nothing is stored, as
+with a real failed request (but each request then costs a scan of all earlier ones).
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ import datetime
 import json
 import secrets
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, Protocol
 
 import attrs
@@ -117,6 +119,17 @@ def _dotted(path: str) -> fields.Path:
     return tuple(part for part in path.split(".") if part)
 
 
+RequestTest = Callable[[kmock.Request], bool]
+FaultEffect = Callable[[kmock.Request], Awaitable[kmock.Response | None]]
+
+
+@attrs.define
+class Fault:
+    matches: RequestTest
+    effect: FaultEffect
+    remaining: int
+
+
 class Authorizer(Protocol):
     def authorize(self, request: kmock.Request, *, creates: bool) -> str | None:
         """None to allow the request, else the message of a 403 Forbidden."""
@@ -131,6 +144,7 @@ class ApiServerEmulator(kmock.KubernetesEmulator):
     # Loop time at which each request arrived, by kmock's request id (for backoff assertions).
     arrival_times: dict[int, float] = attrs.field(factory=dict, init=False)
 
+    _faults: list[Fault] = attrs.field(factory=list, init=False)
     _watch_cut: asyncio.Event | None = attrs.field(default=None, init=False)
     _watch_cut_abort: bool = attrs.field(default=False, init=False)
     _revision: int = attrs.field(default=0, init=False)
@@ -189,6 +203,13 @@ class ApiServerEmulator(kmock.KubernetesEmulator):
             denied = self.authorizer.authorize(request, creates=self._creates_by_apply(request))
             if denied is not None:
                 raise _error(403, "Forbidden", denied)
+        for fault in self._faults:
+            if fault.remaining > 0 and fault.matches(request):
+                fault.remaining -= 1
+                outcome = await fault.effect(request)
+                if outcome is not None:
+                    return await outcome(request)
+                break  # the effect (a delay, a kill) happened; the request goes on as usual
         # With reactions added by a test (fault injection), let kmock match them first. kmock
         # matches a reaction by scanning every request served so far, which grows slow over a
         # long session, so without any, route directly to the handlers below (kmock's own
@@ -210,6 +231,26 @@ class ApiServerEmulator(kmock.KubernetesEmulator):
         if request.subresource or _content_type(request) != APPLY_PATCH:
             return False
         return self._live(resource, request.namespace, request.name) is None
+
+    def add_fault(
+        self, times: int, matches: RequestTest, effect: FaultEffect | kmock.Response
+    ) -> None:
+        """Answer the next `times` requests that `matches` with `effect` instead of serving them.
+
+        `effect` is a response (an error status: nothing is stored, as with a real failed
+        request), or a coroutine function of the request that returns a response, or None to let
+        the request go on to be served after whatever it did (e.g. a delay). Unlike a kmock
+        reaction, which scans every request served so far on each new one, a fault costs one
+        predicate call per request, so a long-running operator test stays fast.
+        """
+        if isinstance(effect, kmock.Response):
+            response = effect
+
+            async def respond(request: kmock.Request) -> kmock.Response | None:
+                return response
+
+            effect = respond
+        self._faults.append(Fault(matches, effect, times))
 
     def drop_watches(self, *, abort: bool) -> None:
         """Cut every open watch: `abort` resets the connection, else the stream just ends.
