@@ -9,20 +9,10 @@ import pytest
 
 from nim_operator.models import NIMServiceSpec
 from nim_operator.render import Owner, render_deployment, selector_labels
+from tests.support.pod_security import restricted_violations
 
 OWNER = Owner(name="llama", namespace="models", uid="0b5d1e6c-1111-4a2b-9c3d-000000000001")
 KUBERNETES_VERSION = "1.31"
-# Volume types the "restricted" Pod Security Standard allows.
-RESTRICTED_VOLUME_TYPES = {
-    "configMap",
-    "csi",
-    "downwardAPI",
-    "emptyDir",
-    "ephemeral",
-    "persistentVolumeClaim",
-    "projected",
-    "secret",
-}
 
 
 def make_spec(**fields: Any) -> NIMServiceSpec:
@@ -46,38 +36,6 @@ def container(deployment: dict[str, Any]) -> dict[str, Any]:
 
 def env(deployment: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {entry["name"]: entry for entry in container(deployment)["env"]}
-
-
-def restricted_violations(pod_spec: dict[str, Any]) -> list[str]:
-    """Checks of the "restricted" Pod Security Standard that apply to a pod spec."""
-    problems = []
-    pod_security = pod_spec.get("securityContext", {})
-    for flag in ("hostNetwork", "hostPID", "hostIPC"):
-        if pod_spec.get(flag):
-            problems.append(flag)
-    for volume in pod_spec.get("volumes", []):
-        kinds = set(volume) - {"name"}
-        if not kinds <= RESTRICTED_VOLUME_TYPES:
-            problems.append(f"volume {volume['name']}: {sorted(kinds)}")
-    if pod_security.get("seccompProfile", {}).get("type") not in ("RuntimeDefault", "Localhost"):
-        problems.append("seccompProfile")
-    if pod_security.get("runAsUser") == 0:
-        problems.append("runAsUser 0")
-    for ctr in pod_spec["containers"]:
-        security = ctr.get("securityContext", {})
-        if security.get("privileged"):
-            problems.append("privileged")
-        if security.get("allowPrivilegeEscalation") is not False:
-            problems.append("allowPrivilegeEscalation")
-        if "ALL" not in security.get("capabilities", {}).get("drop", []):
-            problems.append("capabilities.drop ALL")
-        if set(security.get("capabilities", {}).get("add", [])) - {"NET_BIND_SERVICE"}:
-            problems.append("capabilities.add")
-        if not (security.get("runAsNonRoot") or pod_security.get("runAsNonRoot")):
-            problems.append("runAsNonRoot")
-        if any("hostPort" in port for port in ctr.get("ports", [])):
-            problems.append("hostPort")
-    return problems
 
 
 class TestRenderDeployment:
@@ -314,7 +272,8 @@ class TestRenderDeployment:
 
     def test_host_path_is_the_documented_exception(self) -> None:
         assert restricted_violations(pod(render(storage={"hostPath": "/data"}))) == [
-            "volume model-store: ['hostPath']"
+            "HostPath Volumes: volume model-store",
+            "Volume Types: volume model-store is ['hostPath']",
         ]
 
     def test_graceful_shutdown(self) -> None:
