@@ -1,0 +1,286 @@
+"""The operator's ClusterRole, cross-checked against the API calls the operator really makes.
+
+The emulator enforces `manifests/rbac.yaml`'s ClusterRole for the operator's bearer token, as a
+real API server would for its ServiceAccount (403 for anything not granted), and records every
+(API group, resource, verb) the operator asked for. The real operator then goes through a
+scenario touching every feature: credentials and API-key Secrets, a created PVC that is later
+dropped, a ServiceMonitor, a PodDisruptionBudget, an HPA switched on and off, pods becoming
+ready, a missing Secret, deletion. It does so twice, as both supported deployments run it: the
+manifest's `kopf run -m nim_operator.handlers --all-namespaces`, and `python -m nim_operator`
+watching namespace globs (NIM_OPERATOR_NAMESPACES), which also follows Namespaces.
+
+Then: nothing was refused, every permission used is granted, and every permission granted was
+used. A feature that needs a new permission must add it to the ClusterRole *and* a step here.
+"""
+
+from __future__ import annotations
+
+import base64
+import secrets
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import kmock
+import pytest
+import pytest_asyncio
+import yaml
+
+from nim_operator.kube import KubeClient, ResourceKind
+from tests.operator.test_operator_e2e import condition, cpu_spec
+from tests.support.kmock_cluster import EmulatedCluster, load_crds
+from tests.support.kmock_harness import (
+    EmulatedControllers,
+    OperatorProcess,
+    PodState,
+    connection_from_kubeconfig,
+    eventually,
+)
+from tests.support.kmock_rbac import ClusterRoleAuthorizer, Permission, granted_permissions
+
+REPO = Path(__file__).resolve().parents[2]
+RBAC = REPO / "manifests" / "rbac.yaml"
+OPERATOR_DEPLOYMENT = REPO / "manifests" / "deployment.yaml"
+OPERATOR_TOKEN = "token-of-the-nim-operator-service-account"
+OPERATOR_USER = "system:serviceaccount:nimstack-system:nim-operator"
+CANARY = f"canary-{secrets.token_hex(6)}"
+
+NIMSERVICES = ResourceKind("nimstack.dev/v1alpha1", "nimservices")
+NAMESPACES = ResourceKind("v1", "namespaces", namespaced=False)
+SECRETS = ResourceKind("v1", "secrets")
+PVCS = ResourceKind("v1", "persistentvolumeclaims")
+DEPLOYMENTS = ResourceKind("apps/v1", "deployments")
+HPAS = ResourceKind("autoscaling/v2", "horizontalpodautoscalers")
+PDBS = ResourceKind("policy/v1", "poddisruptionbudgets")
+SERVICE_MONITORS = ResourceKind("monitoring.coreos.com/v1", "servicemonitors")
+SECRETS_RESOURCE = kmock.resource("", "v1", "secrets")
+
+# The prometheus-operator's CRD, as far as the operator cares: it exists and stores objects.
+SERVICE_MONITOR_CRD = {
+    "apiVersion": "apiextensions.k8s.io/v1",
+    "kind": "CustomResourceDefinition",
+    "metadata": {"name": "servicemonitors.monitoring.coreos.com"},
+    "spec": {
+        "group": "monitoring.coreos.com",
+        "scope": "Namespaced",
+        "names": {
+            "kind": "ServiceMonitor",
+            "plural": "servicemonitors",
+            "singular": "servicemonitor",
+        },
+        "versions": [
+            {
+                "name": "v1",
+                "served": True,
+                "storage": True,
+                "schema": {
+                    "openAPIV3Schema": {
+                        "type": "object",
+                        "x-kubernetes-preserve-unknown-fields": True,
+                    }
+                },
+            }
+        ],
+    },
+}
+
+
+def cluster_role() -> dict[str, Any]:
+    (role,) = [d for d in yaml.safe_load_all(RBAC.read_text()) if d["kind"] == "ClusterRole"]
+    return dict(role)
+
+
+def manifest_argv() -> list[str]:
+    """The operator container's command line from the manifest, runnable here."""
+    deployment = yaml.safe_load(OPERATOR_DEPLOYMENT.read_text())
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    argv = [*container["command"], *container["args"]]
+    assert argv[0] == "kopf"
+    return [
+        sys.executable,
+        "-m",
+        "kopf",
+        *("--liveness={liveness}" if a.startswith("--liveness=") else a for a in argv[1:]),
+    ]
+
+
+@dataclass
+class Exercise:
+    used: set[Permission]
+    denied: list[tuple[Permission, str]]
+    secret_reads: list[dict[str, str]]  # the headers of every Secret request the operator made
+    logs: str
+
+
+@pytest.fixture(scope="module")
+def authorizer() -> ClusterRoleAuthorizer:
+    return ClusterRoleAuthorizer(cluster_role()["rules"], token=OPERATOR_TOKEN, user=OPERATOR_USER)
+
+
+@pytest.fixture(scope="module")
+def cluster(authorizer: ClusterRoleAuthorizer) -> Iterator[EmulatedCluster]:
+    crds = [*load_crds(REPO / "crds"), SERVICE_MONITOR_CRD]
+    with EmulatedCluster(crds, authorizer=authorizer) as emulated:
+        yield emulated
+
+
+def secret(name: str, data: dict[str, str]) -> dict[str, Any]:
+    encoded = {key: base64.b64encode(value.encode()).decode() for key, value in data.items()}
+    return {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name}, "data": encoded}
+
+
+async def scenario(kube: KubeClient, namespace: str, context: Callable[[], str]) -> None:
+    """Every feature, on and off; each step waits for the operator to have acted on it."""
+
+    async def until(probe: Callable[[], Awaitable[Any]], what: str) -> None:
+        await eventually(probe, within=20, what=what, context=context)
+
+    def exists(
+        kind: ResourceKind, name: str, present: bool = True
+    ) -> Callable[[], Awaitable[bool]]:
+        async def probe() -> bool:
+            return (await kube.get(kind, namespace, name) is not None) == present
+
+        return probe
+
+    def nim_where(
+        name: str, test: Callable[[dict[str, Any]], bool]
+    ) -> Callable[[], Awaitable[bool]]:
+        async def probe() -> bool:
+            nim = await kube.get(NIMSERVICES, namespace, name)
+            return nim is not None and test(nim)
+
+        return probe
+
+    await kube.create(SECRETS, namespace, secret("ngc", {"NGC_API_KEY": CANARY}))
+    await kube.create(SECRETS, namespace, secret("api-key", {"NIM_API_KEY": CANARY}))
+    claim = {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}
+    await kube.create(PVCS, namespace, {"metadata": {"name": "models-cache"}, "spec": claim})
+
+    everything = cpu_spec(
+        authSecret="ngc",
+        apiKeySecret={"name": "api-key"},
+        replicas=2,
+        storage={"pvc": {"create": True, "size": "1Gi", "retainPolicy": "Delete"}},
+        metrics={"enabled": True},
+    )
+    body = {"apiVersion": "nimstack.dev/v1alpha1", "kind": "NIMService"}
+    await kube.create(
+        NIMSERVICES, namespace, {**body, "metadata": {"name": "llm"}, "spec": everything}
+    )
+    for kind, name in ((PDBS, "llm"), (SERVICE_MONITORS, "llm"), (PVCS, "llm-pvc")):
+        await until(exists(kind, name), f"{kind.plural}/{name}")
+    await until(exists(DEPLOYMENTS, "llm"), "the Deployment")
+    # Pods and Deployment status change: the operator's child watches re-reconcile the owner.
+    await EmulatedControllers(kube).pods_become(namespace, "llm", PodState.READY)
+    await until(nim_where("llm", lambda o: condition(o, "Ready").get("status") == "True"), "Ready")
+
+    hpa_on = {"replicas": None, "scale": {"enabled": True, "hpa": {"maxReplicas": 3}}}
+    await kube.merge_patch(NIMSERVICES, namespace, "llm", {"spec": hpa_on})
+    await until(exists(HPAS, "llm"), "the HPA")
+
+    all_off = {
+        "replicas": 1,
+        "scale": {"enabled": False, "hpa": None},
+        "metrics": {"enabled": False},
+        "storage": {"pvc": {"name": "models-cache", "create": False, "size": None}},
+    }
+    await kube.merge_patch(NIMSERVICES, namespace, "llm", {"spec": all_off})
+    for kind, name in ((HPAS, "llm"), (PDBS, "llm"), (SERVICE_MONITORS, "llm"), (PVCS, "llm-pvc")):
+        await until(exists(kind, name, present=False), f"{kind.plural}/{name} deleted")
+
+    broken = cpu_spec(authSecret="not-there")
+    await kube.create(
+        NIMSERVICES, namespace, {**body, "metadata": {"name": "broken"}, "spec": broken}
+    )
+    await until(
+        nim_where("broken", lambda o: condition(o, "Failed").get("reason") == "SecretNotFound"),
+        "SecretNotFound",
+    )
+
+    for name in ("llm", "broken"):
+        await kube.delete(NIMSERVICES, namespace, name)
+        await until(
+            exists(NIMSERVICES, name, present=False), f"{name} deleted (finalizer released)"
+        )
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def exercised(
+    cluster: EmulatedCluster,
+    authorizer: ClusterRoleAuthorizer,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> AsyncIterator[Exercise]:
+    work = tmp_path_factory.mktemp("rbac")
+    admin = KubeClient(
+        connection_from_kubeconfig(cluster.write_kubeconfig(work / "admin")), user_agent="rbac-test"
+    )
+    operator_kubeconfig = cluster.write_kubeconfig(work / "operator", token=OPERATOR_TOKEN)
+    logs = []
+    modes = {"manifest": (manifest_argv(), "rbac-all-"), "globs": (None, "rbac-globs-")}
+    try:
+        for mode, (argv, prefix) in modes.items():
+            namespace = f"{prefix}{secrets.token_hex(3)}"
+            settings = {"reconcile_interval": "2", "child_event_delay": "0.2", "verbose": "true"}
+            if argv is None:
+                settings["namespaces"] = f"{prefix}*"
+            operator = OperatorProcess(
+                operator_kubeconfig, work / f"{mode}.log", argv=argv, **settings
+            )
+            await admin.create(NAMESPACES, None, {"metadata": {"name": namespace}})
+            operator.start()
+            try:
+                await scenario(admin, namespace, operator.log_tail)
+            finally:
+                operator.stop()
+            logs.append((work / f"{mode}.log").read_text(errors="replace"))
+    finally:
+        await admin.close()
+
+    def secret_reads(emulator: Any) -> list[dict[str, str]]:
+        return [
+            dict(request.headers)
+            for request in emulator
+            if request.resource == SECRETS_RESOURCE
+            and request.headers.get("Authorization") == f"Bearer {OPERATOR_TOKEN}"
+        ]
+
+    yield Exercise(
+        used=authorizer.used,
+        denied=authorizer.denied,
+        secret_reads=cluster.inspect(secret_reads),
+        logs="\n".join(logs),
+    )
+
+
+def test_the_cluster_role_has_no_wildcards() -> None:
+    for rule in cluster_role()["rules"]:
+        for key in ("apiGroups", "resources", "verbs"):
+            assert "*" not in rule[key], rule
+        assert "nonResourceURLs" not in rule
+
+
+def test_every_request_was_authorized(exercised: Exercise) -> None:
+    assert exercised.denied == []
+
+
+def test_every_permission_granted_was_used_and_every_one_used_granted(
+    exercised: Exercise,
+) -> None:
+    granted = granted_permissions(cluster_role()["rules"])
+    unused = "\n  ".join(sorted(map(str, granted - exercised.used)))
+    assert not unused, f"granted but never used:\n  {unused}"
+    missing = "\n  ".join(sorted(map(str, exercised.used - granted)))
+    assert not missing, f"used but not granted:\n  {missing}"
+
+
+def test_secrets_are_only_ever_read_for_their_metadata(exercised: Exercise) -> None:
+    """The operator checks that Secrets exist; it never asks for (so never holds) their data."""
+    assert exercised.secret_reads, "the scenario made the operator look for Secrets"
+    for headers in exercised.secret_reads:
+        accept = next(v for k, v in headers.items() if k.lower() == "accept")
+        assert accept.startswith("application/json;as=PartialObjectMetadata"), accept
+    assert CANARY not in exercised.logs
+    assert base64.b64encode(CANARY.encode()).decode() not in exercised.logs
