@@ -13,7 +13,8 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from nim_server import __version__
-from nim_server.engine import InferenceEngine
+from nim_server.admission import Admission
+from nim_server.engine import EngineState, InferenceEngine
 from nim_server.errors import APIError, from_validation_error
 from nim_server.metrics import ServerMetrics
 from nim_server.protocol import ErrorBody, ErrorResponse
@@ -25,6 +26,7 @@ from nim_server.settings import Settings
 log = logging.getLogger(__name__)
 
 INFERENCE_PATHS = frozenset({"/v1/chat/completions", "/v1/completions"})
+REJECTION_CODES = frozenset({"server_overloaded", "shutting_down"})
 # Nginx's code for "client closed the request"; nobody reads it, but access logs show it.
 CLIENT_CLOSED_REQUEST = 499
 
@@ -33,11 +35,18 @@ def build_app(
     settings: Settings, engine: InferenceEngine, metrics: ServerMetrics | None = None
 ) -> FastAPI:
     metrics = metrics or ServerMetrics()
+    admission = Admission(settings.max_queue)
+    metrics.admitted_sequences.set_function(lambda: admission.in_flight)
+
+    async def load() -> None:
+        await engine.start()
+        if engine.state is EngineState.READY:
+            admission.set_engine_concurrency(engine.model.max_num_seqs)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         # The port opens now; the model loads behind it so health probes answer meanwhile.
-        loading = asyncio.create_task(engine.start(), name="engine-load")
+        loading = asyncio.create_task(load(), name="engine-load")
         try:
             yield
         finally:
@@ -57,6 +66,7 @@ def build_app(
         settings=settings,
         engine=engine,
         metrics=metrics,
+        admission=admission,
         chat=ChatService(engine, on_stream_error=metrics.request_failures.inc),
         completions=CompletionService(engine, on_stream_error=metrics.request_failures.inc),
         models=ModelService(engine),
@@ -71,6 +81,8 @@ def _install_error_handlers(app: FastAPI, metrics: ServerMetrics) -> None:
     def error_response(request: Request, error: APIError) -> Response:
         if request.url.path in INFERENCE_PATHS:
             metrics.request_failures.inc()
+            if error.code in REJECTION_CODES:
+                metrics.rejections.labels(reason=error.code).inc()
         return Response(
             error.envelope().model_dump_json(),
             status_code=error.status,

@@ -142,7 +142,7 @@ class VllmEngine(InferenceEngine):
 
     @property
     def llm(self) -> AsyncLLM:
-        if self._llm is None or self.state is not EngineState.READY:
+        if self._llm is None or self.state not in (EngineState.READY, EngineState.STOPPED):
             raise EngineDead(self.reason)
         return self._llm
 

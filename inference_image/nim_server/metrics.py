@@ -81,6 +81,17 @@ class ServerMetrics:
             "Most requests the engine runs concurrently.",
             registry=self.registry,
         )
+        self.admitted_sequences = Gauge(
+            "num_sequences_admitted",
+            "Sequences this server has admitted and not finished (running or waiting).",
+            registry=self.registry,
+        )
+        self.rejections = Counter(
+            "request_rejected",
+            "Requests turned away before reaching the engine (429 at capacity, 503 draining).",
+            ["reason"],
+            registry=self.registry,
+        )
 
     def render(self) -> bytes:
         return generate_latest(self._source) + generate_latest(self.registry)

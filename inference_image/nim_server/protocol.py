@@ -251,6 +251,12 @@ class CompletionRequest(SamplingFields):
     best_of: Annotated[int, Field(ge=1)] | None = None
     response_format: ResponseFormat | None = None
 
+    @property
+    def prompt_count(self) -> int:
+        if isinstance(self.prompt, str) or (self.prompt and isinstance(self.prompt[0], int)):
+            return 1
+        return len(self.prompt)
+
     @model_validator(mode="after")
     def _unsupported(self) -> CompletionRequest:
         if self.suffix:

@@ -66,6 +66,24 @@ class Settings(BaseSettings):
     max_num_seqs: Annotated[
         int | None, Field(ge=1, description="Most sequences the engine runs at once.")
     ] = None
+    max_queue: Annotated[
+        int,
+        Field(
+            ge=0,
+            description="Most requests that may wait for an engine slot; beyond it new requests "
+            "get 429 with Retry-After.",
+        ),
+    ] = 256
+    shutdown_timeout: Annotated[
+        float,
+        Field(
+            ge=0,
+            description="Seconds in-flight requests may take to finish after SIGTERM.",
+        ),
+    ] = 30.0
+    max_request_bytes: Annotated[
+        ByteSize, Field(ge=1024, description="Largest request body accepted (413 beyond).")
+    ] = ByteSize(8 * 1024 * 1024)
     log_level: Annotated[LogLevel, Field(description="Log level.")] = LogLevel.INFO
     jsonl_logging: Annotated[bool, Field(description="Log one JSON object per line.")] = False
     api_key: Annotated[

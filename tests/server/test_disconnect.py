@@ -7,13 +7,16 @@ fewer tokens are produced than the request asked for (random weights never stop 
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import httpx
+import psutil
 import pytest
 
 from tests.server.conftest import TINY_MAX_MODEL_LEN, chat_body
 from tests.server.test_metrics import scrape
+from tests.support.server_process import ServerProcess
 
 # Eight long samples: tens of thousands of tokens, many seconds of engine work, so that the
 # few hundred milliseconds an abort takes on a busy 2-core machine stay far below the bound.
@@ -63,3 +66,32 @@ def test_non_streaming_disconnect_aborts_engine_request(
         )
     generated = wait_idle(http)["generation_tokens_total"] - before
     assert generated < FULL / 2, generated
+
+
+async def test_hundred_abandoned_streams_leave_nothing_behind(
+    server: ServerProcess, http: httpx.Client
+) -> None:
+    """Clients that vanish mid-stream free their slots; memory does not grow with them."""
+    process = psutil.Process(server.process.pid)
+    wait_idle(http)
+    rss_before = process.memory_info().rss
+
+    async def abandon(client: httpx.AsyncClient) -> None:
+        body = chat_body(stream=True, max_tokens=2000, ignore_eos=True)
+        async with client.stream("POST", "/v1/chat/completions", json=body) as response:
+            assert response.status_code == 200
+            chunks = response.aiter_lines()
+            for _ in range(3):
+                await anext(chunks)
+
+    limits = httpx.Limits(max_connections=10)
+    async with httpx.AsyncClient(
+        base_url=server.base_url, headers=server.headers, timeout=60, limits=limits
+    ) as client:
+        for _ in range(10):
+            await asyncio.gather(*(abandon(client) for _ in range(10)))
+    samples = wait_idle(http)
+    assert samples["num_requests_running"] == 0
+    assert samples["num_requests_waiting"] == 0
+    growth = process.memory_info().rss - rss_before
+    assert growth < 64 * 1024 * 1024, f"RSS grew by {growth / 2**20:.0f} MiB"

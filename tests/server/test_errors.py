@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
 
 from tests.server.conftest import TINY_MAX_MODEL_LEN, chat_body
+from tests.support.server_process import ServerProcess
 
 USER = [{"role": "user", "content": "hi"}]
 
@@ -194,3 +196,40 @@ def test_missing_or_wrong_api_key_is_401(server_url: str) -> None:
 def test_health_and_metrics_need_no_key(server_url: str) -> None:
     for path in ("/v1/health/live", "/v1/health/ready", "/v1/metrics", "/metrics"):
         assert httpx.get(f"{server_url}{path}").status_code == 200, path
+
+
+def test_oversized_body_is_413(http: httpx.Client) -> None:
+    huge = "x" * (9 * 1024 * 1024)  # beyond the 8 MiB default
+    body = {"messages": [{"role": "user", "content": huge}]}
+    error = assert_error(http.post("/v1/chat/completions", json=body), 413)
+    assert error["code"] == "request_too_large"
+
+    def chunks() -> Iterator[bytes]:  # no Content-Length: the limit is counted as bytes arrive
+        yield b'{"messages": [{"role": "user", "content": "'
+        for _ in range(10):
+            yield b"x" * (1024 * 1024)
+        yield b'"}]}'
+
+    chunked = http.post(
+        "/v1/chat/completions", content=chunks(), headers={"content-type": "application/json"}
+    )
+    assert_error(chunked, 413)
+
+
+def test_prompts_are_not_logged_at_info(http: httpx.Client, server: ServerProcess) -> None:
+    marker = "zebra-quartz-7741"
+    assert (
+        http.post(
+            "/v1/chat/completions",
+            json=chat_body(messages=[{"role": "user", "content": f"secret {marker}"}]),
+        ).status_code
+        == 200
+    )
+    assert (
+        http.post(
+            "/v1/chat/completions",
+            json=chat_body(messages=[{"role": "user", "content": marker}], temperature=9),
+        ).status_code
+        == 400
+    )
+    assert marker not in server.log()

@@ -12,6 +12,7 @@ from typing import Annotated, Any, TypeVar
 from fastapi import Depends, Request
 from pydantic import BaseModel, ValidationError
 
+from nim_server.admission import Admission
 from nim_server.engine import InferenceEngine
 from nim_server.errors import APIError, from_validation_error, invalid_request
 from nim_server.metrics import ServerMetrics
@@ -27,6 +28,7 @@ class Services:
     settings: Settings
     engine: InferenceEngine
     metrics: ServerMetrics
+    admission: Admission
     chat: ChatService
     completions: CompletionService
     models: ModelService
@@ -59,9 +61,32 @@ def require_api_key(request: Request, services: ServicesDep) -> None:
         )
 
 
-async def parse_body(request: Request, model: type[ModelT]) -> ModelT:
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, or a 413 as soon as it grows beyond ``limit`` bytes."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise _too_large(limit)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:  # chunked bodies announce no length: count as they arrive
+            raise _too_large(limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _too_large(limit: int) -> APIError:
+    return APIError(
+        413,
+        f"The request body is larger than the server accepts ({limit} bytes).",
+        code="request_too_large",
+    )
+
+
+async def parse_body(request: Request, model: type[ModelT], limit: int) -> ModelT:
     """Validate the JSON body against ``model``; every failure is a 400 naming the parameter."""
-    body = await request.body()
+    body = await read_body(request, limit)
     try:
         body.decode("utf-8")
     except UnicodeDecodeError as error:

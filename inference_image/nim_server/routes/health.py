@@ -37,6 +37,13 @@ async def live(services: ServicesDep) -> HealthResponse:
 async def ready(services: ServicesDep) -> HealthResponse:
     engine = services.engine
     state = engine.check_health()
+    if services.admission.draining:
+        # Leave the Service's endpoints before the last requests finish.
+        raise service_unavailable(
+            "Service is not ready: the server is shutting down.",
+            retry_after=1,
+            code="shutting_down",
+        )
     if state is not EngineState.READY:
         retry = LOADING_RETRY_AFTER if state is EngineState.LOADING else 30
         raise service_unavailable(

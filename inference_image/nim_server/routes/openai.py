@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request, Response
@@ -17,13 +17,14 @@ from nim_server.protocol import (
     ModelList,
 )
 from nim_server.routes.dependencies import (
+    Services,
     ServicesDep,
     body_schema,
     parse_body,
     require_api_key,
     until_disconnected,
 )
-from nim_server.serving.common import new_request_id
+from nim_server.serving.common import close_stream, new_request_id
 
 router = APIRouter(dependencies=[Depends(require_api_key)])
 
@@ -33,19 +34,46 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
         400: "Invalid request",
         401: "Missing or wrong API key",
         404: "Unknown model",
-        503: "Model not loaded yet",
+        413: "Request body too large",
+        429: "Server at capacity; retry after Retry-After seconds",
+        503: "Model not loaded yet, or shutting down",
     }.items()
 }
 # Seconds between SSE comment lines that keep idle proxies from closing a slow stream.
 SSE_PING_SECONDS = 15
 
 
-def _respond(result: BaseModel | AsyncIterator[str], request_id: str) -> Response:
-    headers = {"X-Request-Id": request_id}
+async def _serve_admitted(
+    request: Request,
+    services: Services,
+    weight: int,
+    request_id: str,
+    work: Callable[[], Awaitable[BaseModel | AsyncIterator[str]]],
+) -> Response:
+    """Run ``work`` holding an admission ticket until its response (or stream) is finished."""
+    admission = services.admission
+    ticket = admission.admit(weight)
+    try:
+        result = await until_disconnected(request, work())
+    except BaseException:
+        admission.release(ticket)
+        raise
+    headers = {"X-Request-Id": request_id, **admission.rate_limit_headers()}
     if isinstance(result, BaseModel):
+        admission.release(ticket)
         return Response(result.model_dump_json(), media_type="application/json", headers=headers)
+
+    async def released_at_end() -> AsyncIterator[str]:
+        try:
+            async for payload in result:
+                yield payload
+        finally:
+            # Also reached when the client hangs up: closing this closes the service's stream.
+            await close_stream(result)
+            admission.release(ticket)
+
     return EventSourceResponse(
-        result,
+        released_at_end(),
         sep="\n",
         ping=SSE_PING_SECONDS,
         headers={**headers, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
@@ -59,10 +87,11 @@ def _respond(result: BaseModel | AsyncIterator[str], request_id: str) -> Respons
     summary="Create a chat completion (JSON, or SSE when `stream` is true)",
 )
 async def chat_completions(request: Request, services: ServicesDep) -> Response:
-    body = await parse_body(request, ChatCompletionRequest)
+    body = await parse_body(request, ChatCompletionRequest, services.settings.max_request_bytes)
     request_id = new_request_id("chatcmpl")
-    result = await until_disconnected(request, services.chat.create(body, request_id))
-    return _respond(result, request_id)
+    return await _serve_admitted(
+        request, services, body.n, request_id, lambda: services.chat.create(body, request_id)
+    )
 
 
 @router.post(
@@ -72,10 +101,15 @@ async def chat_completions(request: Request, services: ServicesDep) -> Response:
     summary="Create a text completion (JSON, or SSE when `stream` is true)",
 )
 async def completions(request: Request, services: ServicesDep) -> Response:
-    body = await parse_body(request, CompletionRequest)
+    body = await parse_body(request, CompletionRequest, services.settings.max_request_bytes)
     request_id = new_request_id("cmpl")
-    result = await until_disconnected(request, services.completions.create(body, request_id))
-    return _respond(result, request_id)
+    return await _serve_admitted(
+        request,
+        services,
+        body.n * body.prompt_count,
+        request_id,
+        lambda: services.completions.create(body, request_id),
+    )
 
 
 @router.get("/v1/models", response_model=ModelList, responses=_ERRORS)

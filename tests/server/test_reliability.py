@@ -1,0 +1,165 @@
+"""Overload and drain on a real server with a deliberately small engine.
+
+One server for the module: 2 concurrent sequences in the engine and 2 more waiting at most. The
+drain test stops it, so it runs last (pytest keeps file order).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from tests.server.conftest import SERVED_NAME, chat_body, tiny_server_env
+from tests.support.server_process import ServerProcess, start_server
+from tests.support.sse import json_events
+
+MAX_NUM_SEQS = 2
+MAX_QUEUE = 2
+LONG_TOKENS = 3000  # a few seconds of generation on CPU
+
+
+@pytest.fixture(scope="module")
+def small_server(
+    tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServerProcess]:
+    work = tmp_path_factory.mktemp("small-server")
+    env = {
+        **tiny_server_env(tiny_model_dir, work / "cache"),
+        "NIM_MAX_NUM_SEQS": str(MAX_NUM_SEQS),
+        "NIM_MAX_QUEUE": str(MAX_QUEUE),
+        "NIM_SHUTDOWN_TIMEOUT": "120",
+    }
+    server = start_server(work, env)
+    try:
+        server.wait_until("/v1/health/ready", 200, timeout=300)
+        yield server
+    finally:
+        server.stop()
+
+
+def long_stream_body() -> dict[str, object]:
+    return chat_body(stream=True, max_tokens=LONG_TOKENS, ignore_eos=True)
+
+
+async def start_stream(client: httpx.AsyncClient) -> httpx.Response:
+    request = client.build_request("POST", "/v1/chat/completions", json=long_stream_body())
+    response = await client.send(request, stream=True)
+    assert response.status_code == 200, await response.aread()
+    return response
+
+
+async def finish(stream: asyncio.Task[httpx.Response]) -> list[dict[str, Any]]:
+    response = await stream
+    try:
+        return json_events((await response.aread()).decode())
+    finally:
+        await response.aclose()
+
+
+async def fill(client: httpx.AsyncClient, count: int) -> list[asyncio.Task[httpx.Response]]:
+    """Start ``count`` long streams and wait until the server has admitted every one.
+
+    Two run in the engine and the rest wait behind them for seconds, so the server holds all of
+    them long enough to be seen. The bodies stay unread meanwhile.
+    """
+    streams = [asyncio.create_task(start_stream(client)) for _ in range(count)]
+    for _ in range(600):
+        if await metric(client, "num_sequences_admitted") == count:
+            return streams
+        errors = [t.exception() for t in streams if t.done() and t.exception()]
+        assert not errors, errors
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"the server never held {count} streams at once")
+
+
+async def metric(client: httpx.AsyncClient, name: str) -> float:
+    text = (await client.get("/metrics")).text
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith((name + "{", name + " "))
+    )
+
+
+async def test_overload_is_429_with_retry_after(small_server: ServerProcess) -> None:
+    capacity = MAX_NUM_SEQS + MAX_QUEUE
+    async with httpx.AsyncClient(base_url=small_server.base_url, timeout=120) as client:
+        streams = await fill(client, capacity)
+        rejected = await client.post("/v1/chat/completions", json=chat_body(max_tokens=1))
+        assert rejected.status_code == 429, rejected.text
+        assert int(rejected.headers["retry-after"]) >= 1
+        assert rejected.headers["x-ratelimit-limit-requests"] == str(capacity)
+        assert rejected.headers["x-ratelimit-remaining-requests"] == "0"
+        error = rejected.json()["error"]
+        assert error["code"] == "server_overloaded"
+        assert error["type"] == "rate_limit_exceeded"
+        assert "capacity" in error["message"]
+        assert await metric(client, "request_rejected_total") >= 1
+        # A request for more choices than fit right now is refused the same way.
+        assert (await client.post("/v1/completions", json={"prompt": "x"})).status_code == 429
+        # Nothing admitted was lost: every stream completes in full.
+        for stream in streams:
+            events = await finish(stream)
+            assert events[-1]["choices"][0]["finish_reason"] == "length"
+        after = await client.post("/v1/chat/completions", json=chat_body())
+        assert after.status_code == 200
+        # As with OpenAI's headers, "remaining" already counts the request being answered.
+        assert after.headers["x-ratelimit-remaining-requests"] == str(capacity - 1)
+        assert await metric(client, "num_sequences_admitted") == 0
+
+
+async def test_openai_sdk_retries_through_overload(small_server: ServerProcess) -> None:
+    async with httpx.AsyncClient(base_url=small_server.base_url, timeout=120) as client:
+        streams = await fill(client, MAX_NUM_SEQS + MAX_QUEUE)
+        sdk = openai.AsyncOpenAI(
+            base_url=small_server.base_url + "/v1", api_key="unused", max_retries=20
+        )
+        # The SDK sees 429 + Retry-After, waits, and gets through once a stream finishes.
+        completion = await sdk.chat.completions.create(
+            model=SERVED_NAME,
+            messages=[{"role": "user", "content": "hi"}],
+            max_tokens=3,
+        )
+        assert completion.usage is not None
+        assert completion.usage.completion_tokens == 3
+        await asyncio.gather(*(finish(stream) for stream in streams))
+
+
+async def test_sigterm_drains_in_flight_streams_then_exits_zero(
+    small_server: ServerProcess,
+) -> None:
+    server = small_server
+    async with httpx.AsyncClient(base_url=server.base_url, timeout=120) as client:
+        # Two streams that surely run (their first tokens are out) when the signal arrives.
+        streams = [asyncio.create_task(start_stream(client)) for _ in range(MAX_NUM_SEQS)]
+        await asyncio.wait(streams)
+        server.process.send_signal(signal.SIGTERM)
+        # Readiness flips at once (the pod leaves the Service) and new work is turned away...
+        for _ in range(50):
+            ready = await client.get("/v1/health/ready")
+            if ready.status_code == 503:
+                break
+            await asyncio.sleep(0.1)
+        assert ready.status_code == 503
+        assert ready.json()["error"]["code"] == "shutting_down"
+        refused = await client.post("/v1/chat/completions", json=chat_body())
+        assert refused.status_code == 503
+        assert refused.json()["error"]["code"] == "shutting_down"
+        assert (await client.get("/v1/health/live")).status_code == 200
+        # ...while every in-flight stream runs to its full length and ends with [DONE].
+        for stream in streams:
+            events = await finish(stream)
+            assert events[-1]["choices"][0]["finish_reason"] == "length"
+            text = "".join(c["delta"].get("content") or "" for e in events for c in e["choices"])
+            assert text
+    assert await asyncio.to_thread(server.process.wait, 120) == 0
+    log = server.log()
+    assert f"draining {MAX_NUM_SEQS} in-flight sequences" in log
+    assert "drained; shutting down" in log
