@@ -7,6 +7,9 @@ Three ways in, one reconcile:
 * a timer per NIMService - every NIM_OPERATOR_RECONCILE_INTERVAL seconds, to undo hand edits;
 * events of our Deployments and Pods - a deleted Deployment or a pod going into CrashLoopBackOff
   re-reconciles its owner within a second, found through an in-memory index of NIMServices.
+
+And one daemon per NIMService with `spec.autoscaling`: the built-in autoscaler, which evaluates
+every `spec.autoscaling.interval` seconds (nim_operator.autoscaling) and stops when the field goes.
 """
 
 from __future__ import annotations
@@ -17,7 +20,8 @@ from typing import Any
 import kopf
 
 from nim_operator import API_GROUP, API_VERSION, PLURAL
-from nim_operator.kube import TransientApiError
+from nim_operator.autoscaling.scaler import Autoscaler
+from nim_operator.kube import ApiError, TransientApiError
 from nim_operator.reconcile import Outcome, Runtime, reconcile, reconcile_soon
 from nim_operator.render.labels import FIELD_MANAGER, INSTANCE_LABEL, MANAGED_BY_LABEL
 from nim_operator.settings import Settings, configure_kopf
@@ -30,6 +34,8 @@ NIMSERVICE = (API_GROUP, API_VERSION, PLURAL)
 OUR_CHILDREN = {MANAGED_BY_LABEL: FIELD_MANAGER}
 # How soon kopf retries a change handler after the API failed transiently.
 API_RETRY_DELAY = 10.0
+# When an autoscaling evaluation had nothing to do (no Deployment yet) or the API failed.
+AUTOSCALING_RETRY_DELAY = 5.0
 
 Logger = logging.Logger | logging.LoggerAdapter[logging.Logger]
 
@@ -38,10 +44,14 @@ Logger = logging.Logger | logging.LoggerAdapter[logging.Logger]
 async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     configure_kopf(settings, SETTINGS)
     memo.runtime = await Runtime.start(SETTINGS)
+    memo.autoscaler = Autoscaler(memo.runtime, scrape_timeout=SETTINGS.scrape_timeout)
 
 
 @kopf.on.cleanup()
 async def stop(memo: kopf.Memo, **_: Any) -> None:
+    autoscaler: Autoscaler | None = memo.get("autoscaler")
+    if autoscaler is not None:
+        await autoscaler.close()
     runtime: Runtime | None = memo.get("runtime")
     if runtime is not None:
         await runtime.close()
@@ -113,7 +123,36 @@ async def reconcile_owner_of_child(
         logger.warning("Reconcile after a child event postponed: %s", e)
 
 
+def _autoscaled(spec: kopf.Spec, **_: Any) -> bool:
+    return bool(spec.get("autoscaling"))
+
+
+# When the NIMService goes or spec.autoscaling is removed, an evaluation under way gets this
+# long to finish before it is cancelled; kopf re-checks then (not after its 60 s default poll).
+@kopf.daemon(*NIMSERVICE, when=_autoscaled, cancellation_backoff=1.0, cancellation_timeout=5.0)
+async def autoscale(
+    namespace: str | None,
+    name: str,
+    stopped: kopf.DaemonStopped,
+    memo: kopf.Memo,
+    logger: Logger,
+    **_: Any,
+) -> None:
+    """The built-in autoscaler of one NIMService; kopf stops it when spec.autoscaling goes."""
+    assert namespace is not None  # NIMServices are namespaced
+    while not stopped:
+        interval = AUTOSCALING_RETRY_DELAY
+        try:
+            interval = await memo.autoscaler.evaluate(namespace, name, logger=logger) or interval
+        except TransientApiError as e:
+            logger.warning("Autoscaling evaluation postponed: %s", e)
+        except ApiError as e:  # e.g. RBAC without deployments/scale: say so, keep trying
+            logger.error("Autoscaling evaluation failed: %s", e)
+        await stopped.wait(interval)
+
+
 @kopf.on.delete(*NIMSERVICE, optional=True)
 async def forget(uid: str, memo: kopf.Memo, **_: Any) -> None:
     """Children go with the owner (ownerReferences); only our in-memory state is left."""
     memo.runtime.forget(uid)
+    memo.autoscaler.forget(uid)

@@ -33,6 +33,9 @@ class Settings(BaseSettings):
     # How long "the cluster has (no) ServiceMonitor CRD" is believed before asking again.
     capability_ttl: float = Field(default=300.0, ge=0)
     api_timeout: float = Field(default=30.0, gt=0)
+    # Budget of one GET of a pod's /v1/metrics by the built-in autoscaler; a pod slower than
+    # this counts as unreachable (which holds scale-downs), not as idle.
+    scrape_timeout: float = Field(default=2.0, gt=0)
     api_retries: int = Field(default=4, ge=0)
     # Comma-separated namespaces or globs (e.g. "team-*"); empty means the whole cluster.
     namespaces: str = ""

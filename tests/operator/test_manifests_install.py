@@ -27,6 +27,8 @@ EXPECTED_RULES: dict[tuple[str, str], set[str]] = {
     ("", "services"): APPLIED,
     ("", "serviceaccounts"): APPLIED,
     ("apps", "deployments"): {"get", "list", "watch", *APPLIED},
+    # The built-in autoscaler's only write: the replica count, through the scale subresource.
+    ("apps", "deployments/scale"): {"patch"},
     ("", "persistentvolumeclaims"): OPTIONAL_CHILD,
     ("autoscaling", "horizontalpodautoscalers"): OPTIONAL_CHILD,
     ("policy", "poddisruptionbudgets"): OPTIONAL_CHILD,

@@ -181,8 +181,23 @@ async def scenario(kube: KubeClient, namespace: str, context: Callable[[], str])
     await kube.merge_patch(NIMSERVICES, namespace, "llm", {"spec": hpa_on})
     await until(exists(HPAS, "llm"), "the HPA")
 
+    # The built-in autoscaler instead: a minReplicas above the current count is applied at
+    # once, through the Deployment's scale subresource.
+    builtin = {
+        "scale": {"enabled": False, "hpa": None},
+        "autoscaling": {"minReplicas": 3, "maxReplicas": 4, "interval": 1},
+    }
+    await kube.merge_patch(NIMSERVICES, namespace, "llm", {"spec": builtin})
+
+    async def three_replicas() -> bool:
+        deployment = await kube.get(DEPLOYMENTS, namespace, "llm")
+        return deployment is not None and deployment["spec"].get("replicas") == 3
+
+    await until(three_replicas, "the autoscaler's minReplicas 3")
+
     all_off = {
         "replicas": 1,
+        "autoscaling": None,
         "scale": {"enabled": False, "hpa": None},
         "metrics": {"enabled": False},
         "storage": {"pvc": {"name": "models-cache", "create": False, "size": None}},
