@@ -6,10 +6,13 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from typing import Any
 
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from pydantic import ValidationError
+from pydantic.json_schema import models_json_schema
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from nim_server import __version__
@@ -17,7 +20,12 @@ from nim_server.admission import Admission
 from nim_server.engine import EngineState, InferenceEngine
 from nim_server.errors import APIError, from_validation_error
 from nim_server.metrics import ServerMetrics
-from nim_server.protocol import ErrorBody, ErrorResponse
+from nim_server.protocol import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    ErrorBody,
+    ErrorResponse,
+)
 from nim_server.routes import health_router, management_router, metrics_router, openai_router
 from nim_server.routes.dependencies import ClientDisconnected, Services
 from nim_server.serving import ChatService, CompletionService, ModelService
@@ -27,6 +35,7 @@ log = logging.getLogger(__name__)
 
 INFERENCE_PATHS = frozenset({"/v1/chat/completions", "/v1/completions"})
 REJECTION_CODES = frozenset({"server_overloaded", "shutting_down"})
+REQUEST_MODELS = (ChatCompletionRequest, CompletionRequest)
 # Nginx's code for "client closed the request"; nobody reads it, but access logs show it.
 CLIENT_CLOSED_REQUEST = 499
 
@@ -73,8 +82,27 @@ def build_app(
     )
     for router in (openai_router, health_router, metrics_router, management_router):
         app.include_router(router)
+    _describe_request_bodies(app)
     _install_error_handlers(app, metrics)
     return app
+
+
+def _describe_request_bodies(app: FastAPI) -> None:
+    """Put the request models, which the routes parse themselves, into the OpenAPI components."""
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(title=app.title, version=app.version, routes=app.routes)
+            _, definitions = models_json_schema(
+                [(model, "validation") for model in REQUEST_MODELS],
+                ref_template="#/components/schemas/{model}",
+            )
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            components.update(definitions.get("$defs", {}))
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def _install_error_handlers(app: FastAPI, metrics: ServerMetrics) -> None:

@@ -110,7 +110,7 @@ def _drop_union_tags(loc: list[str]) -> list[str]:
 
 def _looks_like_type_tag(part: str) -> bool:
     return part in {"str", "int", "float", "bool", "list", "dict", "none"} or part.startswith(
-        ("list[", "dict[", "function-", "tagged-union", "literal[")
+        ("list[", "dict[", "function-", "tagged-union", "literal[", "constrained-")
     )
 
 

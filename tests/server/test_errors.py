@@ -233,3 +233,10 @@ def test_prompts_are_not_logged_at_info(http: httpx.Client, server: ServerProces
         == 400
     )
     assert marker not in server.log()
+
+
+def test_out_of_vocabulary_token_ids_are_400(http: httpx.Client) -> None:
+    # Found by the schemathesis run: the engine itself fails (500) on such ids.
+    for prompt in ([4294967296], [[1, 2], [10**7]]):
+        error = assert_error(http.post("/v1/completions", json={"prompt": prompt}), 400, "prompt")
+        assert "vocabulary" in error["message"]

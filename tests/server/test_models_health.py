@@ -49,5 +49,8 @@ def test_version_and_metadata(http: httpx.Client) -> None:
 def test_openapi_document_describes_request_bodies(http: httpx.Client) -> None:
     spec = http.get("/openapi.json").json()
     body = spec["paths"]["/v1/chat/completions"]["post"]["requestBody"]
-    schema = body["content"]["application/json"]["schema"]
+    reference = body["content"]["application/json"]["schema"]["$ref"]
+    schema = spec["components"]["schemas"][reference.rsplit("/", 1)[1]]
     assert "messages" in schema["properties"]
+    message = schema["properties"]["messages"]["items"]["$ref"].rsplit("/", 1)[1]
+    assert "role" in spec["components"]["schemas"][message]["properties"]

@@ -100,12 +100,13 @@ async def parse_body(request: Request, model: type[ModelT], limit: int) -> Model
 
 
 def body_schema(model: type[BaseModel]) -> dict[str, Any]:
-    """OpenAPI request body for routes that parse the body themselves (for clients and fuzzers)."""
+    """OpenAPI request body for routes that parse the body themselves (for clients and fuzzers).
+
+    The model itself is added to the document's components by the app (see `app.py`).
+    """
+    reference = {"$ref": f"#/components/schemas/{model.__name__}"}
     return {
-        "requestBody": {
-            "required": True,
-            "content": {"application/json": {"schema": model.model_json_schema()}},
-        }
+        "requestBody": {"required": True, "content": {"application/json": {"schema": reference}}}
     }
 
 

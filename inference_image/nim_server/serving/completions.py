@@ -63,7 +63,14 @@ class CompletionService:
         self, request: CompletionRequest, request_id: str
     ) -> CompletionResponse | AsyncIterator[str]:
         model = served_model(self._engine, request.model)
-        prompts = [await self._prepare(raw) for raw in _split_prompts(request.prompt)]
+        raw_prompts = _split_prompts(request.prompt)
+        for raw in raw_prompts:
+            if not isinstance(raw, str) and max(raw) >= model.vocab_size:
+                raise invalid_request(
+                    f"Token id {max(raw)} is outside the vocabulary (0..{model.vocab_size - 1}).",
+                    param="prompt",
+                )
+        prompts = [await self._prepare(raw) for raw in raw_prompts]
         param = "prompt"
         budgets = [
             output_budget(model, len(p.engine_prompt.token_ids), request.max_tokens, param=param)
