@@ -1,0 +1,1 @@
+"""Load and soak run of the real server (`python -m bench.soak`)."""
