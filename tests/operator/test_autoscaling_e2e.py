@@ -145,6 +145,32 @@ async def test_the_scale_subresource_moves_the_deployment(e2e: E2E) -> None:
     await e2e.stays(still_two, "the HPA's 2 replicas", seconds=4)
 
 
+async def test_kubectl_scale_works_without_replicas_but_reading_scale_needs_them(
+    e2e: E2E,
+) -> None:
+    """Why the KEDA and HPA samples set spec.replicas on the NIMService they target."""
+    await e2e.create("llm", cpu_spec())  # replicas unset: one pod
+    await until_replicas(e2e, 1, within=e2e.driver.timeout)
+    # What an HPA or KEDA does first: read the scale. The API server cannot, yet.
+    with pytest.raises(ApiError) as unreadable:
+        await e2e.api.get(NIMSERVICES, e2e.namespace, "llm", subresource="scale")
+    assert unreadable.value.status == 500
+    assert 'the spec replicas field ".spec.replicas" does not exist' in unreadable.value.message
+    # `kubectl scale` patches instead, which sets the field.
+    await e2e.api.merge_patch(
+        NIMSERVICES,
+        e2e.namespace,
+        "llm",
+        {"spec": {"replicas": 2}},
+        subresource="scale",
+        field_manager="kubectl-scale",
+    )
+    await until_replicas(e2e, 2, within=e2e.driver.timeout)
+    scale = await e2e.api.get(NIMSERVICES, e2e.namespace, "llm", subresource="scale")
+    assert scale is not None
+    assert scale["spec"]["replicas"] == 2
+
+
 async def test_kubectl_scale_is_refused_while_the_built_in_autoscaler_owns_replicas(
     e2e: E2E,
 ) -> None:

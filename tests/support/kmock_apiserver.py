@@ -284,6 +284,15 @@ class ApiServerEmulator(kmock.KubernetesEmulator):
         if body is None:
             raise _not_found(request.resource, request.name)
         if request.subresource == "scale":
+            paths = self._scales.get(request.resource)
+            replicas = fields.get_path(body, paths.spec_replicas) if paths is not None else 0
+            if paths is not None and not isinstance(replicas, int):
+                # A custom resource's /scale cannot be read while its replicas field is absent
+                # (a PATCH can still set it): the API server answers 500 (apiextensions'
+                # ScaleREST). Deployments always have one: it is defaulted.
+                dotted = "." + ".".join(paths.spec_replicas)
+                message = f'the spec replicas field "{dotted}" does not exist'
+                raise _error(500, "InternalError", message)
             return self._scale_view(request.resource, body)
         if _wants_metadata_only(request):
             return {
