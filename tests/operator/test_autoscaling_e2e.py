@@ -217,7 +217,7 @@ async def test_load_scales_up_at_once_and_down_only_after_the_window(
 
     # 14 requests in flight, 4 wanted per pod: 4 pods, at the next evaluation.
     pods.load.running = 14
-    await until_replicas(e2e, 4, within=5)
+    await until_replicas(e2e, 4, within=10)  # an evaluation or two, on a busy machine
     nim = await e2e.status_where(
         "llm", lambda o: len(scaling(o).get("history") or []) == 1, "one scaling decision"
     )
@@ -248,7 +248,7 @@ async def test_load_scales_up_at_once_and_down_only_after_the_window(
         "llm", lambda o: scaling(o).get("reason") == "DownStabilizing", "DownStabilizing"
     )
     assert scaling(nim)["desiredReplicas"] == 4
-    await until_replicas(e2e, 1, within=DOWN_WINDOW + 5)
+    await until_replicas(e2e, 1, within=DOWN_WINDOW + 15)
     assert asyncio.get_running_loop().time() - dropped >= DOWN_WINDOW - 1
     nim = await e2e.status_where(
         "llm", lambda o: len(scaling(o).get("history") or []) == 2, "two scaling decisions"
@@ -291,7 +291,7 @@ async def test_unreadable_metrics_never_scale_down_and_the_condition_says_why(
 
     # Its endpoint is back: the idle service shrinks after the window.
     await pods.revive()
-    await until_replicas(e2e, 1, within=DOWN_WINDOW + 8)
+    await until_replicas(e2e, 1, within=DOWN_WINDOW + 15)
     await e2e.status_where(
         "llm", lambda o: condition(o, "ScalingActive").get("status") == "True", "active again"
     )
@@ -395,7 +395,7 @@ async def test_switching_between_a_fixed_count_and_the_built_in_autoscaler(
         "llm", lambda o: scaling(o).get("reason") == "DownStabilizing", "DownStabilizing"
     )
     assert await replicas(e2e) == 3
-    await until_replicas(e2e, 1, within=DOWN_WINDOW + 8)
+    await until_replicas(e2e, 1, within=DOWN_WINDOW + 15)
 
     # Off: the spec's count again; the autoscaler's status and conditions go, and it stops.
     await e2e.patch_spec("llm", {"autoscaling": None, "replicas": 2})
