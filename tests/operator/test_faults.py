@@ -181,7 +181,7 @@ async def test_server_errors_are_retried_with_exponential_backoff(
 ) -> None:
     inject(cluster, API_RETRIES, patches_of(DEPLOYMENTS_RESOURCE, namespace), FAILURES[code])
     await create(kube, namespace, "llm")
-    seen = await converged(kube, operator, namespace, "llm", within=10)
+    seen = await converged(kube, operator, namespace, "llm", within=20)
 
     attempts = request_times(cluster, patches_of(DEPLOYMENTS_RESOURCE, namespace))
     assert len(attempts) >= API_RETRIES + 1
@@ -202,7 +202,7 @@ async def test_too_many_requests_waits_as_long_as_the_server_asks(
     )
     inject(cluster, 2, patches_of(DEPLOYMENTS_RESOURCE, namespace), throttled)
     await create(kube, namespace, "llm")
-    await converged(kube, operator, namespace, "llm", within=10)
+    await converged(kube, operator, namespace, "llm", within=20)
     attempts = request_times(cluster, patches_of(DEPLOYMENTS_RESOURCE, namespace))
     assert [round(b - a, 1) >= 1.0 for a, b in itertools.pairwise(attempts[:3])] == [True, True]
 
@@ -216,7 +216,7 @@ async def test_conflicts_on_apply_and_on_the_status_are_retried(
     inject(cluster, 2, patches_of(DEPLOYMENTS_RESOURCE, namespace), conflict)
     inject(cluster, 2, patches_of(NIMSERVICES_RESOURCE, namespace, "status"), conflict)
     await create(kube, namespace, "llm")
-    seen = await converged(kube, operator, namespace, "llm", within=10)
+    seen = await converged(kube, operator, namespace, "llm", within=20)
     assert len(request_times(cluster, patches_of(DEPLOYMENTS_RESOURCE, namespace))) >= 3
     writes = request_times(cluster, patches_of(NIMSERVICES_RESOURCE, namespace, "status"))
     assert len(writes) >= 3
@@ -233,7 +233,7 @@ async def test_a_request_that_times_out_is_retried(
 
     inject(cluster, 1, patches_of(DEPLOYMENTS_RESOURCE, namespace), hang)
     await create(kube, namespace, "llm")
-    seen = await converged(kube, operator, namespace, "llm", within=10)
+    seen = await converged(kube, operator, namespace, "llm", within=20)
     first, second = request_times(cluster, patches_of(DEPLOYMENTS_RESOURCE, namespace))[:2]
     assert second - first >= API_TIMEOUT  # the operator gave up on the first, then retried
     assert second - first < 3 * API_TIMEOUT  # ... without waiting for the hung answer
@@ -246,7 +246,7 @@ async def test_kopf_retries_its_own_failed_writes(
     """kopf's first write is the finalizer; kopf retries 5xx itself (networking.error_backoffs)."""
     inject(cluster, 2, patches_of(NIMSERVICES_RESOURCE, namespace), FAILURES[503])
     await create(kube, namespace, "llm")
-    await converged(kube, operator, namespace, "llm", within=15)
+    await converged(kube, operator, namespace, "llm", within=30)
     nim = await kube.get(NIMSERVICES, namespace, "llm")
     assert nim is not None
     assert nim["metadata"]["finalizers"] == ["nimstack.dev/finalizer"]
@@ -259,7 +259,7 @@ async def test_when_retries_run_out_kopf_tries_again_later(
     failing = patches_of(DEPLOYMENTS_RESOURCE, namespace)
     inject(cluster, API_RETRIES + 1, failing, FAILURES[503])
     await create(kube, namespace, "llm")
-    seen = await converged(kube, operator, namespace, "llm", within=KOPF_RETRY_DELAY + 10)
+    seen = await converged(kube, operator, namespace, "llm", within=KOPF_RETRY_DELAY + 20)
     attempts = request_times(cluster, patches_of(DEPLOYMENTS_RESOURCE, namespace))
     given_up, retried = attempts[API_RETRIES], attempts[API_RETRIES + 1]
     assert retried - given_up >= KOPF_RETRY_DELAY * 0.9
@@ -276,7 +276,7 @@ async def test_a_dropped_watch_is_watched_again(
     abort: bool,
 ) -> None:
     await create(kube, namespace, "before")
-    await converged(kube, operator, namespace, "before", within=10)
+    await converged(kube, operator, namespace, "before", within=20)
 
     def watches(request: kmock.Request) -> bool:
         return request.resource == NIMSERVICES_RESOURCE and request.params.get("watch") == "true"
@@ -285,7 +285,7 @@ async def test_a_dropped_watch_is_watched_again(
     cluster.inspect(lambda emulator: emulator.drop_watches(abort=abort))
     # Only a watch can bring this one to the operator's notice within the test (timer: 60 s).
     await create(kube, namespace, "after")
-    await converged(kube, operator, namespace, "after", within=15)
+    await converged(kube, operator, namespace, "after", within=30)
     assert len(request_times(cluster, watches)) > watched
     assert operator.alive()
 
@@ -294,14 +294,14 @@ async def test_a_dropped_watch_is_watched_again_through_errors(
     cluster: EmulatedCluster, operator: OperatorProcess, kube: KubeClient, namespace: str
 ) -> None:
     await create(kube, namespace, "before")
-    await converged(kube, operator, namespace, "before", within=10)
+    await converged(kube, operator, namespace, "before", within=20)
     # The API server is briefly unavailable: the re-list and re-watch fail a few times.
     reads = requests_of(kmock.method.GET, NIMSERVICES_RESOURCE, namespace)
     lists_and_watches = 3
     inject(cluster, lists_and_watches, lambda r: reads(r) and r.name is None, FAILURES[503])
     cluster.inspect(lambda emulator: emulator.drop_watches(abort=True))
     await create(kube, namespace, "after")
-    await converged(kube, operator, namespace, "after", within=20)
+    await converged(kube, operator, namespace, "after", within=30)
     failed_reads = request_times(cluster, lambda r: reads(r) and r.name is None)
     assert len(failed_reads) > lists_and_watches  # the faults were hit, and then got through
     assert operator.alive()
@@ -327,7 +327,7 @@ async def test_kopf_retries_a_write_that_lost_a_race(
 
     inject(cluster, 1, patches_of(NIMSERVICES_RESOURCE, namespace), lose_the_race)
     await create(kube, namespace, "llm")
-    await converged(kube, operator, namespace, "llm", within=10)
+    await converged(kube, operator, namespace, "llm", within=20)
     nim = await kube.get(NIMSERVICES, namespace, "llm")
     assert nim is not None
     assert nim["metadata"]["finalizers"] == ["nimstack.dev/finalizer"]

@@ -30,7 +30,7 @@ import copy
 import enum
 import json
 import re
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,13 +38,22 @@ from typing import Any
 import kubernetes.client
 import kubernetes.config
 import pytest
+import pytest_asyncio
 import yaml
 
-from nim_operator.kube import KubeClient
+from nim_operator.kube import KubeClient, ResourceKind
 from tests.operator.test_crd_cel import apply_defaults, cel_violations, openapi_root
 from tests.operator.test_operator_e2e import DEPLOYMENTS, E2E, NIMSERVICES, condition, cpu_spec
 from tests.support.crd_validation import schema_errors
-from tests.support.kmock_harness import ClusterDriver, OperatorProcess
+from tests.support.kmock_cluster import EmulatedCluster, load_crds
+from tests.support.kmock_harness import (
+    ClusterDriver,
+    EmulatedControllers,
+    OperatorProcess,
+    connection_from_kubeconfig,
+)
+
+NAMESPACES = ResourceKind("v1", "namespaces", namespaced=False)
 
 
 class Layer(enum.Enum):
@@ -506,10 +515,46 @@ async def test_what_passes_the_api_server_ends_failed_with_a_reason(e2e: E2E) ->
     assert e2e.operator.alive()
 
 
-async def test_what_the_api_server_rejects_fails_in_the_operator_if_it_gets_past(e2e: E2E) -> None:
-    """As with an older CRD: kmock runs neither the schema nor CEL, so the operator is the net."""
-    if not e2e.driver.emulated:
-        pytest.skip("a real API server rejects these before the operator sees them")
+@pytest.fixture(scope="module")
+def unvalidated_cluster() -> Iterator[EmulatedCluster]:
+    with EmulatedCluster(load_crds(Path(__file__).resolve().parents[2] / "crds")) as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="module")
+def unvalidated_operator(
+    unvalidated_cluster: EmulatedCluster, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[OperatorProcess]:
+    """An operator of its own: the 60 failing NIMServices below must not load the shared one."""
+    work = tmp_path_factory.mktemp("unvalidated")
+    process = OperatorProcess(
+        unvalidated_cluster.write_kubeconfig(work / "kubeconfig"),
+        work / "operator.log",
+        reconcile_interval="60",
+        verbose="true",
+    )
+    process.start()
+    yield process
+    process.kill()  # its emulator goes with it; a graceful stop of 60 timers only takes longer
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def unvalidated(
+    unvalidated_cluster: EmulatedCluster, unvalidated_operator: OperatorProcess, tmp_path: Path
+) -> AsyncIterator[E2E]:
+    """The emulator (kmock runs neither the schema nor CEL) as a cluster with an older CRD."""
+    kubeconfig = unvalidated_cluster.write_kubeconfig(tmp_path / "kubeconfig")
+    api = KubeClient(connection_from_kubeconfig(kubeconfig), user_agent="invalid-test")
+    await api.create(NAMESPACES, None, {"metadata": {"name": "older-crd"}})
+    yield E2E(api, "older-crd", EmulatedControllers(api), unvalidated_operator)
+    await api.close()
+
+
+async def test_what_the_api_server_rejects_fails_in_the_operator_if_it_gets_past(
+    unvalidated: E2E,
+) -> None:
+    """The operator is the net when the API server did not check (an older CRD is installed)."""
+    e2e = unvalidated
     rows = [row for row in REJECTED_BY_THE_API_SERVER if row.layer is not U]
     await asyncio.gather(*(_create(e2e, row) for row in rows))
     await asyncio.gather(

@@ -135,7 +135,7 @@ async def scenario(kube: KubeClient, namespace: str, context: Callable[[], str])
     """Every feature, on and off; each step waits for the operator to have acted on it."""
 
     async def until(probe: Callable[[], Awaitable[Any]], what: str) -> None:
-        await eventually(probe, within=20, what=what, context=context)
+        await eventually(probe, within=30, what=what, context=context)
 
     def exists(
         kind: ResourceKind, name: str, present: bool = True

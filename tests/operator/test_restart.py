@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -94,18 +94,30 @@ async def namespace(kube: KubeClient) -> AsyncIterator[str]:
 
 
 class Hold:
-    """Hold the next request matching a test until released, then fail it (nothing stored)."""
+    """Hold the next apply of a child until released, then fail it (nothing stored).
 
-    def __init__(self, cluster: EmulatedCluster, method: kmock.method, resource: str, ns: str):
+    `applying` tells the apply meant from any other (a reconcile of the previous generation may
+    still be running when the hold is set up).
+    """
+
+    def __init__(
+        self,
+        cluster: EmulatedCluster,
+        resource: str,
+        ns: str,
+        applying: Callable[[dict[str, Any]], bool] = lambda _: True,
+    ):
         self.arrived = threading.Event()
         self.released = threading.Event()
 
         def matches(request: kmock.Request) -> bool:
             return (
-                request.method == method
+                request.method == kmock.method.PATCH
                 and request.resource is not None
                 and request.resource.plural == resource
                 and request.namespace == ns
+                and isinstance(request.data, dict)
+                and applying(request.data)
             )
 
         async def hold(request: kmock.Request) -> kmock.Response:
@@ -115,7 +127,7 @@ class Hold:
 
         cluster.inspect(lambda emulator: emulator.add_fault(1, matches, hold))
 
-    async def wait_arrived(self, within: float = 15) -> None:
+    async def wait_arrived(self, within: float = 30) -> None:
         async def arrived() -> bool:
             return self.arrived.is_set()
 
@@ -143,7 +155,7 @@ async def converged_at(
         return nim if observed and service["spec"]["ports"][0]["port"] == port else None
 
     return await eventually(
-        done, within=20, what=f"generation {generation}", context=operator.log_tail
+        done, within=30, what=f"generation {generation}", context=operator.log_tail
     )
 
 
@@ -179,7 +191,9 @@ async def test_killed_between_two_applies_of_an_update(
         await converged_at(kube, first, namespace, generation=1, port=8000)
 
         # The update: Deployment first (new image, 3 replicas), then the Service (new port).
-        hold = Hold(cluster, kmock.method.PATCH, "services", namespace)
+        hold = Hold(
+            cluster, "services", namespace, lambda svc: svc["spec"]["ports"][0]["port"] == 9000
+        )
         update = {"image": {"tag": "3.9"}, "replicas": 3, "expose": {"service": {"port": 9000}}}
         await kube.merge_patch(NIMSERVICES, namespace, "llm", {"spec": update})
         await hold.wait_arrived()
@@ -215,7 +229,7 @@ async def test_killed_during_the_first_reconcile(
 ) -> None:
     first = operator_process(kubeconfig, tmp_path / "operator.log")
     first.start()
-    hold = Hold(cluster, kmock.method.PATCH, "deployments", namespace)
+    hold = Hold(cluster, "deployments", namespace)
     try:
         await create(kube, namespace, cpu_spec(storage={"pvc": {"create": True, "size": "1Gi"}}))
         await hold.wait_arrived()
