@@ -342,6 +342,32 @@ async def test_a_restarted_operator_scales_down_only_after_one_down_window(
         await restarted.close()
 
 
+async def test_a_pod_without_the_metric_is_named_and_holds_scale_downs(
+    kube: KubeClient, runtime: Runtime, pods: FakeReplicaSet
+) -> None:
+    await autoscaled(kube, runtime, minReplicas=2, metric="kvCache", target=0.5)
+    autoscaler = Autoscaler(runtime, scrape_timeout=1.0)
+    try:
+        await autoscaler.evaluate(NS, "llm", logger=LOGGER)  # up to minReplicas
+        await pods.sync()
+        (silent,) = await pods.kill("no-kv")
+        await kube.merge_patch(
+            NIMSERVICES,
+            NS,
+            "llm",
+            {"spec": {"autoscaling": {"minReplicas": 1, "scaleDownStabilizationSeconds": 0}}},
+        )
+        await autoscaler.evaluate(NS, "llm", logger=LOGGER)
+    finally:
+        await autoscaler.close()
+    assert await replicas(kube) == 2  # the idle pod alone would have allowed 1
+    nim = await kube.get(NIMSERVICES, NS, "llm")
+    assert nim is not None
+    active = {c["type"]: c for c in nim["status"]["conditions"]}["ScalingActive"]
+    assert (active["status"], active["reason"]) == ("False", "MetricsUnavailable")
+    assert f"{silent}: its metrics have no kvCache gauge" in active["message"]
+
+
 async def test_nothing_to_evaluate(kube: KubeClient, runtime: Runtime) -> None:
     autoscaler = Autoscaler(runtime, scrape_timeout=1.0)
     try:

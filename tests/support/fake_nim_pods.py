@@ -80,7 +80,7 @@ class PodServer:
         self._owner = owner
         self.port = port
         self.ip = ""
-        self.mode = "ok"  # "ok", "dead" (connection refused) or "garbage"
+        self.mode = "ok"  # "ok", "dead" (connection refused), "garbage" or "no-kv"
         self._runner: web.AppRunner | None = None
 
     async def start(self) -> None:
@@ -133,6 +133,8 @@ class PodServer:
             "gpu_cache_usage_perc": share.kv_cache,
             "num_request_max": share.capacity,
         }
+        if self.mode == "no-kv":  # a server that does not export its KV-cache use
+            gauges = {k: v for k, v in gauges.items() if "cache" not in k}
         for metric, value in gauges.items():
             labels = ["model_name"] if metric.startswith("vllm:") else []
             gauge = Gauge(metric, f"{metric} of the fake pod", labels, registry=registry)
@@ -170,6 +172,7 @@ class FakeReplicaSet:
 
         "dead": the pod stays Ready with its IP, but nothing listens there any more.
         "garbage": it answers 200 with a body that is not Prometheus text.
+        "no-kv": valid metrics, but no KV-cache gauge.
         """
         names = sorted(n for n, server in self.servers.items() if server.mode == "ok")[:count]
         for name in names:

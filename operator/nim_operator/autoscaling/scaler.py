@@ -40,6 +40,7 @@ from nim_operator.autoscaling.algorithm import (
     Recommendation,
     Snapshot,
     decide,
+    pod_signal,
 )
 from nim_operator.autoscaling.metrics import MetricsError, metrics_urls, scrape
 from nim_operator.conditions import ConditionReport, Problem, label_selector, scheduling_problem
@@ -274,8 +275,9 @@ class Autoscaler:
         self._last_reason.pop(uid, None)
 
     async def _scrape_all(
-        self, pods: Sequence[Mapping[str, Any]]
+        self, pods: Sequence[Mapping[str, Any]], policy: Policy
     ) -> tuple[list[PodReading], list[str]]:
+        """The readings of the pods that gave the policy's metric, and what the others said."""
         session = self._http()
         results = await asyncio.gather(
             *(scrape(session, metrics_urls(p)) for p in pods),
@@ -286,7 +288,10 @@ class Autoscaler:
         for pod, result in zip(pods, results, strict=True):
             name = (pod.get("metadata") or {}).get("name", "?")
             if isinstance(result, PodReading):
-                readings.append(result)
+                if pod_signal(result, policy.metric) is None:
+                    failures.append(f"{name}: its metrics have no {policy.metric} gauge")
+                else:
+                    readings.append(result)
             elif isinstance(result, MetricsError):
                 failures.append(f"{name}: {result}")
             elif isinstance(result, Exception):
@@ -295,19 +300,26 @@ class Autoscaler:
                 raise result  # cancellation: let it through
         return readings, failures
 
-    async def evaluate(self, namespace: str, name: str, *, logger: Logger) -> float | None:
-        """One evaluation; the seconds until the next, or None when there is nothing to scale."""
-        kube = self._runtime.kube
-        body = await kube.get(NIMSERVICES, namespace, name)
+    @staticmethod
+    def _autoscaled_spec(body: Mapping[str, Any] | None, uid: str | None) -> NIMServiceSpec | None:
+        """The spec of a live, autoscaled NIMService (the same object, if `uid`), else None."""
         if body is None or body["metadata"].get("deletionTimestamp"):
+            return None
+        if uid is not None and body["metadata"].get("uid") != uid:
             return None
         try:
             spec = NIMServiceSpec.from_body(dict(body.get("spec") or {}))
         except ValidationError:
             return None  # reconcile reports the invalid spec
-        if spec.autoscaling is None:
+        return spec if spec.autoscaling is not None else None
+
+    async def evaluate(self, namespace: str, name: str, *, logger: Logger) -> float | None:
+        """One evaluation; the seconds until the next, or None when there is nothing to scale."""
+        kube = self._runtime.kube
+        body = await kube.get(NIMSERVICES, namespace, name)
+        spec = self._autoscaled_spec(body, None)
+        if body is None or spec is None or spec.autoscaling is None:
             return None
-        policy = policy_for(spec.autoscaling)
         interval = float(spec.autoscaling.interval)
         uid = body["metadata"]["uid"]
 
@@ -316,17 +328,20 @@ class Autoscaler:
             return interval  # reconcile creates it
         pods = await kube.list(PODS, namespace, label_selector=label_selector(name))
         census = take_census(pods)
-        readings, failures = await self._scrape_all(census.ready)
+        readings, failures = await self._scrape_all(census.ready, policy_for(spec.autoscaling))
 
         slot = self._runtime.slot(uid)
         async with slot.lock:
             # The count and the spec may have moved while the pods were being scraped.
             fresh = await kube.get(NIMSERVICES, namespace, name)
             live = await kube.get(DEPLOYMENTS, namespace, name)
-            if fresh is None or fresh["metadata"].get("uid") != uid or live is None:
+            spec = self._autoscaled_spec(fresh, uid)
+            if fresh is None or spec is None or spec.autoscaling is None:
                 return None
-            if not (fresh.get("spec") or {}).get("autoscaling"):
-                return None
+            if live is None or not _controlled_by(live, uid):
+                return interval
+            policy = policy_for(spec.autoscaling)
+            interval = float(spec.autoscaling.interval)
             current = int((live.get("spec") or {}).get("replicas", 1))
             live_pods = len(census.ready) + census.starting + len(census.unschedulable)
             now = self._clock()
