@@ -44,7 +44,7 @@ DEPLOYMENTS_RESOURCE = kmock.resource("apps", "v1", "deployments")
 # The operator's API helper: 3 retries, exponential backoff from 0.25 s with jitter in [0.5, 1].
 API_RETRIES = 3
 FIRST_BACKOFF = 0.25
-API_TIMEOUT = 2.0  # kopf waits twice as long for its own requests
+API_TIMEOUT = 5.0  # kopf waits twice as long for its own requests; generous for a loaded CI box
 # kopf's TemporaryError delay after the helper gave up (nim_operator.handlers.API_RETRY_DELAY).
 KOPF_RETRY_DELAY = 10.0
 

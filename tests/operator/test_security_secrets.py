@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import json
 import secrets
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -60,11 +61,24 @@ async def _secret(e2e: E2E, name: str, data: dict[str, str]) -> None:
     )
 
 
+async def status_where(
+    e2e: E2E, name: str, test: Callable[[dict[str, Any]], bool], what: str
+) -> dict[str, Any]:
+    """`E2E.status_where` with room for a loaded machine: this test waits through five states."""
+
+    async def matching() -> dict[str, Any] | None:
+        obj = await e2e.get(NIMSERVICES, name)
+        return obj if obj is not None and test(obj) else None
+
+    return await e2e.until(matching, f"{name}: {what}", within=2 * e2e.driver.timeout)
+
+
 async def test_secret_values_appear_nowhere_the_operator_writes(e2e: E2E) -> None:
     canaries = _canaries()
     spec = cpu_spec(authSecret="ngc-credentials", apiKeySecret={"name": "llm-api-key"})
     await e2e.create("llm", spec)
-    await e2e.status_where(
+    await status_where(
+        e2e,
         "llm",
         lambda o: condition(o, "Failed").get("reason") == "SecretNotFound",
         "Failed/SecretNotFound",
@@ -75,7 +89,8 @@ async def test_secret_values_appear_nowhere_the_operator_writes(e2e: E2E) -> Non
         "ngc-credentials",
         {"NGC_API_KEY": canaries["NGC_API_KEY"], "HF_TOKEN": canaries["HF_TOKEN"]},
     )
-    await e2e.status_where(
+    await status_where(
+        e2e,
         "llm",
         lambda o: (
             condition(o, "Failed").get("reason") == "SecretNotFound"
@@ -86,10 +101,13 @@ async def test_secret_values_appear_nowhere_the_operator_writes(e2e: E2E) -> Non
     await _secret(e2e, "llm-api-key", {"NIM_API_KEY": canaries["NIM_API_KEY"]})
     await e2e.child(DEPLOYMENTS, "llm")
     await e2e.driver.pods_become(e2e.namespace, "llm", PodState.READY)
-    await e2e.status_where("llm", lambda o: condition(o, "Ready").get("status") == "True", "Ready")
+    await status_where(e2e, "llm", lambda o: condition(o, "Ready").get("status") == "True", "Ready")
     await e2e.patch_spec("llm", {"replicas": 2})
-    await e2e.status_where(
-        "llm", lambda o: o.get("status", {}).get("observedGeneration") == 2, "the update observed"
+    await status_where(
+        e2e,
+        "llm",
+        lambda o: o.get("status", {}).get("observedGeneration") == 2,
+        "the update observed",
     )
 
     deployment = await e2e.child(DEPLOYMENTS, "llm")
