@@ -285,7 +285,7 @@ async def test_unreadable_metrics_never_scale_down_and_the_condition_says_why(
     async def three() -> bool:
         return await replicas(e2e) == 3
 
-    await e2e.stays(three, "3 replicas while a pod is unreadable", seconds=DOWN_WINDOW + 2)
+    await e2e.stays(three, "3 replicas while a pod is unreadable", seconds=DOWN_WINDOW + 1)
     warning = await e2e.until(lambda: events(e2e, "MetricsUnavailable"), "a Warning Event")
     assert warning[0]["type"] == "Warning"
 
@@ -317,7 +317,7 @@ async def test_metrics_the_operator_cannot_reach_hold_the_replica_count(e2e: E2E
     async def three() -> bool:
         return await replicas(e2e) == 3
 
-    await e2e.stays(three, "3 replicas without metrics", seconds=DOWN_WINDOW + 2)
+    await e2e.stays(three, "3 replicas without metrics", seconds=DOWN_WINDOW + 1)
     status = scaling(await e2e.get(NIMSERVICES, "llm") or {})
     assert status["reason"] == "MetricsUnavailable"
     assert "replicas held at 3" in status["message"]
