@@ -17,7 +17,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from nim_server import __version__
 from nim_server.admission import Admission
-from nim_server.engine import EngineState, InferenceEngine
+from nim_server.engine import EngineDead, EngineRequestError, EngineState, InferenceEngine
 from nim_server.errors import APIError, from_validation_error
 from nim_server.metrics import ServerMetrics
 from nim_server.protocol import (
@@ -29,6 +29,7 @@ from nim_server.protocol import (
 from nim_server.routes import health_router, management_router, metrics_router, openai_router
 from nim_server.routes.dependencies import ClientDisconnected, Services
 from nim_server.serving import ChatService, CompletionService, ModelService
+from nim_server.serving.common import as_api_error
 from nim_server.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -121,6 +122,13 @@ def _install_error_handlers(app: FastAPI, metrics: ServerMetrics) -> None:
     @app.exception_handler(APIError)
     async def api_error(request: Request, error: APIError) -> Response:
         return error_response(request, error)
+
+    @app.exception_handler(EngineRequestError)
+    @app.exception_handler(EngineDead)
+    async def engine_error(request: Request, error: Exception) -> Response:
+        # Raised by the engine adapter before any response started: the same mapping as
+        # for errors that surface inside a stream.
+        return error_response(request, as_api_error(error))
 
     @app.exception_handler(RequestValidationError)
     async def request_validation_error(request: Request, error: RequestValidationError) -> Response:

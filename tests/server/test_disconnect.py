@@ -14,13 +14,14 @@ import httpx
 import psutil
 import pytest
 
+from nim_server.protocol import MAX_CHOICES
 from tests.server.conftest import TINY_MAX_MODEL_LEN, chat_body
 from tests.server.test_metrics import scrape
 from tests.support.server_process import ServerProcess
 
-# Eight long samples: tens of thousands of tokens, many seconds of engine work, so that the
-# few hundred milliseconds an abort takes on a busy 2-core machine stay far below the bound.
-CHOICES = 8
+# Sixteen long samples per request: tens of thousands of tokens and many seconds of engine
+# work, so that the time an abort takes on a loaded 2-core machine stays far below the bound.
+CHOICES = MAX_CHOICES
 LONG = {"max_tokens": TINY_MAX_MODEL_LEN - 64, "ignore_eos": True, "n": CHOICES, "temperature": 1}
 FULL = CHOICES * LONG["max_tokens"]
 

@@ -240,3 +240,13 @@ def test_out_of_vocabulary_token_ids_are_400(http: httpx.Client) -> None:
     for prompt in ([4294967296], [[1, 2], [10**7]]):
         error = assert_error(http.post("/v1/completions", json={"prompt": prompt}), 400, "prompt")
         assert "vocabulary" in error["message"]
+
+
+def test_messages_the_chat_template_rejects_are_400(http: httpx.Client) -> None:
+    # Found by the schemathesis run: the template's own checks used to surface as a 500.
+    messages = [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": None, "tool_calls": [{"type": "unknown"}]},
+    ]
+    error = assert_error(http.post("/v1/chat/completions", json=chat_body(messages=messages)), 400)
+    assert "tool_calls" in error["message"]

@@ -70,6 +70,7 @@ async def test_sixteen_concurrent_requests(async_oai: openai.AsyncOpenAI) -> Non
                 max_tokens=8 + i,
                 stream=True,
                 stream_options={"include_usage": True},
+                extra_body={"ignore_eos": True},  # sampling may pick EOS early otherwise
             )
             usage = [c.usage async for c in stream if c.usage]
             return usage[-1].completion_tokens
@@ -77,6 +78,7 @@ async def test_sixteen_concurrent_requests(async_oai: openai.AsyncOpenAI) -> Non
             model=SERVED_NAME,
             messages=QUESTION,  # type: ignore[arg-type]
             max_tokens=8 + i,
+            extra_body={"ignore_eos": True},
         )
         assert completion.usage is not None
         return completion.usage.completion_tokens

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import httpx
 
+from nim_server.protocol import ChatCompletionChunk, CompletionResponse
 from tests.server.conftest import SERVED_NAME, chat_body
 from tests.support.sse import json_events, parse_sse
 
@@ -12,6 +13,10 @@ def stream(http: httpx.Client, path: str, body: dict[str, object]) -> httpx.Resp
     response = http.post(path, json={**body, "stream": True})
     assert response.status_code == 200, response.text
     assert response.headers["content-type"].startswith("text/event-stream")
+    # Every chunk has exactly the documented wire shape (the models forbid extra keys).
+    model = ChatCompletionChunk if path.endswith("chat/completions") else CompletionResponse
+    for event in json_events(response.text):
+        model.model_validate(event)
     return response
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import secrets
 from collections.abc import Awaitable
 from dataclasses import dataclass
@@ -126,11 +125,11 @@ async def until_disconnected(request: Request, work: Awaitable[T]) -> T:
     try:
         await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
     finally:
+        watcher.cancel()
         if not task.done():
             task.cancel()
-        watcher.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await watcher
+        # Let both run their cleanup: the engine abort happens in the work's cancellation.
+        await asyncio.gather(task, watcher, return_exceptions=True)
     if task.cancelled():
         raise ClientDisconnected
     return task.result()

@@ -12,15 +12,12 @@ from nim_server.protocol import (
     AssistantMessage,
     ChatChoice,
     ChatChoiceLogprobs,
-    ChatChunkChoice,
-    ChatCompletionChunk,
     ChatCompletionRequest,
     ChatCompletionResponse,
     ChatLogprob,
     ChatTokenLogprob,
-    DeltaMessage,
-    Usage,
 )
+from nim_server.serving.chunks import ChunkEncoder
 from nim_server.serving.common import (
     check_message_content,
     close_stream,
@@ -130,16 +127,18 @@ class ChatService:
         prompt_tokens = len(prompt.token_ids)
         completion_tokens = 0
 
-        def chunk(choices: list[ChatChunkChoice], totals: Usage | None = None) -> str:
-            return ChatCompletionChunk(
-                id=request_id, created=created, model=model.name, choices=choices, usage=totals
-            ).model_dump_json()
+        chunk = ChunkEncoder(request_id, created, model.name, "chat.completion.chunk").encode
 
         try:
             # The first chunk of each choice announces the role, as OpenAI's does.
             yield chunk(
                 [
-                    ChatChunkChoice(index=i, delta=DeltaMessage(role="assistant", content=""))
+                    {
+                        "index": i,
+                        "delta": {"role": "assistant", "content": ""},
+                        "logprobs": None,
+                        "finish_reason": None,
+                    }
                     for i in range(request.n)
                 ],
                 usage(prompt_tokens, 0) if continuous else None,
@@ -158,16 +157,19 @@ class ChatService:
                     completion_tokens += len(completion.token_ids)
                     if not completion.text and completion.finish_reason is None:
                         continue  # a token that decodes to nothing yet (partial UTF-8)
+                    logprobs = (
+                        _chat_logprobs(completion, request, self._engine).model_dump()
+                        if request.logprobs
+                        else None
+                    )
                     choices.append(
-                        ChatChunkChoice(
-                            index=completion.index,
-                            delta=DeltaMessage(content=completion.text),
-                            logprobs=_chat_logprobs(completion, request, self._engine)
-                            if request.logprobs
-                            else None,
-                            finish_reason=completion.finish_reason,
-                            stop_reason=completion.stop_reason,
-                        )
+                        {
+                            "index": completion.index,
+                            "delta": {"content": completion.text},
+                            "logprobs": logprobs,
+                            "finish_reason": completion.finish_reason,
+                            "stop_reason": completion.stop_reason,
+                        }
                     )
                 if choices:
                     yield chunk(

@@ -17,6 +17,7 @@ from nim_server.protocol import (
     CompletionResponse,
 )
 from nim_server.serving.chat import DONE
+from nim_server.serving.chunks import ChunkEncoder
 from nim_server.serving.common import (
     close_stream,
     merge_streams,
@@ -174,14 +175,7 @@ class CompletionService:
         states = [[_Choice() for _ in range(request.n)] for _ in prompts]
         echoed: set[tuple[int, int]] = set()
 
-        def chunk(choices: list[CompletionChoice], with_usage: bool = False) -> str:
-            return CompletionResponse(
-                id=request_id,
-                created=created,
-                model=model.name,
-                choices=choices,
-                usage=usage(prompt_tokens, completion_tokens) if with_usage else None,
-            ).model_dump_json(exclude={"usage"} if not with_usage else set())
+        chunk = ChunkEncoder(request_id, created, model.name, "text_completion").encode
 
         try:
             async for p_index, output in merge_streams(streams):
@@ -202,18 +196,18 @@ class CompletionService:
                         )
                     state.text.append(text)
                     choices.append(
-                        CompletionChoice(
-                            index=p_index * request.n + completion.index,
-                            text=text,
-                            logprobs=logprobs,
-                            finish_reason=completion.finish_reason,
-                            stop_reason=completion.stop_reason,
-                        )
+                        {
+                            "index": p_index * request.n + completion.index,
+                            "text": text,
+                            "logprobs": logprobs.model_dump() if logprobs is not None else None,
+                            "finish_reason": completion.finish_reason,
+                            "stop_reason": completion.stop_reason,
+                        }
                     )
                 if choices:
                     yield chunk(choices)
             if include_usage:
-                yield chunk([], with_usage=True)
+                yield chunk([], usage(prompt_tokens, completion_tokens))
         except Exception as error:  # after the 200 was sent, errors go in-band
             self._on_stream_error()
             yield stream_error_payload(error)

@@ -62,8 +62,9 @@ def sampling_params(
             skip_special_tokens=request.skip_special_tokens,
             logit_bias=_logit_bias(request.logit_bias, vocab_size),
             structured_outputs=_structured_outputs(response_format),
-            # Deltas: each output carries only the new tokens, so streaming costs O(new text).
-            output_kind=RequestOutputKind.DELTA,
+            # Streams take deltas (each output carries only the new tokens); a JSON answer takes
+            # the final output alone instead of one Python wake-up per generated token.
+            output_kind=RequestOutputKind.DELTA if request.stream else RequestOutputKind.FINAL_ONLY,
         )
     except VLLMValidationError as error:
         # Combinations the engine refuses, e.g. n > 1 with greedy sampling.
