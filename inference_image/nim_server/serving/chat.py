@@ -20,11 +20,10 @@ from nim_server.protocol import (
 from nim_server.serving.chunks import ChunkEncoder
 from nim_server.serving.common import (
     check_message_content,
-    close_stream,
+    framed_stream,
     output_budget,
     served_model,
     started,
-    stream_error_payload,
     token_text,
     top_entries,
     usage,
@@ -35,8 +34,6 @@ if TYPE_CHECKING:
     from vllm import CompletionOutput, RequestOutput
 
     from nim_server.engine import EnginePrompt, ServedModel
-
-DONE = "[DONE]"
 
 
 class ChatService:
@@ -74,10 +71,11 @@ class ChatService:
             response_format=request.response_format,
         )
         outputs = self._engine.generate(prompt, params, request_id)
-        first, outputs = await started(outputs)
+        outputs = await started(outputs)
         if request.stream:
-            return self._stream(request, request_id, model, prompt, first, outputs)
-        return await self._collect(request, request_id, model, prompt, first, outputs)
+            chunks = self._chunks(request, request_id, model, prompt, outputs)
+            return framed_stream(chunks, [outputs], self._on_stream_error)
+        return await self._collect(request, request_id, model, prompt, outputs)
 
     async def _collect(
         self,
@@ -85,12 +83,9 @@ class ChatService:
         request_id: str,
         model: ServedModel,
         prompt: EnginePrompt,
-        first: RequestOutput | None,
         outputs: AsyncIterator[RequestOutput],
     ) -> ChatCompletionResponse:
         choices = [_ChoiceState() for _ in range(request.n)]
-        if first is not None:
-            _absorb(first, choices, request, self._engine)
         async for output in outputs:
             _absorb(output, choices, request, self._engine)
         completion_tokens = sum(c.tokens for c in choices)
@@ -110,17 +105,15 @@ class ChatService:
             usage=usage(len(prompt.token_ids), completion_tokens),
         )
 
-    async def _stream(
+    async def _chunks(
         self,
         request: ChatCompletionRequest,
         request_id: str,
         model: ServedModel,
         prompt: EnginePrompt,
-        first: RequestOutput | None,
         outputs: AsyncIterator[RequestOutput],
     ) -> AsyncIterator[str]:
         created = int(time.time())
-        include_usage = request.stream_options is not None and request.stream_options.include_usage
         continuous = (
             request.stream_options is not None and request.stream_options.continuous_usage_stats
         )
@@ -129,62 +122,45 @@ class ChatService:
 
         chunk = ChunkEncoder(request_id, created, model.name, "chat.completion.chunk").encode
 
-        try:
-            # The first chunk of each choice announces the role, as OpenAI's does.
-            yield chunk(
-                [
+        # The first chunk of each choice announces the role, as OpenAI's does.
+        yield chunk(
+            [
+                {
+                    "index": i,
+                    "delta": {"role": "assistant", "content": ""},
+                    "logprobs": None,
+                    "finish_reason": None,
+                }
+                for i in range(request.n)
+            ],
+            usage(prompt_tokens, 0) if continuous else None,
+        )
+        async for output in outputs:
+            choices = []
+            for completion in output.outputs:
+                completion_tokens += len(completion.token_ids)
+                if not completion.text and completion.finish_reason is None:
+                    continue  # a token that decodes to nothing yet (partial UTF-8)
+                logprobs = (
+                    _chat_logprobs(completion, request, self._engine).model_dump()
+                    if request.logprobs
+                    else None
+                )
+                choices.append(
                     {
-                        "index": i,
-                        "delta": {"role": "assistant", "content": ""},
-                        "logprobs": None,
-                        "finish_reason": None,
+                        "index": completion.index,
+                        "delta": {"content": completion.text},
+                        "logprobs": logprobs,
+                        "finish_reason": completion.finish_reason,
+                        "stop_reason": completion.stop_reason,
                     }
-                    for i in range(request.n)
-                ],
-                usage(prompt_tokens, 0) if continuous else None,
-            )
-            pending = [first] if first is not None else []
-            while True:
-                if pending:
-                    output = pending.pop()
-                else:
-                    try:
-                        output = await anext(outputs)
-                    except StopAsyncIteration:
-                        break
-                choices = []
-                for completion in output.outputs:
-                    completion_tokens += len(completion.token_ids)
-                    if not completion.text and completion.finish_reason is None:
-                        continue  # a token that decodes to nothing yet (partial UTF-8)
-                    logprobs = (
-                        _chat_logprobs(completion, request, self._engine).model_dump()
-                        if request.logprobs
-                        else None
-                    )
-                    choices.append(
-                        {
-                            "index": completion.index,
-                            "delta": {"content": completion.text},
-                            "logprobs": logprobs,
-                            "finish_reason": completion.finish_reason,
-                            "stop_reason": completion.stop_reason,
-                        }
-                    )
-                if choices:
-                    yield chunk(
-                        choices, usage(prompt_tokens, completion_tokens) if continuous else None
-                    )
-            if include_usage:
-                yield chunk([], usage(prompt_tokens, completion_tokens))
-        except Exception as error:  # after the 200 was sent, errors go in-band
-            self._on_stream_error()
-            yield stream_error_payload(error)
-        finally:
-            # Reached early when the client hangs up (the SSE response closes this generator):
-            # closing the engine stream aborts the request and frees its slot at once.
-            await close_stream(outputs)
-        yield DONE
+                )
+            if choices:
+                yield chunk(
+                    choices, usage(prompt_tokens, completion_tokens) if continuous else None
+                )
+        if request.include_usage:
+            yield chunk([], usage(prompt_tokens, completion_tokens))
 
 
 class _ChoiceState:

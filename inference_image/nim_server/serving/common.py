@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from nim_server.engine import (
@@ -100,20 +100,31 @@ def stream_error_payload(error: BaseException) -> str:
     return ErrorResponse(error=body).model_dump_json()
 
 
-async def started(stream: AsyncIterator[T]) -> tuple[T | None, AsyncIterator[T]]:
-    """Pull the first item so that errors raised on submission surface before any response.
+async def started(stream: AsyncIterator[T]) -> AsyncIterator[T]:
+    """The same stream, its first item already pulled so that submission errors surface now.
 
     The engine validates some parameters (e.g. a JSON schema) only when the request is added;
     those must become a 400 rather than an in-band error in a stream that already said 200.
+    Closing the returned stream closes the engine's, which aborts the request.
     """
     try:
-        first = await anext(stream)
+        first: T | None = await anext(stream)
     except StopAsyncIteration:
-        return None, stream
+        first = None
     except BaseException as error:
         await close_stream(stream)
         raise as_api_error(error) from None
-    return first, stream
+    return _resumed(first, stream)
+
+
+async def _resumed(first: T | None, rest: AsyncIterator[T]) -> AsyncIterator[T]:
+    try:
+        if first is not None:
+            yield first
+        async for item in rest:
+            yield item
+    finally:
+        await close_stream(rest)
 
 
 async def close_stream(stream: AsyncIterator[Any]) -> None:
@@ -153,6 +164,33 @@ def check_message_content(messages: Sequence[dict[str, Any]]) -> None:
                     )
 
 
+DONE = "[DONE]"
+
+
+async def framed_stream(
+    chunks: AsyncIterator[str],
+    engine_streams: Sequence[AsyncIterator[Any]],
+    on_error: Callable[[], None],
+) -> AsyncIterator[str]:
+    """The SSE payloads of a response: its chunks, an in-band error if one occurs, `[DONE]`.
+
+    Errors after the 200 was sent cannot change the status, so they go in-band. The `finally`
+    is also reached early when the client hangs up (the SSE response closes this generator):
+    closing the engine streams aborts their requests and frees their slots at once.
+    """
+    try:
+        async for chunk in chunks:
+            yield chunk
+    except Exception as error:
+        on_error()
+        yield stream_error_payload(error)
+    finally:
+        await close_stream(chunks)
+        for stream in engine_streams:
+            await close_stream(stream)
+    yield DONE
+
+
 def usage(prompt_tokens: int, completion_tokens: int) -> Usage:
     return Usage(
         prompt_tokens=prompt_tokens,
@@ -161,9 +199,7 @@ def usage(prompt_tokens: int, completion_tokens: int) -> Usage:
     )
 
 
-async def merge_streams(
-    streams: Sequence[tuple[T | None, AsyncIterator[T]]],
-) -> AsyncIterator[tuple[int, T]]:
+async def merge_streams(streams: Sequence[AsyncIterator[T]]) -> AsyncIterator[tuple[int, T]]:
     """Interleave started streams as items arrive, tagging each with its stream's index.
 
     Closing the merged iterator (a client that went away) cancels every producer, which aborts
@@ -171,18 +207,16 @@ async def merge_streams(
     """
     queue: asyncio.Queue[tuple[int, T] | tuple[int, BaseException] | None] = asyncio.Queue()
 
-    async def pump(index: int, first: T | None, rest: AsyncIterator[T]) -> None:
+    async def pump(index: int, stream: AsyncIterator[T]) -> None:
         try:
-            if first is not None:
-                await queue.put((index, first))
-            async for item in rest:
+            async for item in stream:
                 await queue.put((index, item))
         except Exception as error:
             await queue.put((index, error))
         finally:
             await queue.put(None)
 
-    tasks = [asyncio.create_task(pump(i, first, rest)) for i, (first, rest) in enumerate(streams)]
+    tasks = [asyncio.create_task(pump(i, stream)) for i, stream in enumerate(streams)]
     running = len(tasks)
     try:
         while running:

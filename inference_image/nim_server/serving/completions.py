@@ -16,15 +16,13 @@ from nim_server.protocol import (
     CompletionRequest,
     CompletionResponse,
 )
-from nim_server.serving.chat import DONE
 from nim_server.serving.chunks import ChunkEncoder
 from nim_server.serving.common import (
-    close_stream,
+    framed_stream,
     merge_streams,
     output_budget,
     served_model,
     started,
-    stream_error_payload,
     token_text,
     top_entries,
     usage,
@@ -90,7 +88,8 @@ class CompletionService:
             stream = self._engine.generate(prompt.engine_prompt, params, f"{request_id}-{index}")
             streams.append(await started(stream))
         if request.stream:
-            return self._stream(request, request_id, model, prompts, streams)
+            chunks = self._chunks(request, request_id, model, prompts, streams)
+            return framed_stream(chunks, streams, self._on_stream_error)
         return await self._collect(request, request_id, model, prompts, streams)
 
     async def _prepare(self, raw: str | list[int]) -> _Prompt:
@@ -106,18 +105,16 @@ class CompletionService:
         request_id: str,
         model: ServedModel,
         prompts: list[_Prompt],
-        streams: list[tuple[RequestOutput | None, AsyncIterator[RequestOutput]]],
+        streams: list[AsyncIterator[RequestOutput]],
     ) -> CompletionResponse:
         async def collect_one(
-            prompt: _Prompt, first: RequestOutput | None, rest: AsyncIterator[RequestOutput]
+            prompt: _Prompt, outputs: AsyncIterator[RequestOutput]
         ) -> list[_Choice]:
             choices = [_Choice() for _ in range(request.n)]
             if request.echo:
                 for choice in choices:
                     choice.text.append(prompt.text)
-            outputs = [first] if first is not None else []
-            outputs += [output async for output in rest]
-            for output in outputs:
+            async for output in outputs:
                 for completion in output.outputs:
                     choice = choices[completion.index]
                     choice.text.append(completion.text)
@@ -135,10 +132,7 @@ class CompletionService:
             return choices
 
         per_prompt = await asyncio.gather(
-            *(
-                collect_one(p, first, rest)
-                for p, (first, rest) in zip(prompts, streams, strict=True)
-            )
+            *(collect_one(p, outputs) for p, outputs in zip(prompts, streams, strict=True))
         )
         choices = [
             CompletionChoice(
@@ -160,16 +154,15 @@ class CompletionService:
             usage=usage(prompt_tokens, completion_tokens),
         )
 
-    async def _stream(
+    async def _chunks(
         self,
         request: CompletionRequest,
         request_id: str,
         model: ServedModel,
         prompts: list[_Prompt],
-        streams: list[tuple[RequestOutput | None, AsyncIterator[RequestOutput]]],
+        streams: list[AsyncIterator[RequestOutput]],
     ) -> AsyncIterator[str]:
         created = int(time.time())
-        include_usage = request.stream_options is not None and request.stream_options.include_usage
         prompt_tokens = sum(len(p.engine_prompt.token_ids) for p in prompts)
         completion_tokens = 0
         states = [[_Choice() for _ in range(request.n)] for _ in prompts]
@@ -177,45 +170,36 @@ class CompletionService:
 
         chunk = ChunkEncoder(request_id, created, model.name, "text_completion").encode
 
-        try:
-            async for p_index, output in merge_streams(streams):
-                choices = []
-                for completion in output.outputs:
-                    completion_tokens += len(completion.token_ids)
-                    state = states[p_index][completion.index]
-                    text = completion.text
-                    if request.echo and (p_index, completion.index) not in echoed:
-                        echoed.add((p_index, completion.index))
-                        text = prompts[p_index].text + text
-                    if not text and completion.finish_reason is None:
-                        continue
-                    logprobs = None
-                    if request.logprobs is not None:
-                        logprobs = _completion_logprobs(
-                            output, completion, request, self._engine, state, prompts[p_index]
-                        )
-                    state.text.append(text)
-                    choices.append(
-                        {
-                            "index": p_index * request.n + completion.index,
-                            "text": text,
-                            "logprobs": logprobs.model_dump() if logprobs is not None else None,
-                            "finish_reason": completion.finish_reason,
-                            "stop_reason": completion.stop_reason,
-                        }
+        async for p_index, output in merge_streams(streams):
+            choices = []
+            for completion in output.outputs:
+                completion_tokens += len(completion.token_ids)
+                state = states[p_index][completion.index]
+                text = completion.text
+                if request.echo and (p_index, completion.index) not in echoed:
+                    echoed.add((p_index, completion.index))
+                    text = prompts[p_index].text + text
+                if not text and completion.finish_reason is None:
+                    continue
+                logprobs = None
+                if request.logprobs is not None:
+                    logprobs = _completion_logprobs(
+                        output, completion, request, self._engine, state, prompts[p_index]
                     )
-                if choices:
-                    yield chunk(choices)
-            if include_usage:
-                yield chunk([], usage(prompt_tokens, completion_tokens))
-        except Exception as error:  # after the 200 was sent, errors go in-band
-            self._on_stream_error()
-            yield stream_error_payload(error)
-        finally:
-            # Reached early when the client hangs up: abort every prompt's engine request.
-            for _, rest in streams:
-                await close_stream(rest)
-        yield DONE
+                state.text.append(text)
+                choices.append(
+                    {
+                        "index": p_index * request.n + completion.index,
+                        "text": text,
+                        "logprobs": logprobs.model_dump() if logprobs is not None else None,
+                        "finish_reason": completion.finish_reason,
+                        "stop_reason": completion.stop_reason,
+                    }
+                )
+            if choices:
+                yield chunk(choices)
+        if request.include_usage:
+            yield chunk([], usage(prompt_tokens, completion_tokens))
 
 
 def _split_prompts(prompt: str | list[str] | list[int] | list[list[int]]) -> list[str | list[int]]:
