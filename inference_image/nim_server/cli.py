@@ -25,6 +25,7 @@ log = logging.getLogger("nim_server")
 EXIT_ENGINE_FAILED = 3
 # uvicorn's own wait for connections after our drain; the drain already emptied them.
 UVICORN_GRACE_SECONDS = 5
+KEEP_ALIVE_SECONDS = 75
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -99,6 +100,9 @@ async def serve(settings: Settings) -> int:
         log_config=None,  # keep the handlers configure_logging installed
         access_log=settings.log_level == "DEBUG",
         timeout_graceful_shutdown=UVICORN_GRACE_SECONDS,
+        # Idle keep-alive connections must outlive those of the clients and proxies in front
+        # (often 60 s), or a request sent on a connection the server is closing gets a reset.
+        timeout_keep_alive=KEEP_ALIVE_SECONDS,
     )
     server = DrainingServer(config, services.admission, settings.shutdown_timeout)
     log.info("listening on http://%s:%d", settings.server_host, settings.server_port)
