@@ -72,6 +72,10 @@ class _OwnerSlot:
     # The built-in autoscaler's conditions from its last evaluation (nim_operator.autoscaling);
     # None until it has evaluated since the operator started.
     autoscaler_conditions: tuple[ConditionReport, ...] | None = None
+    # Children of features that are off, found absent (or not ours) since this process started.
+    # Only our own apply can bring one of ours back, and that forgets the entry, so they are not
+    # looked for again on every run: a timer tick costs no GET per optional child.
+    absent: set[ChildRef] = field(default_factory=set)
 
 
 EventPoster = Callable[[Mapping[str, Any], Sequence[events.EventNote]], None]
@@ -248,8 +252,11 @@ async def _hand_over_replicas(kube: KubeClient, ref: ChildRef, namespace: str) -
 
 async def _sync_children(
     runtime: Runtime, owner: Owner, spec: NIMServiceSpec, *, service_monitors: bool
-) -> None:
+) -> dict[str, Any] | None:
+    """Delete what is off, apply the rest; the Deployment as the apply left it (None if none)."""
     kube = runtime.kube
+    absent = runtime.slot(owner.uid).absent
+    deployment = None
     children = render_children(
         owner,
         spec,
@@ -259,24 +266,37 @@ async def _sync_children(
     # Deletions first: an HPA being switched off must be gone before the Deployment's replica
     # count is enforced again, or it could rescale in between.
     for ref, manifest in children:
-        if manifest is None:
+        if manifest is None and ref not in absent:
             current = await kube.get(_kind(ref), owner.namespace, ref.name, metadata_only=True)
             # Only what we control: a retained PVC or a user's object of the same name stays.
             if current is not None and _controlled_by(current, owner):
                 uid = current["metadata"].get("uid")
                 await kube.delete(_kind(ref), owner.namespace, ref.name, uid=uid)
+            absent.add(ref)
     for ref, manifest in children:
         if manifest is None:
             continue
+        absent.discard(ref)  # before the apply: should it fail half-way, look again next time
         if ref.kind == "Deployment" and spec.desired_replicas() is None:
             # An HPA or the built-in autoscaler owns the count from now on.
             await _hand_over_replicas(kube, ref, owner.namespace)
-        await kube.apply(_kind(ref), manifest, field_manager=FIELD_MANAGER, force=True)
+        applied = await kube.apply(_kind(ref), manifest, field_manager=FIELD_MANAGER, force=True)
+        if ref.kind == "Deployment":
+            deployment = applied
+    return deployment
 
 
-async def _observe(runtime: Runtime, owner: Owner) -> tuple[dict[str, Any] | None, list[Any]]:
+async def _observe(
+    runtime: Runtime, owner: Owner, applied: dict[str, Any] | None
+) -> tuple[dict[str, Any] | None, list[Any]]:
+    """The Deployment and its Pods.
+
+    `applied` is the Deployment our apply just answered with: the API server's state after our
+    write, as fresh as a GET would be (anything that changes it later sends an event, which
+    brings another run), so the GET is saved.
+    """
     kube = runtime.kube
-    deployment = await kube.get(DEPLOYMENTS, owner.namespace, owner.name)
+    deployment = applied or await kube.get(DEPLOYMENTS, owner.namespace, owner.name)
     if deployment is not None and not _controlled_by(deployment, owner):
         deployment = None  # someone else's Deployment of the same name says nothing about us
     pods = await kube.list(PODS, owner.namespace, label_selector=label_selector(owner.name))
@@ -362,13 +382,14 @@ async def reconcile(
         problem = parsed if isinstance(parsed, Problem) else None
         monitor_missing = False
         rejected = False
+        applied = None
         if spec is not None:
             problem = await _missing_dependency(runtime.kube, owner, spec)
         if spec is not None and problem is None:
             monitors = await runtime.capabilities.has(*SERVICE_MONITORS)
             monitor_missing = spec.metrics_enabled() and not monitors
             try:
-                await _sync_children(runtime, owner, spec, service_monitors=monitors)
+                applied = await _sync_children(runtime, owner, spec, service_monitors=monitors)
             except TransientApiError:
                 raise
             except ApiError as e:
@@ -376,7 +397,7 @@ async def reconcile(
                 # pass the API server (e.g. a malformed affinity), or we may not write it (RBAC).
                 problem = Problem("ChildRejected", _clip(f"{e.reason}: {e}"))
                 rejected = e.invalid_content
-        deployment, pods = await _observe(runtime, owner)
+        deployment, pods = await _observe(runtime, owner, applied)
         obs = Observation(
             owner=owner,
             generation=int(meta.get("generation") or 0),

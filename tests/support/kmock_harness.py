@@ -74,7 +74,8 @@ class OperatorProcess:
     """`python -m nim_operator` against a kubeconfig, logging to a file.
 
     `argv` replaces the command (e.g. the manifest's `kopf run -m nim_operator.handlers ...`);
-    `{liveness}` in it is replaced by the liveness URL the process must serve.
+    `{liveness}` in it is replaced by the liveness URL the process must serve. `env` adds
+    environment variables other than the NIM_OPERATOR_* `settings` (e.g. PYTHONPATH).
     """
 
     def __init__(
@@ -83,6 +84,7 @@ class OperatorProcess:
         log_path: Path,
         *,
         argv: Sequence[str] | None = None,
+        env: Mapping[str, str] | None = None,
         **settings: str,
     ) -> None:
         self.log_path = log_path
@@ -95,6 +97,7 @@ class OperatorProcess:
             **os.environ,
             "KUBECONFIG": str(kubeconfig),
             "NIM_OPERATOR_LIVENESS_ENDPOINT": self.liveness,
+            **(env or {}),
             **{f"NIM_OPERATOR_{key.upper()}": value for key, value in settings.items()},
         }
         self._process: subprocess.Popen[bytes] | None = None
@@ -118,6 +121,11 @@ class OperatorProcess:
             except OSError:
                 time.sleep(0.2)
         raise TimeoutError(f"the operator's liveness probe never answered:\n{self.log_tail()}")
+
+    @property
+    def pid(self) -> int | None:
+        """The operator's process id once started (for psutil), else None."""
+        return None if self._process is None else self._process.pid
 
     def stop(self, timeout: float = 20.0) -> int | None:
         if self._process is None:

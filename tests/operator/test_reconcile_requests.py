@@ -1,0 +1,171 @@
+"""What one reconcile asks the API server, counted by the emulator (the operator benchmark's
+finding: every request costs a timer tick, for every NIMService, every interval).
+
+A run that changes nothing - a timer tick - applies the children it renders (server-side apply
+is how drift is undone) and lists the pods, and nothing else: no GET per optional child that is
+off (it was found absent once), no GET of the Deployment the apply has just returned.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_asyncio
+
+from nim_operator.events import EventNote
+from nim_operator.kube import CapabilityCache, KubeClient, ResourceKind
+from nim_operator.reconcile import Runtime, reconcile
+from nim_operator.settings import Settings
+from tests.support.kmock_cluster import EmulatedCluster, load_crds
+from tests.support.kmock_harness import EmulatedControllers, PodState, connection_from_kubeconfig
+
+CRDS = Path(__file__).resolve().parents[2] / "crds"
+NS = "models"
+NIMSERVICES = ResourceKind("nimstack.dev/v1alpha1", "nimservices")
+PDBS = ResourceKind("policy/v1", "poddisruptionbudgets")
+LOGGER = logging.getLogger("test")
+CPU_SPEC: dict[str, Any] = {
+    "image": {"repository": "registry.k8s.io/pause", "tag": "3.10"},
+    "gpu": {"count": 0},
+}
+
+
+def _ignore_events(body: Mapping[str, Any], notes: Sequence[EventNote]) -> None:
+    return None
+
+
+@pytest.fixture
+def cluster() -> Iterator[EmulatedCluster]:
+    with EmulatedCluster(load_crds(CRDS)) as emulated:
+        yield emulated
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def kube(cluster: EmulatedCluster, tmp_path: Path) -> AsyncIterator[KubeClient]:
+    client = KubeClient(connection_from_kubeconfig(cluster.write_kubeconfig(tmp_path / "kc")))
+    yield client
+    await client.close()
+
+
+@pytest.fixture
+def runtime(kube: KubeClient) -> Runtime:
+    # The ServiceMonitor capability is cached for the test's length, as it is for 5 minutes in
+    # the operator: its discovery request is not part of a run.
+    settings = Settings(capability_ttl=300)
+    return Runtime(kube, settings, CapabilityCache(kube, ttl=300), post_events=_ignore_events)
+
+
+def served(cluster: EmulatedCluster, since: int) -> list[tuple[str, str, str]]:
+    """(method, resource, subresource) of each request the emulator served from `since` on."""
+
+    def read(emulator: Any) -> list[tuple[str, str, str]]:
+        return [
+            (
+                str(request.method.value),
+                request.resource.plural if request.resource else "",
+                request.subresource or "",
+            )
+            for request in emulator._requests[since:]
+        ]
+
+    return cluster.inspect(read)
+
+
+def count(cluster: EmulatedCluster) -> int:
+    return cluster.inspect(lambda emulator: len(emulator._requests))
+
+
+async def create(kube: KubeClient, name: str, spec: dict[str, Any]) -> dict[str, Any]:
+    body = {
+        "apiVersion": "nimstack.dev/v1alpha1",
+        "kind": "NIMService",
+        "metadata": {"name": name, "namespace": NS},
+        "spec": spec,
+    }
+    return await kube.create(NIMSERVICES, NS, body)
+
+
+async def fresh(kube: KubeClient, name: str) -> dict[str, Any]:
+    body = await kube.get(NIMSERVICES, NS, name)
+    assert body is not None
+    return body
+
+
+async def test_a_run_that_changes_nothing_applies_and_lists_pods_only(
+    cluster: EmulatedCluster, kube: KubeClient, runtime: Runtime
+) -> None:
+    body = await create(kube, "llm", {**CPU_SPEC, "replicas": 1})
+    mark = count(cluster)
+    await reconcile(runtime, body, logger=LOGGER)
+    first = served(cluster, mark)
+    # The first run looks for the optional children that are off (HPA, PDB for one replica,
+    # the default PVC) and writes the status.
+    looked_up = {resource for method, resource, _ in first if method == "GET"}
+    assert {"horizontalpodautoscalers", "poddisruptionbudgets", "persistentvolumeclaims"} <= (
+        looked_up
+    )
+    assert ("PATCH", "nimservices", "status") in first
+
+    body = await fresh(kube, "llm")
+    mark = count(cluster)
+    outcome = await reconcile(runtime, body, logger=LOGGER)
+    assert outcome is not None
+    assert outcome.failure is None
+    assert sorted(served(cluster, mark)) == [
+        ("GET", "pods", ""),  # the list, for the status
+        ("PATCH", "deployments", ""),
+        ("PATCH", "serviceaccounts", ""),
+        ("PATCH", "services", ""),
+    ]
+
+
+async def test_the_status_reads_the_deployment_the_apply_returned(
+    cluster: EmulatedCluster, kube: KubeClient, runtime: Runtime
+) -> None:
+    body = await create(kube, "llm", {**CPU_SPEC, "replicas": 1})
+    await reconcile(runtime, body, logger=LOGGER)
+    # The Deployment controller and the kubelet: a ready pod, and the Deployment's status.
+    await EmulatedControllers(kube).pods_become(NS, "llm", PodState.READY)
+
+    body = await fresh(kube, "llm")
+    mark = count(cluster)
+    outcome = await reconcile(runtime, body, logger=LOGGER)
+    assert outcome is not None
+    assert ("GET", "deployments", "") not in served(cluster, mark)
+    # The apply's answer carried the status the controller wrote.
+    assert outcome.status["readyReplicas"] == 1
+    ready = {c["type"]: c for c in outcome.status["conditions"]}["Ready"]
+    assert (ready["status"], ready["reason"]) == ("True", "ReplicasReady")
+
+
+async def test_a_child_found_absent_is_still_deleted_after_its_feature_was_on_again(
+    cluster: EmulatedCluster, kube: KubeClient, runtime: Runtime
+) -> None:
+    body = await create(kube, "llm", {**CPU_SPEC, "replicas": 1})
+    await reconcile(runtime, body, logger=LOGGER)  # no PDB for one replica: found absent
+    await kube.merge_patch(NIMSERVICES, NS, "llm", {"spec": {"replicas": 2}})
+    await reconcile(runtime, await fresh(kube, "llm"), logger=LOGGER)
+    assert await kube.get(PDBS, NS, "llm") is not None  # applied: no longer "absent"
+
+    await kube.merge_patch(NIMSERVICES, NS, "llm", {"spec": {"replicas": 1}})
+    await reconcile(runtime, await fresh(kube, "llm"), logger=LOGGER)
+    assert await kube.get(PDBS, NS, "llm") is None
+
+
+async def test_a_new_operator_process_looks_for_optional_children_again(
+    cluster: EmulatedCluster, kube: KubeClient, runtime: Runtime
+) -> None:
+    body = await create(kube, "llm", {**CPU_SPEC, "replicas": 2})
+    await reconcile(runtime, body, logger=LOGGER)
+    assert await kube.get(PDBS, NS, "llm") is not None
+    # The spec changes while the operator is down; the next process has no memory of the PDB.
+    await kube.merge_patch(NIMSERVICES, NS, "llm", {"spec": {"replicas": 1}})
+    restarted = Runtime(
+        kube, runtime.settings, CapabilityCache(kube, ttl=300), post_events=_ignore_events
+    )
+    await reconcile(restarted, await fresh(kube, "llm"), logger=LOGGER)
+    assert await kube.get(PDBS, NS, "llm") is None
