@@ -105,6 +105,14 @@ class TestRawRecommendation:
         decision = decide(policy(), Snapshot(NOW, 4, pods(2, 2, 2, 2)))
         assert (decision.desired, decision.reason) == (1, "ScaleDown")
 
+    def test_low_load_with_a_pod_starting_is_steady_not_a_scale_down(self) -> None:
+        # Found by the property below: an idle pod plus one starting needs the one pod there
+        # is; the reason must not claim a scale-down that does not happen.
+        snap = Snapshot(NOW, 1, pods(0, waiting=0), starting=1)
+        decision = decide(policy(metric="queue", target=1.0), snap)
+        assert (decision.desired, decision.reason) == (1, "Steady")
+        assert not decision.changes
+
     def test_exact_multiples_do_not_round_up(self) -> None:
         # 3 * 0.1 / 0.1 is 3.0000000000000004 in floats: still 3 pods.
         decision = decide(

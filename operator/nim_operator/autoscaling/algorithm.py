@@ -123,7 +123,7 @@ class Recommendation:
 @dataclass(frozen=True)
 class Decision:
     desired: int
-    # CamelCase: a CHANGE_REASON, or why the count stays (WithinTolerance, DownStabilizing,
+    # CamelCase: a CHANGE_REASON, or why the count stays (WithinTolerance, Steady, DownStabilizing,
     # MetricsUnavailable, WaitingForCapacity, ...).
     reason: str
     message: str
@@ -258,6 +258,11 @@ def decide(
             reason = "ScaleUp"
         elif desired < current:
             reason = "ScaleDown"
+        elif reason in CHANGE_REASONS:
+            # The load moved, but what it needs (starting pods and in-flight work counted) is
+            # the count there is: nothing changes, so the reason must not say it does.
+            reason = "Steady"
+            message += f"; {current} replica(s) is what it needs"
         history.append(Recommendation(now, raw.replicas))
 
     bounded = min(max(desired, policy.min_replicas), policy.max_replicas)
