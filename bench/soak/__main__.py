@@ -75,6 +75,7 @@ async def soak(base_url: str, requests: int, concurrency: int, seed: int, pid: i
     rss: list[int] = []
     outcomes: Counter[str] = Counter()
     latencies: list[float] = []
+    failures: list[str] = []
     queue: asyncio.Queue[str] = asyncio.Queue()
     for kind in kinds:
         queue.put_nowait(kind)
@@ -87,6 +88,7 @@ async def soak(base_url: str, requests: int, concurrency: int, seed: int, pid: i
                 result = await one_request(client, kind, rng)
             except httpx.HTTPError as error:
                 result = f"transport:{type(error).__name__}"
+                failures.append(f"{kind} after {time.perf_counter() - started:.1f} s: {error!r}")
             latencies.append(time.perf_counter() - started)
             outcomes[result] += 1
             done = sum(outcomes.values())
@@ -113,6 +115,7 @@ async def soak(base_url: str, requests: int, concurrency: int, seed: int, pid: i
         "latency_p99_s": round(statistics.quantiles(latencies, n=100)[98], 3),
         "rss_mib": [round(r / 2**20) for r in rss],
         "in_flight_at_end": running,
+        "transport_failures": failures[:20],
     }
 
 
@@ -160,8 +163,11 @@ def main() -> int:
             )
         finally:
             server.stop()
+            server_log = server.log()
     report["violations"] = violations(report)
     RESULTS.mkdir(exist_ok=True)
+    if report["violations"]:
+        (RESULTS / "soak-server.log").write_text(server_log)
     (RESULTS / "soak.json").write_text(json.dumps(report, indent=2) + "\n")
     lines = ["| metric | value |", "|---|---|"]
     lines += [f"| {key} | {value} |" for key, value in report.items()]

@@ -17,7 +17,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from nim_server import __version__
 from nim_server.admission import Admission
-from nim_server.engine import EngineDead, EngineRequestError, EngineState, InferenceEngine
+from nim_server.engine import EngineFailure, EngineRequestError, EngineState, InferenceEngine
 from nim_server.errors import APIError, from_validation_error
 from nim_server.metrics import ServerMetrics
 from nim_server.protocol import (
@@ -124,7 +124,7 @@ def _install_error_handlers(app: FastAPI, metrics: ServerMetrics) -> None:
         return error_response(request, error)
 
     @app.exception_handler(EngineRequestError)
-    @app.exception_handler(EngineDead)
+    @app.exception_handler(EngineFailure)
     async def engine_error(request: Request, error: Exception) -> Response:
         # Raised by the engine adapter before any response started: the same mapping as
         # for errors that surface inside a stream.

@@ -65,7 +65,11 @@ class EngineRequestError(Exception):
         self.param = param
 
 
-class EngineDead(Exception):
+class EngineFailure(Exception):
+    """The engine could not finish a request, through no fault of the request (a 500)."""
+
+
+class EngineDead(EngineFailure):
     """The engine stopped working; no request can be served by this process any more."""
 
 
@@ -256,6 +260,14 @@ class VllmEngine(InferenceEngine):
                 self.llm.generate(prompt.engine_input, params, request_id)
             ) as outputs:
                 async for output in outputs:
+                    if output.finished and any(
+                        o.finish_reason in _FAILED_FINISHES for o in output.outputs
+                    ):
+                        # The engine gave up on the request (e.g. its process is dying): not
+                        # a normal end of the answer, whatever the partial text looks like.
+                        if self.check_health() is EngineState.DEAD:
+                            raise EngineDead(self.reason)
+                        raise EngineFailure("the engine aborted the request")
                     yield output
         except VLLMValidationError as error:
             raise EngineRequestError(str(error.args[0]), error.parameter) from None
@@ -278,6 +290,11 @@ class VllmEngine(InferenceEngine):
     def token_strings(self, token_ids: Sequence[int]) -> list[str]:
         tokenizer = self._tokenizer
         return [str(tokenizer.decode([token_id])) for token_id in token_ids]
+
+
+# Finish reasons that mean the engine failed the request rather than completed it; an abort
+# we asked for (client gone) never reaches a reader.
+_FAILED_FINISHES = frozenset({"abort", "error"})
 
 
 def _create_async_llm(settings: Settings, resolved: ResolvedModel, cache: Path) -> AsyncLLM:

@@ -72,6 +72,7 @@ def test_loading_then_ready_then_engine_death(fresh_server: ServerProcess) -> No
         payloads = [line.removeprefix("data: ") for line in lines if line.startswith("data: ")]
     core.wait(30)
     assert payloads[-1] == "[DONE]"
+    assert "error" in json.loads(payloads[-2]), payloads[-3:]
     error = json.loads(payloads[-2])["error"]
     assert error["type"] == "internal_server_error"
     assert "engine" in error["message"]

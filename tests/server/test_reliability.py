@@ -22,7 +22,7 @@ from tests.support.sse import json_events
 
 MAX_NUM_SEQS = 2
 MAX_QUEUE = 2
-LONG_TOKENS = 3000  # a few seconds of generation on CPU
+LONG_TOKENS = 4000  # several seconds of generation on CPU, close to the 4,096-token window
 
 
 @pytest.fixture(scope="module")
@@ -70,13 +70,16 @@ async def fill(client: httpx.AsyncClient, count: int) -> list[asyncio.Task[httpx
     them long enough to be seen. The bodies stay unread meanwhile.
     """
     streams = [asyncio.create_task(start_stream(client)) for _ in range(count)]
+    seen: list[float] = []
     for _ in range(600):
-        if await metric(client, "num_sequences_admitted") == count:
+        seen.append(await metric(client, "num_sequences_admitted"))
+        if seen[-1] == count:
             return streams
         errors = [t.exception() for t in streams if t.done() and t.exception()]
         assert not errors, errors
         await asyncio.sleep(0.02)
-    raise AssertionError(f"the server never held {count} streams at once")
+    done = [t.done() for t in streams]
+    raise AssertionError(f"never {count} streams at once; admitted over time: {seen}, done: {done}")
 
 
 async def metric(client: httpx.AsyncClient, name: str) -> float:

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from nim_server.engine import (
-    EngineDead,
+    EngineFailure,
     EngineRequestError,
     EngineState,
     InferenceEngine,
@@ -86,7 +86,7 @@ def as_api_error(error: BaseException) -> APIError:
         return error
     if isinstance(error, EngineRequestError):
         return invalid_request(str(error), param=error.param)
-    if isinstance(error, EngineDead):
+    if isinstance(error, EngineFailure):
         return engine_failure(f"The inference engine failed: {error}")
     log.exception("unexpected error while generating", exc_info=error)
     return engine_failure("Internal error while generating; see the server log.")
