@@ -1,0 +1,71 @@
+"""The baseline: a kopf operator with nim_operator's registrations and settings, doing nothing.
+
+`kopf run -m bench.operator.noop_operator --standalone` watches what nim_operator watches
+(NIMServices, and its label-filtered Deployments and Pods), with the same index, the same
+change handlers, the same timer interval, the same daemon filter and the same kopf settings
+(finalizer, progress and diff-base annotations) - but every handler returns at once. What it
+costs is the floor that kopf and the Python process set; what nim_operator costs above it is
+our code.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import kopf
+
+from nim_operator import API_GROUP, API_VERSION, PLURAL
+from nim_operator.render.labels import FIELD_MANAGER, MANAGED_BY_LABEL
+from nim_operator.settings import Settings, configure_kopf
+
+SETTINGS = Settings()
+NIMSERVICE = (API_GROUP, API_VERSION, PLURAL)
+OUR_CHILDREN = {MANAGED_BY_LABEL: FIELD_MANAGER}
+
+
+@kopf.on.startup()
+async def start(settings: kopf.OperatorSettings, **_: Any) -> None:
+    configure_kopf(settings, SETTINGS)
+
+
+@kopf.index(*NIMSERVICE)
+def nimservices_by_name(
+    namespace: str | None, name: str, uid: str, **_: Any
+) -> dict[tuple[str | None, str], str]:
+    return {(namespace, name): uid}
+
+
+@kopf.on.resume(*NIMSERVICE)
+@kopf.on.create(*NIMSERVICE)
+@kopf.on.update(*NIMSERVICE)
+async def reconcile_on_change(**_: Any) -> None:
+    return None
+
+
+@kopf.timer(
+    *NIMSERVICE,
+    interval=SETTINGS.reconcile_interval,
+    initial_delay=SETTINGS.reconcile_interval,
+)
+async def reconcile_periodically(**_: Any) -> None:
+    return None
+
+
+@kopf.on.event("apps", "v1", "deployments", labels=OUR_CHILDREN)
+@kopf.on.event("v1", "pods", labels=OUR_CHILDREN)
+async def reconcile_owner_of_child(**_: Any) -> None:
+    return None
+
+
+@kopf.on.delete(*NIMSERVICE, optional=True)
+async def forget(**_: Any) -> None:
+    return None
+
+
+def _autoscaled(spec: kopf.Spec, **_: Any) -> bool:
+    return bool(spec.get("autoscaling"))
+
+
+@kopf.daemon(*NIMSERVICE, when=_autoscaled, cancellation_backoff=1.0, cancellation_timeout=5.0)
+async def autoscale(stopped: kopf.DaemonStopped, **_: Any) -> None:
+    await stopped.wait()
