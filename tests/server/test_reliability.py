@@ -64,22 +64,51 @@ async def finish(stream: asyncio.Task[httpx.Response]) -> list[dict[str, Any]]:
 
 
 async def fill(client: httpx.AsyncClient, count: int) -> list[asyncio.Task[httpx.Response]]:
-    """Start ``count`` long streams and wait until the server has admitted every one.
+    """Start ``count`` long streams; return once the server holds every one of them at once.
 
-    Two run in the engine and the rest wait behind them for seconds, so the server holds all of
-    them long enough to be seen. The bodies stay unread meanwhile.
+    The bodies stay unread meanwhile. vLLM's engine core generates whether or not anyone reads,
+    and a whole stream fits in the socket buffers: if this process or the server's event loop
+    is descheduled for as long as a stream takes (seconds, on a starved machine), streams can
+    finish before they are seen together. Then the server was never full and the attempt is
+    repeated; a stream answered but not counted while the engine still runs it fails at once.
     """
-    streams = [asyncio.create_task(start_stream(client)) for _ in range(count)]
-    seen: list[float] = []
-    for _ in range(600):
-        seen.append(await metric(client, "num_sequences_admitted"))
-        if seen[-1] == count:
-            return streams
-        errors = [t.exception() for t in streams if t.done() and t.exception()]
-        assert not errors, errors
-        await asyncio.sleep(0.02)
-    done = [t.done() for t in streams]
-    raise AssertionError(f"never {count} streams at once; admitted over time: {seen}, done: {done}")
+    for _ in range(3):
+        finished_before = await engine_finished(client)
+        streams = [asyncio.create_task(start_stream(client)) for _ in range(count)]
+        seen: list[float] = []
+        for _ in range(600):
+            seen.append(await metric(client, "num_sequences_admitted"))
+            if seen[-1] == count:
+                return streams
+            errors = [t.exception() for t in streams if t.done() and t.exception()]
+            assert not errors, errors
+            if all(t.done() for t in streams):
+                seen.append(await metric(client, "num_sequences_admitted"))
+                if seen[-1] == count:
+                    return streams
+                assert await engine_finished(client) > finished_before, (
+                    f"{count} streams answered, {seen[-1]} counted, none finished in the engine"
+                )
+                break
+            await asyncio.sleep(0.02)
+        else:
+            ends = [await stream_end(t) for t in streams]
+            raise AssertionError(f"never {count} streams at once; admitted: {seen}, ends: {ends}")
+        await asyncio.gather(*(finish(stream) for stream in streams))
+    raise AssertionError(f"{count} streams kept finishing before they were seen together")
+
+
+async def engine_finished(client: httpx.AsyncClient) -> float:
+    """Requests the engine has finished (before their streams are necessarily sent)."""
+    return await metric(client, "vllm:request_success_total")
+
+
+async def stream_end(stream: asyncio.Task[httpx.Response]) -> str:
+    """How a stream that should still be running ended (for a failure message)."""
+    if not stream.done():
+        return "running"
+    body = (await stream.result().aread()).decode()
+    return f"{len(body)} bytes: {body[:200]!r} ... {body[-300:]!r}"
 
 
 async def metric(client: httpx.AsyncClient, name: str) -> float:
@@ -91,11 +120,31 @@ async def metric(client: httpx.AsyncClient, name: str) -> float:
     )
 
 
+async def overflow(
+    client: httpx.AsyncClient, capacity: int
+) -> tuple[list[asyncio.Task[httpx.Response]], httpx.Response]:
+    """Fill the server, then send one request more; return the held streams and its answer.
+
+    As in `fill`, a held stream that finishes in the engine before the extra request lands
+    leaves room for it; then the attempt is repeated. An admission beyond capacity with every
+    held stream still generating fails at once.
+    """
+    for _ in range(3):
+        finished_before = await engine_finished(client)
+        streams = await fill(client, capacity)
+        extra = await client.post("/v1/chat/completions", json=chat_body(max_tokens=1))
+        if extra.status_code != 200:
+            return streams, extra
+        held_finished = await engine_finished(client) - finished_before - 1
+        assert held_finished > 0, f"admitted beyond capacity: {dict(extra.headers)}"
+        await asyncio.gather(*(finish(stream) for stream in streams))
+    raise AssertionError("held streams kept finishing before the extra request arrived")
+
+
 async def test_overload_is_429_with_retry_after(small_server: ServerProcess) -> None:
     capacity = MAX_NUM_SEQS + MAX_QUEUE
     async with httpx.AsyncClient(base_url=small_server.base_url, timeout=120) as client:
-        streams = await fill(client, capacity)
-        rejected = await client.post("/v1/chat/completions", json=chat_body(max_tokens=1))
+        streams, rejected = await overflow(client, capacity)
         assert rejected.status_code == 429, rejected.text
         assert int(rejected.headers["retry-after"]) >= 1
         assert rejected.headers["x-ratelimit-limit-requests"] == str(capacity)
@@ -140,9 +189,8 @@ async def test_sigterm_drains_in_flight_streams_then_exits_zero(
 ) -> None:
     server = small_server
     async with httpx.AsyncClient(base_url=server.base_url, timeout=120) as client:
-        # Two streams that surely run (their first tokens are out) when the signal arrives.
-        streams = [asyncio.create_task(start_stream(client)) for _ in range(MAX_NUM_SEQS)]
-        await asyncio.wait(streams)
+        # Two streams the server holds (both counted in flight) when the signal arrives.
+        streams = await fill(client, MAX_NUM_SEQS)
         server.process.send_signal(signal.SIGTERM)
         # Readiness flips at once (the pod leaves the Service) and new work is turned away...
         for _ in range(50):
