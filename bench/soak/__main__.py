@@ -21,6 +21,7 @@ import tempfile
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psutil
@@ -68,7 +69,9 @@ def outcome(status: int, headers: httpx.Headers) -> str:
     return str(status)
 
 
-async def soak(base_url: str, requests: int, concurrency: int, seed: int, pid: int) -> dict:
+async def soak(
+    base_url: str, requests: int, concurrency: int, seed: int, pid: int
+) -> dict[str, Any]:
     rng = random.Random(seed)
     kinds = rng.choices(KINDS, WEIGHTS, k=requests)
     process = psutil.Process(pid)
@@ -119,7 +122,7 @@ async def soak(base_url: str, requests: int, concurrency: int, seed: int, pid: i
     }
 
 
-def violations(report: dict) -> list[str]:
+def violations(report: dict[str, Any]) -> list[str]:
     problems = []
     unexpected = {
         k: v for k, v in report["outcomes"].items() if k not in {"200", "429", "abandoned"}
@@ -137,14 +140,15 @@ def violations(report: dict) -> list[str]:
     return problems
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--seed", type=int, default=7)
-    args = parser.parse_args()
+    parser.add_argument("--out", type=Path, default=RESULTS, help="results directory")
+    args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="nim-soak-") as tmp:
         work = Path(tmp)
         model = build_tiny_model(work / "model", max_position_embeddings=4096)
@@ -165,13 +169,14 @@ def main() -> int:
             server.stop()
             server_log = server.log()
     report["violations"] = violations(report)
-    RESULTS.mkdir(exist_ok=True)
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
     if report["violations"]:
-        (RESULTS / "soak-server.log").write_text(server_log)
-    (RESULTS / "soak.json").write_text(json.dumps(report, indent=2) + "\n")
+        (out / "soak-server.log").write_text(server_log)
+    (out / "soak.json").write_text(json.dumps(report, indent=2) + "\n")
     lines = ["| metric | value |", "|---|---|"]
     lines += [f"| {key} | {value} |" for key, value in report.items()]
-    (RESULTS / "soak.md").write_text("\n".join(lines) + "\n")
+    (out / "soak.md").write_text("\n".join(lines) + "\n")
     print(json.dumps(report, indent=2))
     return 1 if report["violations"] else 0
 
