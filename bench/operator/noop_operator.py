@@ -1,7 +1,7 @@
 """The baseline: a kopf operator with nim_operator's registrations and settings, doing nothing.
 
 `kopf run -m bench.operator.noop_operator --standalone` watches what nim_operator watches
-(NIMServices, and its label-filtered Deployments and Pods), with the same index, the same
+(NIMServices, and its label-filtered Deployments and Pods), with the same event handlers, the same
 change handlers, the same timer interval, the same daemon filter and the same kopf settings
 (finalizer, progress and diff-base annotations) - but every handler returns at once. What it
 costs is the floor that kopf and the Python process set; what nim_operator costs above it is
@@ -28,11 +28,9 @@ async def start(settings: kopf.OperatorSettings, **_: Any) -> None:
     configure_kopf(settings, SETTINGS)
 
 
-@kopf.index(*NIMSERVICE)
-def nimservices_by_name(
-    namespace: str | None, name: str, uid: str, **_: Any
-) -> dict[tuple[str | None, str], str]:
-    return {(namespace, name): uid}
+@kopf.on.event(*NIMSERVICE)
+def track_nimservices(**_: Any) -> None:
+    return None
 
 
 @kopf.on.resume(*NIMSERVICE)

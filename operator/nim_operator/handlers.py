@@ -6,7 +6,8 @@ Three ways in, one reconcile:
 * resume/create/update of a NIMService - at once, with kopf's retry semantics;
 * a timer per NIMService - every NIM_OPERATOR_RECONCILE_INTERVAL seconds, to undo hand edits;
 * events of our Deployments and Pods - a deleted Deployment or a pod going into CrashLoopBackOff
-  re-reconciles its owner within a second, found through an in-memory index of NIMServices.
+  re-reconciles its owner within a second, found through an in-memory set of NIMServices.
+  Pod events also keep the view of our pods that timer ticks read (nim_operator.pod_cache).
 
 And one daemon per NIMService with `spec.autoscaling`: the built-in autoscaler, which evaluates
 every `spec.autoscaling.interval` seconds (nim_operator.autoscaling) and stops when the field goes.
@@ -57,12 +58,18 @@ async def stop(memo: kopf.Memo, **_: Any) -> None:
         await runtime.close()
 
 
-@kopf.index(*NIMSERVICE)
-def nimservices_by_name(
-    namespace: str | None, name: str, uid: str, **_: Any
-) -> dict[tuple[str | None, str], str]:
-    """Which NIMServices exist, so a child event is only acted on when its owner is ours."""
-    return {(namespace, name): uid}
+@kopf.on.event(*NIMSERVICE)
+def track_nimservices(
+    type: str | None, namespace: str | None, name: str, memo: kopf.Memo, **_: Any
+) -> None:
+    """Which NIMServices exist, so a child event is only acted on when its owner is ours.
+
+    Not a kopf index: kopf holds every handler until each watched namespace's index has been
+    listed, and a namespace that matches a --namespace glob but is deleted before its listing
+    ends would hold them for good (kopf 1.45 never drops that namespace's readiness flag).
+    """
+    if namespace is not None:
+        memo.runtime.track(namespace, name, present=type != "DELETED")
 
 
 @kopf.on.resume(*NIMSERVICE)
@@ -97,7 +104,7 @@ async def reconcile_periodically(
 ) -> None:
     """Level-triggered safety net; failures are in the status and the next tick retries."""
     try:
-        await reconcile(memo.runtime, body, logger=logger)
+        await reconcile(memo.runtime, body, logger=logger, periodic=True)
     except TransientApiError as e:
         logger.warning("Periodic reconcile postponed: %s", e)
 
@@ -107,15 +114,16 @@ async def reconcile_periodically(
 async def reconcile_owner_of_child(
     body: kopf.Body,
     namespace: str | None,
+    resource: kopf.Resource,
+    type: str | None,
     memo: kopf.Memo,
     logger: Logger,
-    # Injected by kopf (the index above, by its name); the default only satisfies typing.
-    nimservices_by_name: kopf.Index[tuple[str | None, str], str] | None = None,
     **_: Any,
 ) -> None:
-    assert nimservices_by_name is not None
+    if resource.plural == "pods" and memo.runtime.pods is not None:
+        memo.runtime.pods.seen(type, dict(body))
     owner_name = body.get("metadata", {}).get("labels", {}).get(INSTANCE_LABEL, "")
-    if namespace is None or (namespace, owner_name) not in nimservices_by_name:
+    if namespace is None or not memo.runtime.tracks(namespace, owner_name):
         return  # not (or no longer) a NIMService of ours
     try:
         await reconcile_soon(memo.runtime, namespace, owner_name, logger=logger)
@@ -152,7 +160,9 @@ async def autoscale(
 
 
 @kopf.on.delete(*NIMSERVICE, optional=True)
-async def forget(uid: str, memo: kopf.Memo, **_: Any) -> None:
+async def forget(uid: str, namespace: str | None, name: str, memo: kopf.Memo, **_: Any) -> None:
     """Children go with the owner (ownerReferences); only our in-memory state is left."""
     memo.runtime.forget(uid)
+    if memo.runtime.pods is not None and namespace is not None:
+        memo.runtime.pods.forget((namespace, name))
     memo.autoscaler.forget(uid)

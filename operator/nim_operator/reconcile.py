@@ -39,6 +39,7 @@ from nim_operator.conditions import (
 )
 from nim_operator.kube import ApiError, CapabilityCache, KubeClient, ResourceKind, TransientApiError
 from nim_operator.models import NIMServiceSpec, service_name_problem
+from nim_operator.pod_cache import PodCache
 from nim_operator.render import FIELD_MANAGER, ChildRef, Owner, render_children
 from nim_operator.settings import Settings
 
@@ -61,6 +62,9 @@ SERVICE_MONITORS = ("monitoring.coreos.com/v1", "servicemonitors")
 # A second field manager that holds Deployment.spec.replicas for the moment between "we stop
 # declaring it" and "the HPA writes it" (see `_hand_over_replicas`).
 HANDOVER_MANAGER = f"{FIELD_MANAGER}-replicas-handover"
+# A timer tick takes the pods from the watch, but lists them for real at least this often
+# (in ticks), so a pod whose DELETED event a watch reconnect lost cannot linger.
+POD_LIST_EVERY_TICKS = 10
 
 
 @dataclass
@@ -90,14 +94,24 @@ class Runtime:
     capabilities: CapabilityCache
     # kopf's poster in the operator; tests outside kopf pass a recorder.
     post_events: EventPoster = events.post
+    # Our pods as kopf's watch reports them (the pod event handler feeds it); timer ticks read
+    # it instead of listing. None: always list (tests that run reconcile without kopf).
+    pods: PodCache | None = None
     _slots: dict[str, _OwnerSlot] = field(default_factory=dict)
+    # (namespace, name) of the NIMServices the watch has reported and not seen deleted.
+    _known: set[tuple[str, str]] = field(default_factory=set)
     # "namespace/name" of NIMServices with a child-triggered reconcile waiting to start.
     _queued: set[str] = field(default_factory=set)
 
     @classmethod
     async def start(cls, settings: Settings) -> Runtime:
         kube = await KubeClient.connect(timeout=settings.api_timeout, retries=settings.api_retries)
-        return cls(kube, settings, CapabilityCache(kube, ttl=settings.capability_ttl))
+        return cls(
+            kube,
+            settings,
+            CapabilityCache(kube, ttl=settings.capability_ttl),
+            pods=PodCache(max_age=settings.reconcile_interval * POD_LIST_EVERY_TICKS),
+        )
 
     async def close(self) -> None:
         await self.kube.close()
@@ -107,6 +121,15 @@ class Runtime:
 
     def forget(self, uid: str) -> None:
         self._slots.pop(uid, None)
+
+    def track(self, namespace: str, name: str, *, present: bool) -> None:
+        if present:
+            self._known.add((namespace, name))
+        else:
+            self._known.discard((namespace, name))
+
+    def tracks(self, namespace: str, name: str) -> bool:
+        return (namespace, name) in self._known
 
     def enqueue(self, key: str) -> bool:
         """Mark a run for `key` as waiting; False if one already is."""
@@ -287,19 +310,27 @@ async def _sync_children(
 
 
 async def _observe(
-    runtime: Runtime, owner: Owner, applied: dict[str, Any] | None
+    runtime: Runtime, owner: Owner, applied: dict[str, Any] | None, *, periodic: bool
 ) -> tuple[dict[str, Any] | None, list[Any]]:
     """The Deployment and its Pods.
 
     `applied` is the Deployment our apply just answered with: the API server's state after our
     write, as fresh as a GET would be (anything that changes it later sends an event, which
-    brings another run), so the GET is saved.
+    brings another run), so the GET is saved. A `periodic` run (a timer tick) takes the pods
+    from the watch when they were listed recently enough (nim_operator.pod_cache).
     """
     kube = runtime.kube
     deployment = applied or await kube.get(DEPLOYMENTS, owner.namespace, owner.name)
     if deployment is not None and not _controlled_by(deployment, owner):
         deployment = None  # someone else's Deployment of the same name says nothing about us
+    key = (owner.namespace, owner.name)
+    cache = runtime.pods
+    cached = cache.fresh(key) if cache is not None and periodic else None
+    if cached is not None:
+        return deployment, cached
     pods = await kube.list(PODS, owner.namespace, label_selector=label_selector(owner.name))
+    if cache is not None:
+        cache.listed(key, pods)
     return deployment, pods
 
 
@@ -370,8 +401,13 @@ async def reconcile(
     body: Mapping[str, Any],
     *,
     logger: logging.Logger | logging.LoggerAdapter[logging.Logger],
+    periodic: bool = False,
 ) -> Outcome | None:
-    """Make the cluster match the NIMService `body`; None when it is being deleted."""
+    """Make the cluster match the NIMService `body`; None when it is being deleted.
+
+    `periodic` marks a timer tick: nothing is known to have changed, so the pods may come
+    from the watch instead of a list.
+    """
     meta = body["metadata"]
     if meta.get("deletionTimestamp"):
         return None  # garbage collection removes the children; do not re-create them
@@ -397,7 +433,7 @@ async def reconcile(
                 # pass the API server (e.g. a malformed affinity), or we may not write it (RBAC).
                 problem = Problem("ChildRejected", _clip(f"{e.reason}: {e}"))
                 rejected = e.invalid_content
-        deployment, pods = await _observe(runtime, owner, applied)
+        deployment, pods = await _observe(runtime, owner, applied, periodic=periodic)
         obs = Observation(
             owner=owner,
             generation=int(meta.get("generation") or 0),

@@ -18,6 +18,7 @@ import pytest_asyncio
 
 from nim_operator.events import EventNote
 from nim_operator.kube import CapabilityCache, KubeClient, ResourceKind
+from nim_operator.pod_cache import PodCache
 from nim_operator.reconcile import Runtime, reconcile
 from nim_operator.settings import Settings
 from tests.support.kmock_cluster import EmulatedCluster, load_crds
@@ -169,3 +170,43 @@ async def test_a_new_operator_process_looks_for_optional_children_again(
     )
     await reconcile(restarted, await fresh(kube, "llm"), logger=LOGGER)
     assert await kube.get(PDBS, NS, "llm") is None
+
+
+async def test_a_timer_tick_takes_the_pods_from_the_watch(
+    cluster: EmulatedCluster, kube: KubeClient, runtime: Runtime
+) -> None:
+    """With the pod view (fed by kopf's pod watch in the operator), a tick is 3 applies.
+
+    The watch is played here by handing the view what the emulator holds; the status a tick
+    computes from it is the one a run that lists computes.
+    """
+    runtime.pods = PodCache(max_age=600)
+    body = await create(kube, "llm", {**CPU_SPEC, "replicas": 1})
+    await reconcile(runtime, body, logger=LOGGER)
+    await EmulatedControllers(kube).pods_become(NS, "llm", PodState.READY)
+    listed = await reconcile(runtime, await fresh(kube, "llm"), logger=LOGGER)  # lists
+    assert listed is not None
+
+    mark = count(cluster)
+    tick = await reconcile(runtime, await fresh(kube, "llm"), logger=LOGGER, periodic=True)
+    assert tick is not None
+    assert sorted(served(cluster, mark)) == [
+        ("GET", "nimservices", ""),  # fresh(), the test's own read
+        ("PATCH", "deployments", ""),
+        ("PATCH", "serviceaccounts", ""),
+        ("PATCH", "services", ""),
+    ]
+    assert tick.status == listed.status
+    assert tick.status["readyReplicas"] == 1
+
+
+async def test_a_tick_lists_when_the_view_is_too_old(
+    cluster: EmulatedCluster, kube: KubeClient, runtime: Runtime
+) -> None:
+    runtime.pods = PodCache(max_age=0.0)
+    body = await create(kube, "llm", {**CPU_SPEC, "replicas": 1})
+    await reconcile(runtime, body, logger=LOGGER)
+    body = await fresh(kube, "llm")
+    mark = count(cluster)
+    await reconcile(runtime, body, logger=LOGGER, periodic=True)
+    assert ("GET", "pods", "") in served(cluster, mark)
