@@ -162,11 +162,14 @@ def verb(request: Request) -> str:
 
 
 def is_reconcile(request: Request) -> bool:
-    """Each reconcile lists its NIMService's pods exactly once (reconcile._observe)."""
+    """Each reconcile of a valid spec applies its Deployment exactly once (_sync_children).
+
+    (Not the pod list: timer ticks take the pods from the operator's watch.)
+    """
     return (
         request.agent.startswith(OPERATOR_AGENT)
-        and request.action == "list"
-        and request.resource == "pods"
+        and verb(request) == "apply"
+        and request.resource == "deployments"
     )
 
 

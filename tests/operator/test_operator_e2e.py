@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -19,7 +20,7 @@ from typing import Any, TypeVar
 import pytest
 
 from nim_operator.kube import ApiError, KubeClient, ResourceKind
-from tests.operator.conftest import RECONCILE_INTERVAL
+from tests.operator.conftest import NAMESPACE_PREFIX, NAMESPACES, RECONCILE_INTERVAL
 from tests.support.kmock_harness import ClusterDriver, OperatorProcess, PodState, eventually
 
 T = TypeVar("T")
@@ -471,3 +472,15 @@ async def test_deleting_the_nimservice_removes_its_children(e2e: E2E) -> None:
 
     await e2e.until(all_gone, "NIMService and children deleted")
     assert await e2e.get(PVCS, "llm-pvc") is not None
+
+
+async def test_namespaces_that_come_and_go_at_once_do_not_stall_the_operator(e2e: E2E) -> None:
+    """Namespaces the operator's glob matches, deleted before it has listed them, must not hold
+    the handlers of every other namespace (a kopf index's readiness flag did, for good)."""
+    for _ in range(5):
+        name = f"{NAMESPACE_PREFIX}gone-{secrets.token_hex(3)}"
+        manifest = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}
+        await e2e.api.create(NAMESPACES, None, manifest)
+        await e2e.api.delete(NAMESPACES, None, name)
+    await e2e.create("llm", cpu_spec(replicas=1))
+    await e2e.child(DEPLOYMENTS, "llm")
