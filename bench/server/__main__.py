@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import platform
+import signal
 import statistics
 import subprocess
 import sys
@@ -87,6 +89,9 @@ class Server:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
+        # Engine processes that outlive their server would skew every later measurement.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.process.pid, signal.SIGKILL)
 
 
 def start(kind: str, model: Path, log_dir: Path) -> Server:
@@ -115,7 +120,9 @@ def start(kind: str, model: Path, log_dir: Path) -> Server:
         ]  # fmt: skip
         ready = "/health"
     log = (log_dir / f"{kind}-{port}.log").open("wb")
-    process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+    process = subprocess.Popen(
+        command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
     server = Server(kind, process, port, ready)
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline:

@@ -4,6 +4,8 @@
 port; "k8s" (marked `k8s`, skipped unless KUBECONFIG is set) uses the cluster KUBECONFIG points
 at, with the CRD applied from crds/. Either way the test code and the real operator process
 talk HTTP to it through a kubeconfig, and every test gets a namespace of its own.
+The cluster and operator are package-scoped: they stop when the operator tests end, so that an
+idle operator and its emulator do not compete for the CPU with the tests that follow.
 
     pytest tests/operator                       # kmock only
     KUBECONFIG=~/.kube/config pytest -m k8s     # a real cluster (e.g. kind), see
@@ -56,12 +58,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip)
 
 
-@pytest.fixture(scope="session", params=["kmock", pytest.param("k8s", marks=pytest.mark.k8s)])
+@pytest.fixture(scope="package", params=["kmock", pytest.param("k8s", marks=pytest.mark.k8s)])
 def backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def kubeconfig(backend: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     if backend == "k8s":
         yield Path(os.environ["KUBECONFIG"]).expanduser()
@@ -70,14 +72,14 @@ def kubeconfig(backend: str, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         yield cluster.write_kubeconfig(tmp_path_factory.mktemp("kmock") / "kubeconfig")
 
 
-@pytest_asyncio.fixture(scope="session", loop_scope="session")
+@pytest_asyncio.fixture(scope="package", loop_scope="session")
 async def api(kubeconfig: Path) -> AsyncIterator[KubeClient]:
     client = KubeClient(connection_from_kubeconfig(kubeconfig), user_agent="nimstack-e2e")
     yield client
     await client.close()
 
 
-@pytest_asyncio.fixture(scope="session", loop_scope="session")
+@pytest_asyncio.fixture(scope="package", loop_scope="session")
 async def crds_installed(backend: str, api: KubeClient) -> None:
     """On a real cluster, apply crds/ (server-side) and wait until the API serves them."""
     if backend != "k8s":
@@ -93,7 +95,7 @@ async def crds_installed(backend: str, api: KubeClient) -> None:
         await eventually(established, within=60, what=f"CRD {crd['metadata']['name']}")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def operator_process(
     kubeconfig: Path, crds_installed: None, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[OperatorProcess]:
@@ -112,7 +114,7 @@ def operator_process(
     process.stop()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def driver(backend: str, api: KubeClient) -> ClusterDriver:
     return RealControllers() if backend == "k8s" else EmulatedControllers(api)
 

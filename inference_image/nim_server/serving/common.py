@@ -111,9 +111,12 @@ async def started(stream: AsyncIterator[T]) -> AsyncIterator[T]:
         first: T | None = await anext(stream)
     except StopAsyncIteration:
         first = None
-    except BaseException as error:
+    except Exception as error:
         await close_stream(stream)
         raise as_api_error(error) from None
+    except BaseException:  # cancelled (the client left) or exiting: not an error to report
+        await close_stream(stream)
+        raise
     return _resumed(first, stream)
 
 
