@@ -5,9 +5,11 @@ Run with `kopf run -m nim_operator.handlers --standalone` (or `python -m nim_ope
 Three ways in, one reconcile:
 * resume/create/update of a NIMService - at once, with kopf's retry semantics;
 * a timer per NIMService - every NIM_OPERATOR_RECONCILE_INTERVAL seconds, to undo hand edits;
-* events of our Deployments and Pods - a deleted Deployment or a pod going into CrashLoopBackOff
-  re-reconciles its owner within a second, found through an in-memory set of NIMServices.
-  Pod events also keep the view of our pods that timer ticks read (nim_operator.pod_cache).
+* events of our Deployments, Services, ServiceAccounts and Pods - a deleted or hand-edited child,
+  or a pod going into CrashLoopBackOff, re-reconciles its owner within a second, found through
+  an in-memory set of NIMServices. These events also keep what timer ticks read instead of
+  asking the API server: our pods (nim_operator.pod_cache) and whether each child is still
+  as we applied it (nim_operator.child_records).
 
 And one daemon per NIMService with `spec.autoscaling`: the built-in autoscaler, which evaluates
 every `spec.autoscaling.interval` seconds (nim_operator.autoscaling) and stops when the field goes.
@@ -110,6 +112,8 @@ async def reconcile_periodically(
 
 
 @kopf.on.event("apps", "v1", "deployments", labels=OUR_CHILDREN)
+@kopf.on.event("v1", "services", labels=OUR_CHILDREN)
+@kopf.on.event("v1", "serviceaccounts", labels=OUR_CHILDREN)
 @kopf.on.event("v1", "pods", labels=OUR_CHILDREN)
 async def reconcile_owner_of_child(
     body: kopf.Body,
@@ -120,13 +124,21 @@ async def reconcile_owner_of_child(
     logger: Logger,
     **_: Any,
 ) -> None:
-    if resource.plural == "pods" and memo.runtime.pods is not None:
-        memo.runtime.pods.seen(type, dict(body))
+    runtime = memo.runtime
+    if resource.plural == "pods":
+        if runtime.pods is not None:
+            runtime.pods.seen(type, dict(body))
+    else:
+        news = runtime.child_changed(resource.plural, type, body)
+        if news == "echo":
+            return  # our own apply: the run that applied saw this very version
+        if news == "unknown" and type is None and resource.plural != "deployments":
+            return  # kopf's first listing at startup: the resume handlers reconcile anyway
     owner_name = body.get("metadata", {}).get("labels", {}).get(INSTANCE_LABEL, "")
-    if namespace is None or not memo.runtime.tracks(namespace, owner_name):
+    if namespace is None or not runtime.tracks(namespace, owner_name):
         return  # not (or no longer) a NIMService of ours
     try:
-        await reconcile_soon(memo.runtime, namespace, owner_name, logger=logger)
+        await reconcile_soon(runtime, namespace, owner_name, logger=logger)
     except TransientApiError as e:
         logger.warning("Reconcile after a child event postponed: %s", e)
 

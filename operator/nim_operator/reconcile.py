@@ -9,6 +9,7 @@ result and writes the status. Running it twice in a row is a no-op the second ti
    PVC. Missing -> status Failed, nothing applied (the timer checks again).
 3. Delete children whose feature is off (only those with our controller ownerReference), then
    server-side apply the rest, in the renderers' order, with our field manager and force.
+   A timer tick skips the applies the watch proves to be no-ops (nim_operator.child_records).
 4. Read the Deployment and its Pods, compute the status (`conditions`), write it to the status
    subresource if it changed, and post an Event per condition transition.
 
@@ -23,11 +24,11 @@ import datetime
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import ValidationError
 
-from nim_operator import API_GROUP, API_VERSION, PLURAL, events
+from nim_operator import API_GROUP, API_VERSION, PLURAL, child_records, events
 from nim_operator.conditions import (
     AUTOSCALER_CONDITION_TYPES,
     OWNED_STATUS_FIELDS,
@@ -65,6 +66,9 @@ HANDOVER_MANAGER = f"{FIELD_MANAGER}-replicas-handover"
 # A timer tick takes the pods from the watch, but lists them for real at least this often
 # (in ticks), so a pod whose DELETED event a watch reconnect lost cannot linger.
 POD_LIST_EVERY_TICKS = 10
+# Likewise a tick skips the applies that the watch says would change nothing
+# (nim_operator.child_records), but applies everything at least every this many ticks in a row.
+APPLY_EVERY_TICKS = 10
 
 
 @dataclass
@@ -80,7 +84,15 @@ class _OwnerSlot:
     # Only our own apply can bring one of ours back, and that forgets the entry, so they are not
     # looked for again on every run: a timer tick costs no GET per optional child.
     absent: set[ChildRef] = field(default_factory=set)
+    # What we last applied of each watched child, while the watch says it is still live.
+    records: dict[ChildRef, child_records.AppliedChild] = field(default_factory=dict)
+    # Ticks in a row that skipped applies on the watch's word (see APPLY_EVERY_TICKS).
+    trusted_ticks: int = 0
 
+
+# What a child's watch event says about our last apply of it: the very version it returned
+# ("echo"), another version or a deletion ("changed"), or nothing (no apply recorded).
+ChildNews = Literal["echo", "changed", "unknown"]
 
 EventPoster = Callable[[Mapping[str, Any], Sequence[events.EventNote]], None]
 
@@ -97,7 +109,13 @@ class Runtime:
     # Our pods as kopf's watch reports them (the pod event handler feeds it); timer ticks read
     # it instead of listing. None: always list (tests that run reconcile without kopf).
     pods: PodCache | None = None
+    # True when kopf's watches report changes of our Deployments, Services and ServiceAccounts
+    # (`child_changed`), so that a timer tick may skip applies they say are no-ops.
+    watches_children: bool = False
     _slots: dict[str, _OwnerSlot] = field(default_factory=dict)
+    # Bounds the runs in progress (Settings.max_concurrent_reconciles); made on first use, in
+    # the event loop that runs them.
+    _running: asyncio.Semaphore | None = None
     # (namespace, name) of the NIMServices the watch has reported and not seen deleted.
     _known: set[tuple[str, str]] = field(default_factory=set)
     # "namespace/name" of NIMServices with a child-triggered reconcile waiting to start.
@@ -111,16 +129,46 @@ class Runtime:
             settings,
             CapabilityCache(kube, ttl=settings.capability_ttl),
             pods=PodCache(max_age=settings.reconcile_interval * POD_LIST_EVERY_TICKS),
+            watches_children=True,
         )
 
     async def close(self) -> None:
         await self.kube.close()
+
+    def turn(self) -> asyncio.Semaphore:
+        if self._running is None:
+            self._running = asyncio.Semaphore(self.settings.max_concurrent_reconciles)
+        return self._running
 
     def slot(self, uid: str) -> _OwnerSlot:
         return self._slots.setdefault(uid, _OwnerSlot())
 
     def forget(self, uid: str) -> None:
         self._slots.pop(uid, None)
+
+    def child_changed(
+        self, plural: str, event_type: str | None, body: Mapping[str, Any]
+    ) -> ChildNews:
+        """Take a watch event of one of our children: what it says about our last apply."""
+        uid = child_records.controller_uid(body)
+        slot = self._slots.get(uid) if uid is not None else None
+        if slot is None:
+            return "unknown"
+        name = (body.get("metadata") or {}).get("name")
+        for ref, child in list(slot.records.items()):
+            if ref.plural == plural and ref.name == name:
+                if child_records.still_live(child, event_type, body):
+                    return "echo"
+                del slot.records[ref]
+                return "changed"
+        return "unknown"
+        name = (body.get("metadata") or {}).get("name")
+        for ref, child in list(slot.records.items()):
+            if ref.plural == plural and ref.name == name:
+                if child_records.still_live(child, event_type, body):
+                    return False
+                del slot.records[ref]
+        return True
 
     def track(self, namespace: str, name: str, *, present: bool) -> None:
         if present:
@@ -273,13 +321,29 @@ async def _hand_over_replicas(kube: KubeClient, ref: ChildRef, namespace: str) -
     await kube.apply(DEPLOYMENTS, keep, field_manager=HANDOVER_MANAGER)
 
 
+def _trusts_watch(runtime: Runtime, slot: _OwnerSlot, *, periodic: bool) -> bool:
+    """Whether this run may skip applies the watch says are no-ops; counts such ticks."""
+    if not (periodic and runtime.watches_children) or slot.trusted_ticks >= APPLY_EVERY_TICKS:
+        slot.trusted_ticks = 0
+        return False
+    slot.trusted_ticks += 1
+    return True
+
+
 async def _sync_children(
-    runtime: Runtime, owner: Owner, spec: NIMServiceSpec, *, service_monitors: bool
-) -> dict[str, Any] | None:
+    runtime: Runtime,
+    owner: Owner,
+    spec: NIMServiceSpec,
+    *,
+    service_monitors: bool,
+    periodic: bool,
+) -> Mapping[str, Any] | None:
     """Delete what is off, apply the rest; the Deployment as the apply left it (None if none)."""
     kube = runtime.kube
-    absent = runtime.slot(owner.uid).absent
-    deployment = None
+    slot = runtime.slot(owner.uid)
+    absent = slot.absent
+    trust_watch = _trusts_watch(runtime, slot, periodic=periodic)
+    deployment: Mapping[str, Any] | None = None
     children = render_children(
         owner,
         spec,
@@ -298,20 +362,30 @@ async def _sync_children(
             absent.add(ref)
     for ref, manifest in children:
         if manifest is None:
+            slot.records.pop(ref, None)
             continue
+        digest = child_records.manifest_digest(manifest)
+        known = slot.records.get(ref)
+        if trust_watch and known is not None and known.digest == digest:
+            if ref.kind == "Deployment":
+                deployment = known.body
+            continue  # the same manifest, and nothing has changed the object since
         absent.discard(ref)  # before the apply: should it fail half-way, look again next time
+        slot.records.pop(ref, None)
         if ref.kind == "Deployment" and spec.desired_replicas() is None:
             # An HPA or the built-in autoscaler owns the count from now on.
             await _hand_over_replicas(kube, ref, owner.namespace)
-        applied = await kube.apply(_kind(ref), manifest, field_manager=FIELD_MANAGER, force=True)
+        live = await kube.apply(_kind(ref), manifest, field_manager=FIELD_MANAGER, force=True)
+        if runtime.watches_children and (child := child_records.record(ref.plural, digest, live)):
+            slot.records[ref] = child
         if ref.kind == "Deployment":
-            deployment = applied
+            deployment = live
     return deployment
 
 
 async def _observe(
-    runtime: Runtime, owner: Owner, applied: dict[str, Any] | None, *, periodic: bool
-) -> tuple[dict[str, Any] | None, list[Any]]:
+    runtime: Runtime, owner: Owner, applied: Mapping[str, Any] | None, *, periodic: bool
+) -> tuple[Mapping[str, Any] | None, list[Any]]:
     """The Deployment and its Pods.
 
     `applied` is the Deployment our apply just answered with: the API server's state after our
@@ -412,7 +486,8 @@ async def reconcile(
     if meta.get("deletionTimestamp"):
         return None  # garbage collection removes the children; do not re-create them
     owner = Owner(name=meta["name"], namespace=meta["namespace"], uid=meta["uid"])
-    async with runtime.slot(owner.uid).lock:
+    # The owner's lock first: a run waiting for another run of the same NIMService holds no turn.
+    async with runtime.slot(owner.uid).lock, runtime.turn():
         parsed = _parse_spec(owner, body)
         spec = parsed if isinstance(parsed, NIMServiceSpec) else None
         problem = parsed if isinstance(parsed, Problem) else None
@@ -425,7 +500,9 @@ async def reconcile(
             monitors = await runtime.capabilities.has(*SERVICE_MONITORS)
             monitor_missing = spec.metrics_enabled() and not monitors
             try:
-                applied = await _sync_children(runtime, owner, spec, service_monitors=monitors)
+                applied = await _sync_children(
+                    runtime, owner, spec, service_monitors=monitors, periodic=periodic
+                )
             except TransientApiError:
                 raise
             except ApiError as e:

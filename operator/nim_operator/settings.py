@@ -18,6 +18,13 @@ from nim_operator.render.labels import FIELD_MANAGER, MANAGED_BY_LABEL
 __all__ = ["FINALIZER", "Settings", "configure_kopf", "managed_children_selector"]
 
 FINALIZER = f"{API_GROUP}/finalizer"
+# The children kopf watches for us (nim_operator.handlers), as (apiVersion, plural).
+WATCHED_CHILDREN = (
+    ("apps/v1", "deployments"),
+    ("v1", "services"),
+    ("v1", "serviceaccounts"),
+    ("v1", "pods"),
+)
 
 
 class Settings(BaseSettings):
@@ -33,6 +40,10 @@ class Settings(BaseSettings):
     # How long "the cluster has (no) ServiceMonitor CRD" is believed before asking again.
     capability_ttl: float = Field(default=300.0, ge=0)
     api_timeout: float = Field(default=30.0, gt=0)
+    # Reconciles talking to the API server at once. When 1,000 NIMServices arrive together, a
+    # bound lets them finish in turn instead of all late together, and keeps the operator's
+    # memory at what a few runs hold rather than a thousand (the heap does not shrink again).
+    max_concurrent_reconciles: int = Field(default=16, ge=1)
     # Budget of one GET of a pod's /v1/metrics by the built-in autoscaler; a pod slower than
     # this counts as unreachable (which holds scale-downs), not as idle.
     scrape_timeout: float = Field(default=2.0, gt=0)
@@ -51,7 +62,7 @@ class Settings(BaseSettings):
 
 
 def managed_children_selector() -> str:
-    """The label selector of every Deployment and Pod this operator manages."""
+    """The label selector of every child this operator manages."""
     return f"{MANAGED_BY_LABEL}={FIELD_MANAGER}"
 
 
@@ -69,8 +80,8 @@ def configure_kopf(kopf_settings: kopf.OperatorSettings, settings: Settings) -> 
     watching.client_timeout = settings.watch_timeout + 30
     watching.connect_timeout = settings.api_timeout
     # Children are watched only to re-reconcile their owner: let the API server filter them, so
-    # the operator never streams every Pod of the cluster.
-    for resource in (("apps/v1", "deployments"), ("v1", "pods")):
+    # the operator never streams every Pod (or Service) of the cluster.
+    for resource in WATCHED_CHILDREN:
         watching.label_selectors[resource] = managed_children_selector()
 
     kopf_settings.networking.connect_timeout = settings.api_timeout

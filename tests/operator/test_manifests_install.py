@@ -24,8 +24,9 @@ OPTIONAL_CHILD = {"get", "create", "patch", "delete"}
 EXPECTED_RULES: dict[tuple[str, str], set[str]] = {
     (API_GROUP, PLURAL): {"get", "list", "watch", "patch"},
     (API_GROUP, f"{PLURAL}/status"): {"patch"},
-    ("", "services"): APPLIED,
-    ("", "serviceaccounts"): APPLIED,
+    # Watched too: a hand edit is undone at once, and a timer tick skips a no-op apply.
+    ("", "services"): {"list", "watch", *APPLIED},
+    ("", "serviceaccounts"): {"list", "watch", *APPLIED},
     ("apps", "deployments"): {"get", "list", "watch", *APPLIED},
     # The built-in autoscaler's only write: the replica count, through the scale subresource.
     ("apps", "deployments/scale"): {"patch"},

@@ -11,7 +11,7 @@ from pathlib import Path
 import kopf
 import pytest
 
-from nim_operator.settings import FINALIZER, Settings, configure_kopf
+from nim_operator.settings import FINALIZER, WATCHED_CHILDREN, Settings, configure_kopf
 from tests.support.kmock_cluster import EmulatedCluster, load_crds
 from tests.support.kmock_harness import OperatorProcess
 
@@ -56,10 +56,29 @@ def test_kopf_keeps_its_state_under_our_api_group() -> None:
     assert watching.client_timeout > watching.server_timeout
     selectors = {(s.group, s.plural or s.any_name): v for s, v in watching.label_selectors.items()}
     managed = "app.kubernetes.io/managed-by=nimstack-operator"
-    assert selectors == {("apps", "deployments"): managed, ("", "pods"): managed}
+    assert selectors == {
+        ("apps", "deployments"): managed,
+        ("", "services"): managed,
+        ("", "serviceaccounts"): managed,
+        ("", "pods"): managed,
+    }
     assert kopf_settings.posting.loggers is False  # Events only on condition transitions
     assert kopf_settings.posting.level == logging.INFO
     assert kopf_settings.peering.standalone is True
+
+
+def test_every_child_watch_is_filtered_by_the_api_server() -> None:
+    """A child watch without a server-side selector would stream every such object in the
+    cluster; the handlers' watches and the selectors are declared apart, so keep them in step."""
+    import nim_operator.handlers  # noqa: F401  (registers the handlers)
+
+    watched = {
+        (h.selector.group, h.selector.plural or h.selector.any_name)
+        for h in kopf.get_default_registry()._watching.get_all_handlers()
+        if h.labels
+    }
+    filtered = {(v.partition("/")[0] if "/" in v else "", p) for v, p in WATCHED_CHILDREN}
+    assert watched == filtered
 
 
 @pytest.fixture

@@ -3,11 +3,13 @@ finding: every request costs a timer tick, for every NIMService, every interval)
 
 A run that changes nothing - a timer tick - applies the children it renders (server-side apply
 is how drift is undone) and lists the pods, and nothing else: no GET per optional child that is
-off (it was found absent once), no GET of the Deployment the apply has just returned.
+off (it was found absent once), no GET of the Deployment the apply has just returned. With
+kopf's child watches (the operator), a tick skips the applies the watch proves to be no-ops.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -19,7 +21,7 @@ import pytest_asyncio
 from nim_operator.events import EventNote
 from nim_operator.kube import CapabilityCache, KubeClient, ResourceKind
 from nim_operator.pod_cache import PodCache
-from nim_operator.reconcile import Runtime, reconcile
+from nim_operator.reconcile import APPLY_EVERY_TICKS, Runtime, reconcile
 from nim_operator.settings import Settings
 from tests.support.kmock_cluster import EmulatedCluster, load_crds
 from tests.support.kmock_harness import EmulatedControllers, PodState, connection_from_kubeconfig
@@ -28,6 +30,8 @@ CRDS = Path(__file__).resolve().parents[2] / "crds"
 NS = "models"
 NIMSERVICES = ResourceKind("nimstack.dev/v1alpha1", "nimservices")
 PDBS = ResourceKind("policy/v1", "poddisruptionbudgets")
+SERVICES = ResourceKind("v1", "services")
+DEPLOYMENTS = ResourceKind("apps/v1", "deployments")
 LOGGER = logging.getLogger("test")
 CPU_SPEC: dict[str, Any] = {
     "image": {"repository": "registry.k8s.io/pause", "tag": "3.10"},
@@ -210,3 +214,134 @@ async def test_a_tick_lists_when_the_view_is_too_old(
     mark = count(cluster)
     await reconcile(runtime, body, logger=LOGGER, periodic=True)
     assert ("GET", "pods", "") in served(cluster, mark)
+
+
+def watching(runtime: Runtime) -> Runtime:
+    """The runtime as the operator has it: pods and child changes reported by watches.
+
+    The watches are played by the test: it hands `child_changed` each change it makes.
+    """
+    runtime.pods = PodCache(max_age=600)
+    runtime.watches_children = True
+    return runtime
+
+
+async def test_a_tick_skips_the_applies_the_watch_proves_unchanged(
+    cluster: EmulatedCluster, kube: KubeClient, runtime: Runtime
+) -> None:
+    runtime = watching(runtime)
+    body = await create(kube, "llm", {**CPU_SPEC, "replicas": 1})
+    await reconcile(runtime, body, logger=LOGGER)
+    await EmulatedControllers(kube).pods_become(NS, "llm", PodState.READY)
+    deployment = await kube.get(DEPLOYMENTS, NS, "llm")
+    assert deployment is not None
+    assert runtime.child_changed("deployments", "MODIFIED", deployment) == "changed"  # status
+    full = await reconcile(runtime, await fresh(kube, "llm"), logger=LOGGER)
+    assert full is not None
+
+    mark = count(cluster)
+    tick = await reconcile(runtime, await fresh(kube, "llm"), logger=LOGGER, periodic=True)
+    assert tick is not None
+    assert served(cluster, mark) == [("GET", "nimservices", "")]  # the test's own read
+    assert tick.status == full.status
+    assert tick.status["readyReplicas"] == 1
+
+
+async def test_the_echo_of_our_own_apply_leaves_the_record_good(
+    cluster: EmulatedCluster, kube: KubeClient, runtime: Runtime
+) -> None:
+    runtime = watching(runtime)
+    await reconcile(runtime, await create(kube, "llm", CPU_SPEC), logger=LOGGER)
+    service = await kube.get(SERVICES, NS, "llm")
+    assert service is not None
+    assert runtime.child_changed("services", "MODIFIED", service) == "echo"
+    someone_elses = {"metadata": {**service["metadata"], "ownerReferences": []}}
+    assert runtime.child_changed("services", "MODIFIED", someone_elses) == "unknown"
+
+
+async def test_a_tick_applies_a_child_the_watch_saw_changed(
+    cluster: EmulatedCluster, kube: KubeClient, runtime: Runtime
+) -> None:
+    runtime = watching(runtime)
+    await reconcile(runtime, await create(kube, "llm", CPU_SPEC), logger=LOGGER)
+    edited = await kube.merge_patch(
+        SERVICES, NS, "llm", {"spec": {"ports": [{"name": "api", "port": 9999}]}}
+    )
+    assert edited is not None
+    assert runtime.child_changed("services", "MODIFIED", edited) == "changed"
+
+    mark = count(cluster)
+    await reconcile(runtime, await fresh(kube, "llm"), logger=LOGGER, periodic=True)
+    assert ("PATCH", "services", "") in served(cluster, mark)
+    assert ("PATCH", "deployments", "") not in served(cluster, mark)
+    restored = await kube.get(SERVICES, NS, "llm")
+    assert restored is not None
+    assert [p["port"] for p in restored["spec"]["ports"]] == [8000]
+
+
+async def test_a_deleted_child_is_applied_again_by_the_next_tick(
+    cluster: EmulatedCluster, kube: KubeClient, runtime: Runtime
+) -> None:
+    runtime = watching(runtime)
+    await reconcile(runtime, await create(kube, "llm", CPU_SPEC), logger=LOGGER)
+    service = await kube.get(SERVICES, NS, "llm")
+    assert service is not None
+    await kube.delete(SERVICES, NS, "llm")
+    assert runtime.child_changed("services", "DELETED", service) == "changed"
+    await reconcile(runtime, await fresh(kube, "llm"), logger=LOGGER, periodic=True)
+    assert await kube.get(SERVICES, NS, "llm") is not None
+
+
+async def test_a_spec_change_is_applied_by_a_tick_too(
+    cluster: EmulatedCluster, kube: KubeClient, runtime: Runtime
+) -> None:
+    """The record is of a manifest: a different rendering is applied whatever the watch says."""
+    runtime = watching(runtime)
+    await reconcile(runtime, await create(kube, "llm", CPU_SPEC), logger=LOGGER)
+    await kube.merge_patch(
+        NIMSERVICES, NS, "llm", {"spec": {"expose": {"service": {"port": 8080}}}}
+    )
+    await reconcile(runtime, await fresh(kube, "llm"), logger=LOGGER, periodic=True)
+    service = await kube.get(SERVICES, NS, "llm")
+    assert service is not None
+    assert [p["port"] for p in service["spec"]["ports"]] == [8080]
+
+
+async def test_every_tenth_tick_in_a_row_applies_everything(
+    cluster: EmulatedCluster, kube: KubeClient, runtime: Runtime
+) -> None:
+    """A watch can lose events across a reconnect; the records are not trusted for ever."""
+    runtime = watching(runtime)
+    await reconcile(runtime, await create(kube, "llm", CPU_SPEC), logger=LOGGER)
+    body = await fresh(kube, "llm")
+    applies = []
+    for _ in range(2 * (APPLY_EVERY_TICKS + 1)):
+        mark = count(cluster)
+        await reconcile(runtime, body, logger=LOGGER, periodic=True)
+        applies.append(("PATCH", "deployments", "") in served(cluster, mark))
+    assert applies == ([False] * APPLY_EVERY_TICKS + [True]) * 2
+
+
+async def test_reconciles_wait_their_turn(
+    cluster: EmulatedCluster, kube: KubeClient, runtime: Runtime
+) -> None:
+    """No more runs talk to the API server at once than the setting allows."""
+    runtime.settings = Settings(capability_ttl=300, max_concurrent_reconciles=2)
+    bodies = [await create(kube, f"llm-{i}", CPU_SPEC) for i in range(6)]
+    in_flight, most = 0, 0
+    original = kube.apply
+
+    async def counted_apply(*args: Any, **kwargs: Any) -> Any:
+        nonlocal in_flight, most
+        in_flight += 1
+        most = max(most, in_flight)
+        try:
+            await asyncio.sleep(0.01)  # let every other run that can go reach its apply
+            return await original(*args, **kwargs)
+        finally:
+            in_flight -= 1
+
+    kube.apply = counted_apply  # type: ignore[method-assign]
+    outcomes = await asyncio.gather(*(reconcile(runtime, b, logger=LOGGER) for b in bodies))
+    assert all(o is not None and o.failure is None for o in outcomes)
+    assert most == 2

@@ -191,10 +191,9 @@ async def test_sigterm_drains_in_flight_streams_then_exits_zero(
 ) -> None:
     server = small_server
     async with httpx.AsyncClient(base_url=server.base_url, timeout=120) as client:
-        # Four streams answered when the signal arrives: two generating, two queued behind
-        # them, so the engine has seconds of work left.
-        streams = [asyncio.create_task(start_stream(client)) for _ in range(MAX_NUM_SEQS * 2)]
-        await asyncio.wait(streams)
+        # The signal arrives with four streams held, two generating and two queued behind
+        # them that have not produced a token yet: two rounds of the engine's work left.
+        streams = await fill(client, MAX_NUM_SEQS + MAX_QUEUE)
         server.process.send_signal(signal.SIGTERM)
         # Readiness flips at once (the pod leaves the Service) and new work is turned away...
         for _ in range(50):
