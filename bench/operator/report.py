@@ -61,8 +61,8 @@ SUMMARY_PATHS = {
         "requests.burst.per_object",
         "requests.burst.reconciles_per_object",
         "requests.burst.per_reconcile",
-        "requests.idle.per_reconcile",
-        "requests.idle.writes_per_reconcile",
+        "requests.idle.per_tick",
+        "requests.idle.writes_per_tick",
         "requests.idle.per_s",
         "requests.ticks",
         "requests.idle.expected_ticks",
@@ -83,10 +83,10 @@ def summarize(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
     by_verb: dict[str, list[float]] = {}
     for run in runs:
         idle = _get(run, "requests.idle") or {}
-        reconciles = idle.get("reconciles") or 0
+        ticks = idle.get("expected_ticks") or 0
         for verb, count in (idle.get("by_verb") or {}).items():
-            if reconciles:
-                by_verb.setdefault(verb, []).append(count / reconciles)
+            if ticks:
+                by_verb.setdefault(verb, []).append(count / ticks)
     out["requests.idle.by_verb_per_tick"] = {
         verb: round(statistics.median(values), 2) for verb, values in sorted(by_verb.items())
     }
@@ -201,8 +201,8 @@ ROWS: list[tuple[str, str]] = [
     ("API requests per NIMService, burst", "requests.burst.per_object"),
     ("reconciles per NIMService, burst", "requests.burst.reconciles_per_object"),
     ("API requests per reconcile, burst (kopf's included)", "requests.burst.per_reconcile"),
-    ("API requests per timer tick", "requests.idle.per_reconcile"),
-    ("... of which writes (no-op server-side applies)", "requests.idle.writes_per_reconcile"),
+    ("API requests per timer tick", "requests.idle.per_tick"),
+    ("... of which writes (no-op server-side applies)", "requests.idle.writes_per_tick"),
     ("API requests per second, idle", "requests.idle.per_s"),
     ("API server CPU, burst / idle (% of a core)", "burst.server_cpu_pct|idle"),
 ]

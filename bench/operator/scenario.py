@@ -428,9 +428,15 @@ class Run:
             idle_stats = request_stats(phase(window_start, window_end))
             ticks = idle_stats["reconciles"]
             idle_stats["per_s"] = _round(idle_stats["requests"] / (window_end - window_start), 2)
-            idle_stats["expected_ticks"] = round(
-                config.count * (window_end - window_start) / config.interval
-            )
+            expected_ticks = round(config.count * (window_end - window_start) / config.interval)
+            idle_stats["expected_ticks"] = expected_ticks
+            # Per tick, not per reconcile: a tick that finds nothing changed applies nothing,
+            # so ticks cannot be counted by their Deployment apply.
+            for key, count in (
+                ("per_tick", idle_stats["requests"]),
+                ("writes_per_tick", idle_stats["writes"]),
+            ):
+                idle_stats[key] = _round(count / expected_ticks, 2) if expected_ticks else None
             result["requests"] = {
                 "burst": request_stats(phase(burst_start, window_start), config.count),
                 "idle": idle_stats,
