@@ -14,11 +14,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import os
 import platform
-import signal
 import statistics
 import subprocess
 import sys
@@ -32,7 +30,7 @@ import httpx
 import psutil
 
 from nim_server.model_source import embedded_gguf_path, prepare_gguf
-from tests.support.server_process import free_port, nim_serve_command
+from tests.support.server_process import free_port, nim_serve_command, stop_session
 from tests.support.tiny_model import build_tiny_model
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
@@ -83,15 +81,7 @@ class Server:
         return float(sum(p.memory_info().rss for p in tree if p.is_running())) / 2**20
 
     def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(60)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-        # Engine processes that outlive their server would skew every later measurement.
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.process.pid, signal.SIGKILL)
+        stop_session(self.process)
 
 
 def start(kind: str, model: Path, log_dir: Path) -> Server:

@@ -19,8 +19,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-# Plurals of the children whose changes kopf's watches report (nim_operator.handlers).
-WATCHED_PLURALS = frozenset({"deployments", "services", "serviceaccounts"})
+# The children kopf watches for us (nim_operator.handlers), as (apiVersion, plural).
+WATCHED_CHILDREN = (
+    ("apps/v1", "deployments"),
+    ("v1", "services"),
+    ("v1", "serviceaccounts"),
+    ("v1", "pods"),
+)
+# Those whose applies are recorded here (pods are not applied; nim_operator.pod_cache has them).
+WATCHED_PLURALS = frozenset(plural for _, plural in WATCHED_CHILDREN if plural != "pods")
 
 
 @dataclass(frozen=True)

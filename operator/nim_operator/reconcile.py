@@ -162,13 +162,6 @@ class Runtime:
                 del slot.records[ref]
                 return "changed"
         return "unknown"
-        name = (body.get("metadata") or {}).get("name")
-        for ref, child in list(slot.records.items()):
-            if ref.plural == plural and ref.name == name:
-                if child_records.still_live(child, event_type, body):
-                    return False
-                del slot.records[ref]
-        return True
 
     def track(self, namespace: str, name: str, *, present: bool) -> None:
         if present:

@@ -13,18 +13,12 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from nim_operator import API_GROUP
+from nim_operator.child_records import WATCHED_CHILDREN
 from nim_operator.render.labels import FIELD_MANAGER, MANAGED_BY_LABEL
 
 __all__ = ["FINALIZER", "Settings", "configure_kopf", "managed_children_selector"]
 
 FINALIZER = f"{API_GROUP}/finalizer"
-# The children kopf watches for us (nim_operator.handlers), as (apiVersion, plural).
-WATCHED_CHILDREN = (
-    ("apps/v1", "deployments"),
-    ("v1", "services"),
-    ("v1", "serviceaccounts"),
-    ("v1", "pods"),
-)
 
 
 class Settings(BaseSettings):

@@ -11,7 +11,8 @@ from pathlib import Path
 import kopf
 import pytest
 
-from nim_operator.settings import FINALIZER, WATCHED_CHILDREN, Settings, configure_kopf
+from nim_operator.child_records import WATCHED_CHILDREN
+from nim_operator.settings import FINALIZER, Settings, configure_kopf
 from tests.support.kmock_cluster import EmulatedCluster, load_crds
 from tests.support.kmock_harness import OperatorProcess
 

@@ -226,6 +226,14 @@ def watching(runtime: Runtime) -> Runtime:
     return runtime
 
 
+@pytest_asyncio.fixture(loop_scope="session")
+async def settled(kube: KubeClient, runtime: Runtime) -> Runtime:
+    """A watching runtime that has reconciled NIMService "llm" once."""
+    runtime = watching(runtime)
+    await reconcile(runtime, await create(kube, "llm", CPU_SPEC), logger=LOGGER)
+    return runtime
+
+
 async def test_a_tick_skips_the_applies_the_watch_proves_unchanged(
     cluster: EmulatedCluster, kube: KubeClient, runtime: Runtime
 ) -> None:
@@ -248,30 +256,26 @@ async def test_a_tick_skips_the_applies_the_watch_proves_unchanged(
 
 
 async def test_the_echo_of_our_own_apply_leaves_the_record_good(
-    cluster: EmulatedCluster, kube: KubeClient, runtime: Runtime
+    cluster: EmulatedCluster, kube: KubeClient, settled: Runtime
 ) -> None:
-    runtime = watching(runtime)
-    await reconcile(runtime, await create(kube, "llm", CPU_SPEC), logger=LOGGER)
     service = await kube.get(SERVICES, NS, "llm")
     assert service is not None
-    assert runtime.child_changed("services", "MODIFIED", service) == "echo"
+    assert settled.child_changed("services", "MODIFIED", service) == "echo"
     someone_elses = {"metadata": {**service["metadata"], "ownerReferences": []}}
-    assert runtime.child_changed("services", "MODIFIED", someone_elses) == "unknown"
+    assert settled.child_changed("services", "MODIFIED", someone_elses) == "unknown"
 
 
 async def test_a_tick_applies_a_child_the_watch_saw_changed(
-    cluster: EmulatedCluster, kube: KubeClient, runtime: Runtime
+    cluster: EmulatedCluster, kube: KubeClient, settled: Runtime
 ) -> None:
-    runtime = watching(runtime)
-    await reconcile(runtime, await create(kube, "llm", CPU_SPEC), logger=LOGGER)
     edited = await kube.merge_patch(
         SERVICES, NS, "llm", {"spec": {"ports": [{"name": "api", "port": 9999}]}}
     )
     assert edited is not None
-    assert runtime.child_changed("services", "MODIFIED", edited) == "changed"
+    assert settled.child_changed("services", "MODIFIED", edited) == "changed"
 
     mark = count(cluster)
-    await reconcile(runtime, await fresh(kube, "llm"), logger=LOGGER, periodic=True)
+    await reconcile(settled, await fresh(kube, "llm"), logger=LOGGER, periodic=True)
     assert ("PATCH", "services", "") in served(cluster, mark)
     assert ("PATCH", "deployments", "") not in served(cluster, mark)
     restored = await kube.get(SERVICES, NS, "llm")
@@ -280,44 +284,38 @@ async def test_a_tick_applies_a_child_the_watch_saw_changed(
 
 
 async def test_a_deleted_child_is_applied_again_by_the_next_tick(
-    cluster: EmulatedCluster, kube: KubeClient, runtime: Runtime
+    cluster: EmulatedCluster, kube: KubeClient, settled: Runtime
 ) -> None:
-    runtime = watching(runtime)
-    await reconcile(runtime, await create(kube, "llm", CPU_SPEC), logger=LOGGER)
     service = await kube.get(SERVICES, NS, "llm")
     assert service is not None
     await kube.delete(SERVICES, NS, "llm")
-    assert runtime.child_changed("services", "DELETED", service) == "changed"
-    await reconcile(runtime, await fresh(kube, "llm"), logger=LOGGER, periodic=True)
+    assert settled.child_changed("services", "DELETED", service) == "changed"
+    await reconcile(settled, await fresh(kube, "llm"), logger=LOGGER, periodic=True)
     assert await kube.get(SERVICES, NS, "llm") is not None
 
 
 async def test_a_spec_change_is_applied_by_a_tick_too(
-    cluster: EmulatedCluster, kube: KubeClient, runtime: Runtime
+    cluster: EmulatedCluster, kube: KubeClient, settled: Runtime
 ) -> None:
     """The record is of a manifest: a different rendering is applied whatever the watch says."""
-    runtime = watching(runtime)
-    await reconcile(runtime, await create(kube, "llm", CPU_SPEC), logger=LOGGER)
     await kube.merge_patch(
         NIMSERVICES, NS, "llm", {"spec": {"expose": {"service": {"port": 8080}}}}
     )
-    await reconcile(runtime, await fresh(kube, "llm"), logger=LOGGER, periodic=True)
+    await reconcile(settled, await fresh(kube, "llm"), logger=LOGGER, periodic=True)
     service = await kube.get(SERVICES, NS, "llm")
     assert service is not None
     assert [p["port"] for p in service["spec"]["ports"]] == [8080]
 
 
 async def test_every_tenth_tick_in_a_row_applies_everything(
-    cluster: EmulatedCluster, kube: KubeClient, runtime: Runtime
+    cluster: EmulatedCluster, kube: KubeClient, settled: Runtime
 ) -> None:
     """A watch can lose events across a reconnect; the records are not trusted for ever."""
-    runtime = watching(runtime)
-    await reconcile(runtime, await create(kube, "llm", CPU_SPEC), logger=LOGGER)
     body = await fresh(kube, "llm")
     applies = []
     for _ in range(2 * (APPLY_EVERY_TICKS + 1)):
         mark = count(cluster)
-        await reconcile(runtime, body, logger=LOGGER, periodic=True)
+        await reconcile(settled, body, logger=LOGGER, periodic=True)
         applies.append(("PATCH", "deployments", "") in served(cluster, mark))
     assert applies == ([False] * APPLY_EVERY_TICKS + [True]) * 2
 

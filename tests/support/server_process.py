@@ -70,18 +70,23 @@ class ServerProcess:
         )
 
     def stop(self, timeout: float = 60) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        # An engine process outliving the server (e.g. after the kill above) would spin on
-        # the CPU for the rest of the run and starve later tests: reap the whole session.
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.process.pid, signal.SIGKILL)
-        return self.process.returncode
+        return stop_session(self.process, timeout)
+
+
+def stop_session(process: subprocess.Popen[bytes], timeout: float = 60) -> int:
+    """SIGTERM a server started in a session of its own, then reap whatever is left of it."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    # An engine process outliving the server (e.g. after the kill above) would spin on the CPU
+    # for the rest of the run and starve later tests or skew later measurements.
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, signal.SIGKILL)
+    return process.returncode
 
 
 def start_server(
