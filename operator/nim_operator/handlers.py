@@ -61,7 +61,7 @@ async def stop(memo: kopf.Memo, **_: Any) -> None:
 
 
 @kopf.on.event(*NIMSERVICE)
-def track_nimservices(
+async def track_nimservices(
     type: str | None, namespace: str | None, name: str, memo: kopf.Memo, **_: Any
 ) -> None:
     """Which NIMServices exist, so a child event is only acted on when its owner is ours.
@@ -69,6 +69,8 @@ def track_nimservices(
     Not a kopf index: kopf holds every handler until each watched namespace's index has been
     listed, and a namespace that matches a --namespace glob but is deleted before its listing
     ends would hold them for good (kopf 1.45 never drops that namespace's readiness flag).
+    Async, though it awaits nothing: kopf runs a sync handler in a thread of its executor,
+    a thread hop per NIMService event for a set update.
     """
     if namespace is not None:
         memo.runtime.track(namespace, name, present=type != "DELETED")

@@ -67,3 +67,50 @@ def test_the_baseline_ran_and_ratios_are_reported(results: dict[str, object]) ->
     names = {check["what"] for check in result["checks"]}
     assert any("RSS" in name for name in names)
     assert all(isinstance(check["pass"], bool | None) for check in result["checks"])
+
+
+def _registrations(module: str) -> set[tuple[object, ...]]:
+    """What kopf would run per object for `module`: each resource handler's kind, resource,
+    filters and timing (startup/cleanup activities differ on purpose: the baseline connects
+    nothing)."""
+    import importlib
+    import inspect
+
+    import kopf
+
+    previous = kopf.get_default_registry()
+    registry = kopf.OperatorRegistry()
+    kopf.set_default_registry(registry)
+    try:
+        # A fresh import into an empty registry: the decorators register at import time.
+        sys.modules.pop(module, None)
+        importlib.import_module(module)
+    finally:
+        kopf.set_default_registry(previous)
+        sys.modules.pop(module, None)
+    found = set()
+    for kind in ("_watching", "_spawning", "_changing", "_indexing", "_webhooks"):
+        for handler in getattr(registry, kind).get_all_handlers():
+            found.add(
+                (
+                    kind,
+                    str(handler.id),
+                    str(getattr(handler, "selector", None)),
+                    str(getattr(handler, "labels", None)),
+                    str(getattr(handler, "reason", None)),
+                    getattr(handler, "interval", None),
+                    getattr(handler, "initial_delay", None),
+                    getattr(handler, "when", None) is not None,
+                    # A sync handler runs in kopf's thread pool: that costs, so it must match.
+                    inspect.iscoroutinefunction(handler.fn),
+                )
+            )
+    return found
+
+
+def test_the_baseline_registers_what_the_operator_registers() -> None:
+    """The no-op operator is a fair floor only while it watches and times what ours does."""
+    ours = _registrations("nim_operator.handlers")
+    noop = _registrations("bench.operator.noop_operator")
+    assert len(ours) >= 10
+    assert ours == noop
