@@ -66,9 +66,9 @@ HANDOVER_MANAGER = f"{FIELD_MANAGER}-replicas-handover"
 # A timer tick takes the pods from the watch, but lists them for real at least this often
 # (in ticks), so a pod whose DELETED event a watch reconnect lost cannot linger.
 POD_LIST_EVERY_TICKS = 10
-# Likewise a tick skips the applies that the watch says would change nothing
-# (nim_operator.child_records), but applies everything at least every this many ticks in a row.
-APPLY_EVERY_TICKS = 10
+# Likewise a run skips the applies that the watch says would change nothing
+# (nim_operator.child_records), but applies everything at least every this many runs in a row.
+APPLY_EVERY_RUNS = 10
 
 
 @dataclass
@@ -86,8 +86,8 @@ class _OwnerSlot:
     absent: set[ChildRef] = field(default_factory=set)
     # What we last applied of each watched child, while the watch says it is still live.
     records: dict[ChildRef, child_records.AppliedChild] = field(default_factory=dict)
-    # Ticks in a row that skipped applies on the watch's word (see APPLY_EVERY_TICKS).
-    trusted_ticks: int = 0
+    # Runs in a row that skipped applies on the watch's word (see APPLY_EVERY_RUNS).
+    trusted_runs: int = 0
 
 
 # What a child's watch event says about our last apply of it: the very version it returned
@@ -314,12 +314,17 @@ async def _hand_over_replicas(kube: KubeClient, ref: ChildRef, namespace: str) -
     await kube.apply(DEPLOYMENTS, keep, field_manager=HANDOVER_MANAGER)
 
 
-def _trusts_watch(runtime: Runtime, slot: _OwnerSlot, *, periodic: bool) -> bool:
-    """Whether this run may skip applies the watch says are no-ops; counts such ticks."""
-    if not (periodic and runtime.watches_children) or slot.trusted_ticks >= APPLY_EVERY_TICKS:
-        slot.trusted_ticks = 0
+def _trusts_watch(runtime: Runtime, slot: _OwnerSlot) -> bool:
+    """Whether this run may skip applies the watch says are no-ops; counts such runs.
+
+    Any run, not only a timer tick: a child event's run re-applies the child it is about (its
+    record went with the event), a spec change changes the digests, and the create handler kopf
+    runs again on a stale body (its watch lagging behind a busy API server) finds nothing to do.
+    """
+    if not (runtime.watches_children and slot.records) or slot.trusted_runs >= APPLY_EVERY_RUNS:
+        slot.trusted_runs = 0
         return False
-    slot.trusted_ticks += 1
+    slot.trusted_runs += 1
     return True
 
 
@@ -329,13 +334,12 @@ async def _sync_children(
     spec: NIMServiceSpec,
     *,
     service_monitors: bool,
-    periodic: bool,
 ) -> Mapping[str, Any] | None:
     """Delete what is off, apply the rest; the Deployment as the apply left it (None if none)."""
     kube = runtime.kube
     slot = runtime.slot(owner.uid)
     absent = slot.absent
-    trust_watch = _trusts_watch(runtime, slot, periodic=periodic)
+    trust_watch = _trusts_watch(runtime, slot)
     deployment: Mapping[str, Any] | None = None
     children = render_children(
         owner,
@@ -493,9 +497,7 @@ async def reconcile(
             monitors = await runtime.capabilities.has(*SERVICE_MONITORS)
             monitor_missing = spec.metrics_enabled() and not monitors
             try:
-                applied = await _sync_children(
-                    runtime, owner, spec, service_monitors=monitors, periodic=periodic
-                )
+                applied = await _sync_children(runtime, owner, spec, service_monitors=monitors)
             except TransientApiError:
                 raise
             except ApiError as e:

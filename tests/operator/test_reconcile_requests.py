@@ -21,7 +21,7 @@ import pytest_asyncio
 from nim_operator.events import EventNote
 from nim_operator.kube import CapabilityCache, KubeClient, ResourceKind
 from nim_operator.pod_cache import PodCache
-from nim_operator.reconcile import APPLY_EVERY_TICKS, Runtime, reconcile
+from nim_operator.reconcile import APPLY_EVERY_RUNS, Runtime, reconcile
 from nim_operator.settings import Settings
 from tests.support.kmock_cluster import EmulatedCluster, load_crds
 from tests.support.kmock_harness import EmulatedControllers, PodState, connection_from_kubeconfig
@@ -307,17 +307,29 @@ async def test_a_spec_change_is_applied_by_a_tick_too(
     assert [p["port"] for p in service["spec"]["ports"]] == [8080]
 
 
-async def test_every_tenth_tick_in_a_row_applies_everything(
+async def test_a_create_handler_run_again_on_the_same_spec_applies_nothing(
+    cluster: EmulatedCluster, kube: KubeClient, settled: Runtime
+) -> None:
+    """kopf runs the create handler a second time when its watch lags behind its own patch."""
+    body = await fresh(kube, "llm")
+    mark = count(cluster)
+    outcome = await reconcile(settled, body, logger=LOGGER)
+    assert outcome is not None
+    assert outcome.failure is None
+    assert served(cluster, mark) == [("GET", "pods", "")]  # the list, for the status
+
+
+async def test_every_tenth_run_in_a_row_applies_everything(
     cluster: EmulatedCluster, kube: KubeClient, settled: Runtime
 ) -> None:
     """A watch can lose events across a reconnect; the records are not trusted for ever."""
     body = await fresh(kube, "llm")
     applies = []
-    for _ in range(2 * (APPLY_EVERY_TICKS + 1)):
+    for index in range(2 * (APPLY_EVERY_RUNS + 1)):
         mark = count(cluster)
-        await reconcile(settled, body, logger=LOGGER, periodic=True)
+        await reconcile(settled, body, logger=LOGGER, periodic=index % 2 == 0)
         applies.append(("PATCH", "deployments", "") in served(cluster, mark))
-    assert applies == ([False] * APPLY_EVERY_TICKS + [True]) * 2
+    assert applies == ([False] * APPLY_EVERY_RUNS + [True]) * 2
 
 
 async def test_reconciles_wait_their_turn(
