@@ -1,7 +1,7 @@
 """`python -m bench.operator`: N NIMServices against the real operator process, measured.
 
 For each N (`--counts`, default 1,100,1000) and each repeat, one run (see scenario.py) with
-`kopf run -m nim_operator.handlers`, as the image runs it, and one with the no-op kopf
+`nim-operator run -m nim_operator.handlers`, as the image runs it, and one with the no-op kopf
 operator (noop_operator.py), alternating which goes first; each run gets a fresh API-server
 emulator (or, with KUBECONFIG set, a fresh namespace on that cluster). Prints every measurement
 next to issue 6's target, and writes bench/results/operator.{json,md,png}.

@@ -1,6 +1,6 @@
 """The baseline: a kopf operator with nim_operator's registrations and settings, doing nothing.
 
-`kopf run -m bench.operator.noop_operator --standalone` watches what nim_operator watches
+`nim-operator run -m bench.operator.noop_operator --standalone` watches what nim_operator watches
 (NIMServices, and its label-filtered Deployments, Services, ServiceAccounts and Pods), with the
 same event handlers, the same change handlers, the same timer interval, the same daemon filter
 and the same kopf settings (finalizer, progress and diff-base annotations) - but every handler

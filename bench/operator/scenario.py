@@ -234,12 +234,13 @@ class Run:
             agent=BENCH_AGENT,
             on_first=self._on_first,
         )
-        kopf = Path(sys.executable).with_name("kopf")
+        # Both as the image starts the operator: kopf's CLI by way of `nim-operator`.
+        cli = Path(sys.executable).with_name("nim-operator")
         self.operator = OperatorProcess(
             backend.kubeconfig,
             workdir / f"{config.operator}-{config.count}-{self.namespace}.log",
             argv=[
-                str(kopf),
+                str(cli),
                 "run",
                 "-m",
                 OPERATORS[config.operator],

@@ -8,9 +8,13 @@ empty, the whole cluster; the liveness probe is served at NIM_OPERATOR_LIVENESS_
 
 from __future__ import annotations
 
-import kopf
+from nim_operator.startup import leave_out_official_client
 
-from nim_operator import handlers
+leave_out_official_client()  # before kopf is imported (nim_operator.startup says why)
+
+import kopf  # noqa: E402
+
+from nim_operator import handlers  # noqa: E402
 
 
 def main() -> None:

@@ -1,6 +1,7 @@
 """kopf registrations, and nothing else: every handler delegates to `reconcile`.
 
-Run with `kopf run -m nim_operator.handlers --standalone` (or `python -m nim_operator`).
+Run with `nim-operator run -m nim_operator.handlers --standalone` (kopf's CLI, see
+nim_operator.startup; `kopf run` works too) or `python -m nim_operator`.
 
 Three ways in, one reconcile:
 * resume/create/update of a NIMService - at once, with kopf's retry semantics;

@@ -32,14 +32,27 @@ def _owner_of(pod: Mapping[str, Any]) -> OwnerKey | None:
     return (str(meta.get("namespace") or ""), str(owner))
 
 
+# What nim_operator.conditions reads of a pod's status; the rest (IPs, images, volume mounts,
+# resources, probe times...) is most of a live pod's status and would be held for every pod.
+_STATUS_KEYS = ("phase", "reason", "message")
+_CONDITION_KEYS = ("type", "status", "reason", "message")
+_CONTAINER_KEYS = ("name", "ready", "restartCount", "state", "lastState")
+
+
 def _slim(pod: Mapping[str, Any]) -> dict[str, Any]:
-    """What the status is computed from (nim_operator.conditions): metadata and status."""
+    """What the status is computed from (nim_operator.conditions): name, labels, those fields."""
     meta = pod.get("metadata") or {}
     kept = ("name", "namespace", "labels", "deletionTimestamp")
-    return {
-        "metadata": {key: meta[key] for key in kept if key in meta},
-        "status": pod.get("status") or {},
-    }
+    status = pod.get("status") or {}
+    slim: dict[str, Any] = {key: status[key] for key in _STATUS_KEYS if key in status}
+    if conditions := status.get("conditions"):
+        slim["conditions"] = [
+            {key: c[key] for key in _CONDITION_KEYS if key in c} for c in conditions
+        ]
+    for kind in ("initContainerStatuses", "containerStatuses"):
+        if containers := status.get(kind):
+            slim[kind] = [{key: c[key] for key in _CONTAINER_KEYS if key in c} for c in containers]
+    return {"metadata": {key: meta[key] for key in kept if key in meta}, "status": slim}
 
 
 @dataclass

@@ -131,7 +131,7 @@ class TestOperatorDeployment:
     def test_runs_kopf_with_a_liveness_endpoint(self, built: list[dict[str, Any]]) -> None:
         (container,) = one(built, "Deployment")["spec"]["template"]["spec"]["containers"]
         argv = container["command"] + container["args"]
-        assert argv[:4] == ["kopf", "run", "-m", "nim_operator.handlers"]
+        assert argv[:4] == ["nim-operator", "run", "-m", "nim_operator.handlers"]
         assert {"--all-namespaces", "--standalone"} <= set(argv)
         assert "--liveness=http://0.0.0.0:8080/healthz" in argv
         probe = container["livenessProbe"]["httpGet"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from nim_operator.conditions import diagnose_pods
 from nim_operator.pod_cache import PodCache
 from nim_operator.render.labels import selector_labels
 
@@ -96,3 +97,41 @@ def test_forget_drops_the_owner() -> None:
     cache.listed(("ns", "llm"), [pod("a")])
     cache.forget(("ns", "llm"))
     assert cache.fresh(("ns", "llm")) is None
+
+
+def _as_a_cluster_reports_it(sample: dict[str, Any]) -> dict[str, Any]:
+    """A test_conditions sample pod with the status fields a kubelet adds and nobody reads."""
+    status = dict(sample["status"])
+    status |= {"hostIP": "10.0.0.4", "podIPs": [{"ip": "10.1.2.3"}], "qosClass": "Burstable"}
+    status["conditions"] = [
+        {**c, "lastProbeTime": None, "lastTransitionTime": "2026-11-21T11:00:00Z"}
+        for c in status.get("conditions") or []
+    ]
+    status["containerStatuses"] = [
+        {
+            **c,
+            "image": "nvcr.io/nim/meta/llama:1.8",
+            "imageID": "sha256:" + "0" * 64,
+            "containerID": "containerd://" + "1" * 64,
+            "volumeMounts": [{"name": "cache", "mountPath": "/opt/nim/.cache"}],
+        }
+        for c in status.get("containerStatuses") or []
+    ]
+    return {**sample, "status": status}
+
+
+def test_the_cache_keeps_what_the_status_is_computed_from_and_no_more() -> None:
+    from tests.operator import test_conditions as samples
+
+    cache, _ = make()
+    names = [n for n, v in vars(samples).items() if n.isupper() and isinstance(v, dict)]
+    pods = [getattr(samples, n) for n in names if "status" in getattr(samples, n)]
+    assert len(pods) >= 8
+    for sample in pods:
+        full = _as_a_cluster_reports_it(sample)
+        cache.listed(("ns", "llm"), [full])
+        (kept,) = cache.fresh(("ns", "llm")) or []
+        assert diagnose_pods([kept]) == diagnose_pods([full])
+        assert "hostIP" not in kept["status"]
+        for container in kept["status"].get("containerStatuses") or []:
+            assert container.keys() <= {"name", "ready", "restartCount", "state", "lastState"}

@@ -6,8 +6,9 @@ real API server would for its ServiceAccount (403 for anything not granted), and
 scenario touching every feature: credentials and API-key Secrets, a created PVC that is later
 dropped, a ServiceMonitor, a PodDisruptionBudget, an HPA switched on and off, pods becoming
 ready, a missing Secret, deletion. It does so twice, as both supported deployments run it: the
-manifest's `kopf run -m nim_operator.handlers --all-namespaces`, and `python -m nim_operator`
-watching namespace globs (NIM_OPERATOR_NAMESPACES), which also follows Namespaces.
+manifest's `nim-operator run -m nim_operator.handlers --all-namespaces`, and
+`python -m nim_operator` watching namespace globs (NIM_OPERATOR_NAMESPACES), which also follows
+Namespaces.
 
 Then: nothing was refused, every permission used is granted, and every permission granted was
 used. A feature that needs a new permission must add it to the ClusterRole *and* a step here.
@@ -97,11 +98,9 @@ def manifest_argv() -> list[str]:
     deployment = yaml.safe_load(OPERATOR_DEPLOYMENT.read_text())
     (container,) = deployment["spec"]["template"]["spec"]["containers"]
     argv = [*container["command"], *container["args"]]
-    assert argv[0] == "kopf"
+    assert argv[0] == "nim-operator"
     return [
-        sys.executable,
-        "-m",
-        "kopf",
+        str(Path(sys.executable).with_name("nim-operator")),
         *("--liveness={liveness}" if a.startswith("--liveness=") else a for a in argv[1:]),
     ]
 
