@@ -19,14 +19,6 @@ from nim_operator.render.labels import FIELD_MANAGER, MANAGED_BY_LABEL
 __all__ = ["FINALIZER", "Settings", "configure_kopf", "managed_children_selector"]
 
 FINALIZER = f"{API_GROUP}/finalizer"
-# How long kopf waits for the watch to deliver the version of its own last patch before it
-# handles an older event as if it were current. kopf's 5 s is shorter than the watch lags behind
-# a busy operator: at 1,000 NIMServices created at once, one in five had its create handler run
-# a second time (and its annotations patched again) on the event of a write made before kopf
-# had marked it handled. The wait costs nothing while the watch is on time (the version arrives
-# in milliseconds); it delays a change only when that version never arrives, i.e. when a
-# watch's re-listing skipped it, and then by at most this long.
-CONSISTENCY_TIMEOUT = 60.0
 
 
 class Settings(BaseSettings):
@@ -76,7 +68,6 @@ def configure_kopf(kopf_settings: kopf.OperatorSettings, settings: Settings) -> 
     persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix=API_GROUP, key="last-handled-configuration"
     )
-    persistence.consistency_timeout = CONSISTENCY_TIMEOUT
 
     watching = kopf_settings.watching
     watching.server_timeout = settings.watch_timeout
