@@ -26,7 +26,7 @@ import kopf
 from nim_operator import API_GROUP, API_VERSION, PLURAL
 from nim_operator.autoscaling.scaler import Autoscaler
 from nim_operator.kube import ApiError, TransientApiError
-from nim_operator.reconcile import Outcome, Runtime, reconcile, reconcile_soon
+from nim_operator.reconcile import Outcome, Runtime, reconcile, reconcile_later
 from nim_operator.render.labels import FIELD_MANAGER, INSTANCE_LABEL, MANAGED_BY_LABEL
 from nim_operator.settings import Settings, configure_kopf
 
@@ -63,7 +63,7 @@ async def stop(memo: kopf.Memo, **_: Any) -> None:
 
 @kopf.on.event(*NIMSERVICE)
 async def track_nimservices(
-    type: str | None, namespace: str | None, name: str, memo: kopf.Memo, **_: Any
+    type: str | None, namespace: str | None, name: str, uid: str, memo: kopf.Memo, **_: Any
 ) -> None:
     """Which NIMServices exist, so a child event is only acted on when its owner is ours.
 
@@ -74,7 +74,7 @@ async def track_nimservices(
     a thread hop per NIMService event for a set update.
     """
     if namespace is not None:
-        memo.runtime.track(namespace, name, present=type != "DELETED")
+        memo.runtime.track(namespace, name, uid, present=type != "DELETED")
 
 
 @kopf.on.resume(*NIMSERVICE)
@@ -138,12 +138,11 @@ async def reconcile_owner_of_child(
         if news == "unknown" and type is None and resource.plural != "deployments":
             return  # kopf's first listing at startup: the resume handlers reconcile anyway
     owner_name = body.get("metadata", {}).get("labels", {}).get(INSTANCE_LABEL, "")
-    if namespace is None or not runtime.tracks(namespace, owner_name):
+    owner_uid = None if namespace is None else runtime.known_uid(namespace, owner_name)
+    if namespace is None or owner_uid is None:
         return  # not (or no longer) a NIMService of ours
-    try:
-        await reconcile_soon(runtime, namespace, owner_name, logger=logger)
-    except TransientApiError as e:
-        logger.warning("Reconcile after a child event postponed: %s", e)
+    # In the background: kopf's worker for this child is free for its next event at once.
+    reconcile_later(runtime, namespace, owner_name, owner_uid, logger=logger)
 
 
 def _autoscaled(spec: kopf.Spec, **_: Any) -> bool:

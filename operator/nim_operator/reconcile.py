@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -50,6 +50,7 @@ __all__ = [
     "Outcome",
     "Runtime",
     "reconcile",
+    "reconcile_later",
     "reconcile_soon",
 ]
 
@@ -116,10 +117,12 @@ class Runtime:
     # Bounds the runs in progress (Settings.max_concurrent_reconciles); made on first use, in
     # the event loop that runs them.
     _running: asyncio.Semaphore | None = None
-    # (namespace, name) of the NIMServices the watch has reported and not seen deleted.
-    _known: set[tuple[str, str]] = field(default_factory=set)
+    # uid of each NIMService the watch has reported and not seen deleted, by (namespace, name).
+    _known: dict[tuple[str, str], str] = field(default_factory=dict)
     # "namespace/name" of NIMServices with a child-triggered reconcile waiting to start.
     _queued: set[str] = field(default_factory=set)
+    # Those waiting and running reconciles (see `reconcile_later`), cancelled at close.
+    _background: set[asyncio.Task[Outcome | None]] = field(default_factory=set)
 
     @classmethod
     async def start(cls, settings: Settings) -> Runtime:
@@ -133,6 +136,9 @@ class Runtime:
         )
 
     async def close(self) -> None:
+        for task in self._background:
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
         await self.kube.close()
 
     def turn(self) -> asyncio.Semaphore:
@@ -163,14 +169,15 @@ class Runtime:
                 return "changed"
         return "unknown"
 
-    def track(self, namespace: str, name: str, *, present: bool) -> None:
+    def track(self, namespace: str, name: str, uid: str, *, present: bool) -> None:
         if present:
-            self._known.add((namespace, name))
-        else:
-            self._known.discard((namespace, name))
+            self._known[namespace, name] = uid
+        elif self._known.get((namespace, name)) == uid:
+            del self._known[namespace, name]
 
-    def tracks(self, namespace: str, name: str) -> bool:
-        return (namespace, name) in self._known
+    def known_uid(self, namespace: str, name: str) -> str | None:
+        """The uid of our NIMService `namespace/name`, if the watch has reported it."""
+        return self._known.get((namespace, name))
 
     def enqueue(self, key: str) -> bool:
         """Mark a run for `key` as waiting; False if one already is."""
@@ -181,6 +188,13 @@ class Runtime:
 
     def dequeue(self, key: str) -> None:
         self._queued.discard(key)
+
+    def spawn(self, run: Coroutine[Any, Any, Outcome | None]) -> asyncio.Task[Outcome | None]:
+        """Run `run` in the background, until it ends or the runtime closes."""
+        task = asyncio.create_task(run)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        return task
 
 
 @dataclass(frozen=True)
@@ -479,70 +493,124 @@ async def reconcile(
     `periodic` marks a timer tick: nothing is known to have changed, so the pods may come
     from the watch instead of a list.
     """
-    meta = body["metadata"]
-    if meta.get("deletionTimestamp"):
+    if body["metadata"].get("deletionTimestamp"):
         return None  # garbage collection removes the children; do not re-create them
-    owner = Owner(name=meta["name"], namespace=meta["namespace"], uid=meta["uid"])
     # The owner's lock first: a run waiting for another run of the same NIMService holds no turn.
-    async with runtime.slot(owner.uid).lock, runtime.turn():
-        parsed = _parse_spec(owner, body)
-        spec = parsed if isinstance(parsed, NIMServiceSpec) else None
-        problem = parsed if isinstance(parsed, Problem) else None
-        monitor_missing = False
-        rejected = False
-        applied = None
-        if spec is not None:
-            problem = await _missing_dependency(runtime.kube, owner, spec)
-        if spec is not None and problem is None:
-            monitors = await runtime.capabilities.has(*SERVICE_MONITORS)
-            monitor_missing = spec.metrics_enabled() and not monitors
-            try:
-                applied = await _sync_children(runtime, owner, spec, service_monitors=monitors)
-            except TransientApiError:
-                raise
-            except ApiError as e:
-                # The spec passed the CRD schema and pydantic, but a child built from it did not
-                # pass the API server (e.g. a malformed affinity), or we may not write it (RBAC).
-                problem = Problem("ChildRejected", _clip(f"{e.reason}: {e}"))
-                rejected = e.invalid_content
-        deployment, pods = await _observe(runtime, owner, applied, periodic=periodic)
-        obs = Observation(
-            owner=owner,
-            generation=int(meta.get("generation") or 0),
-            spec=spec,
-            config_problem=problem,
-            deployment=deployment,
-            pods=pods,
-            service_monitor_missing=monitor_missing,
-            extra_conditions=_autoscaler_conditions(
-                runtime.slot(owner.uid), spec, body.get("status") or {}
-            ),
-        )
-        status = await _write_status(runtime, body, owner, obs, logger=logger)
+    async with runtime.slot(body["metadata"]["uid"]).lock, runtime.turn():
+        return await _reconcile_held(runtime, body, logger=logger, periodic=periodic)
+
+
+async def _reconcile_held(
+    runtime: Runtime,
+    body: Mapping[str, Any],
+    *,
+    logger: logging.Logger | logging.LoggerAdapter[logging.Logger],
+    periodic: bool,
+) -> Outcome:
+    """`reconcile`, once the NIMService's lock and a turn are held."""
+    meta = body["metadata"]
+    owner = Owner(name=meta["name"], namespace=meta["namespace"], uid=meta["uid"])
+    parsed = _parse_spec(owner, body)
+    spec = parsed if isinstance(parsed, NIMServiceSpec) else None
+    problem = parsed if isinstance(parsed, Problem) else None
+    monitor_missing = False
+    rejected = False
+    applied = None
+    if spec is not None:
+        problem = await _missing_dependency(runtime.kube, owner, spec)
+    if spec is not None and problem is None:
+        monitors = await runtime.capabilities.has(*SERVICE_MONITORS)
+        monitor_missing = spec.metrics_enabled() and not monitors
+        try:
+            applied = await _sync_children(runtime, owner, spec, service_monitors=monitors)
+        except TransientApiError:
+            raise
+        except ApiError as e:
+            # The spec passed the CRD schema and pydantic, but a child built from it did not
+            # pass the API server (e.g. a malformed affinity), or we may not write it (RBAC).
+            problem = Problem("ChildRejected", _clip(f"{e.reason}: {e}"))
+            rejected = e.invalid_content
+    deployment, pods = await _observe(runtime, owner, applied, periodic=periodic)
+    obs = Observation(
+        owner=owner,
+        generation=int(meta.get("generation") or 0),
+        spec=spec,
+        config_problem=problem,
+        deployment=deployment,
+        pods=pods,
+        service_monitor_missing=monitor_missing,
+        extra_conditions=_autoscaler_conditions(
+            runtime.slot(owner.uid), spec, body.get("status") or {}
+        ),
+    )
+    status = await _write_status(runtime, body, owner, obs, logger=logger)
     return Outcome(status=status, failure=problem, permanent=spec is None or rejected)
+
+
+def reconcile_later(
+    runtime: Runtime,
+    namespace: str,
+    name: str,
+    uid: str,
+    *,
+    logger: logging.Logger | logging.LoggerAdapter[logging.Logger],
+) -> asyncio.Task[Outcome | None] | None:
+    """Start a reconcile of a NIMService shortly, in the background; None if one is waiting.
+
+    A burst of child events folds into one run: while a run waits (the delay, then the
+    NIMService's lock and a turn) it has read nothing yet, so it will see whatever a later
+    event was about, and that event starts nothing. The NIMService is read only once the lock
+    and a turn are held: a body read earlier would be stale by then (and, by the thousand in
+    a burst, would sit in memory meanwhile), and could resurrect the children of a deleted
+    service. The caller does not wait: kopf's worker for the child that changed moves on.
+    """
+    key = f"{namespace}/{name}"
+    if not runtime.enqueue(key):
+        return None
+    return runtime.spawn(_reconcile_queued(runtime, key, uid, logger=logger))
 
 
 async def reconcile_soon(
     runtime: Runtime,
     namespace: str,
     name: str,
+    uid: str,
     *,
     logger: logging.Logger | logging.LoggerAdapter[logging.Logger],
 ) -> Outcome | None:
-    """Reconcile a NIMService after a short delay, folding a burst of child events into one run.
+    """`reconcile_later`, awaited: the outcome of the run, or None if it was folded or moot."""
+    task = reconcile_later(runtime, namespace, name, uid, logger=logger)
+    return None if task is None else await task
 
-    If a run is already waiting, this one is dropped: the waiting run has not read anything
-    yet, so it will see whatever this event was about. The NIMService is read afresh after the
-    delay: a body remembered from before could resurrect the children of a deleted service.
-    """
-    key = f"{namespace}/{name}"
-    if not runtime.enqueue(key):
-        return None
+
+async def _reconcile_queued(
+    runtime: Runtime,
+    key: str,
+    uid: str,
+    *,
+    logger: logging.Logger | logging.LoggerAdapter[logging.Logger],
+) -> Outcome | None:
+    namespace, name = key.split("/", 1)
+    waiting = True
     try:
         await asyncio.sleep(runtime.settings.child_event_delay)
-    finally:
-        runtime.dequeue(key)
-    body = await runtime.kube.get(NIMSERVICES, namespace, name)
-    if body is None:
+        async with runtime.slot(uid).lock, runtime.turn():
+            # Reading from here on: a later event needs a run of its own.
+            runtime.dequeue(key)
+            waiting = False
+            body = await runtime.kube.get(NIMSERVICES, namespace, name)
+            if body is None or body["metadata"]["uid"] != uid:
+                runtime.forget(uid)  # gone (or replaced by a namesake with a run of its own)
+                return None
+            if body["metadata"].get("deletionTimestamp"):
+                return None
+            return await _reconcile_held(runtime, body, logger=logger, periodic=False)
+    except TransientApiError as e:
+        logger.warning("Reconcile after a child event postponed: %s", e)
         return None
-    return await reconcile(runtime, body, logger=logger)
+    except Exception:  # nobody awaits a background run to see it fail: say it here
+        logger.exception("Reconcile after a child event failed")
+        return None
+    finally:
+        if waiting:  # cancelled before its turn: let the next event queue a run
+            runtime.dequeue(key)

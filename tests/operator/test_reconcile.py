@@ -19,7 +19,13 @@ import pytest_asyncio
 
 from nim_operator.events import EventNote
 from nim_operator.kube import CapabilityCache, KubeClient, ResourceKind, TransientApiError
-from nim_operator.reconcile import HANDOVER_MANAGER, Runtime, reconcile, reconcile_soon
+from nim_operator.reconcile import (
+    HANDOVER_MANAGER,
+    Runtime,
+    reconcile,
+    reconcile_later,
+    reconcile_soon,
+)
 from nim_operator.settings import Settings
 from tests.support.kmock_cluster import EmulatedCluster, load_crds
 from tests.support.kmock_harness import connection_from_kubeconfig
@@ -274,9 +280,45 @@ async def test_a_child_the_api_server_rejects_fails_the_service(
 
 
 async def test_a_burst_of_child_events_is_one_reconcile(kube: KubeClient, runtime: Runtime) -> None:
-    await create(kube, "llm", CPU_SPEC)
+    uid = (await create(kube, "llm", CPU_SPEC))["metadata"]["uid"]
     outcomes = await asyncio.gather(
-        *(reconcile_soon(runtime, NS, "llm", logger=LOGGER) for _ in range(5))
+        *(reconcile_soon(runtime, NS, "llm", uid, logger=LOGGER) for _ in range(5))
     )
     assert sum(outcome is not None for outcome in outcomes) == 1
-    assert await reconcile_soon(runtime, NS, "gone", logger=LOGGER) is None
+    assert await reconcile_soon(runtime, NS, "gone", "no-such-uid", logger=LOGGER) is None
+
+
+async def test_a_child_event_while_a_run_waits_for_its_turn_starts_nothing(
+    kube: KubeClient, runtime: Runtime
+) -> None:
+    """The waiting run reads the NIMService only once it holds the lock and a turn."""
+    body = await create(kube, "llm", CPU_SPEC)
+    uid = body["metadata"]["uid"]
+    async with runtime.slot(uid).lock:  # another run of this NIMService is under way
+        first = reconcile_later(runtime, NS, "llm", uid, logger=LOGGER)
+        await asyncio.sleep(runtime.settings.child_event_delay * 3)
+        assert first is not None
+        assert not first.done()
+        # The spec changes meanwhile; the event about it folds into the waiting run.
+        await update(kube, "llm", {**CPU_SPEC, "replicas": 2})
+        assert reconcile_later(runtime, NS, "llm", uid, logger=LOGGER) is None
+    outcome = await first
+    assert outcome is not None
+    deployment = await kube.get(DEPLOYMENTS, NS, "llm")
+    assert deployment is not None
+    assert deployment["spec"]["replicas"] == 2  # what the NIMService said when the run began
+    # Once a run has begun reading, the next event starts a run of its own.
+    second = reconcile_later(runtime, NS, "llm", uid, logger=LOGGER)
+    assert second is not None
+    assert await second is not None
+
+
+async def test_a_run_for_a_replaced_namesake_does_nothing(
+    kube: KubeClient, runtime: Runtime
+) -> None:
+    """A child event of a deleted NIMService must not reconcile its namesake under the old uid."""
+    old = await create(kube, "llm", CPU_SPEC)
+    await kube.delete(NIMSERVICES, NS, "llm")
+    await create(kube, "llm", CPU_SPEC)
+    assert await reconcile_soon(runtime, NS, "llm", old["metadata"]["uid"], logger=LOGGER) is None
+    assert await kube.get(DEPLOYMENTS, NS, "llm") is None

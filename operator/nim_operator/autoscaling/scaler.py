@@ -394,5 +394,5 @@ class Autoscaler:
             logger.info("Autoscaling: %s: %s", decision.reason, decision.message)
         self._last_reason[uid] = decision.reason
         if refresh:
-            await reconcile_soon(self._runtime, namespace, name, logger=logger)
+            await reconcile_soon(self._runtime, namespace, name, uid, logger=logger)
         return interval
