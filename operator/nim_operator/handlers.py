@@ -19,7 +19,8 @@ every `spec.autoscaling.interval` seconds (nim_operator.autoscaling) and stops w
 from __future__ import annotations
 
 import logging
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, cast
 
 import kopf
 
@@ -47,7 +48,11 @@ Logger = logging.Logger | logging.LoggerAdapter[logging.Logger]
 @kopf.on.startup()
 async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     configure_kopf(settings, SETTINGS)
-    memo.runtime = await Runtime.start(SETTINGS)
+
+    def object_logger(body: Mapping[str, Any]) -> Logger:
+        return kopf.LocalObjectLogger(body=kopf.Body(cast(kopf.RawBody, body)), settings=settings)
+
+    memo.runtime = await Runtime.start(SETTINGS, object_logger=object_logger)
     memo.autoscaler = Autoscaler(memo.runtime, scrape_timeout=SETTINGS.scrape_timeout)
 
 

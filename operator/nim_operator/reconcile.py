@@ -96,6 +96,9 @@ class _OwnerSlot:
 ChildNews = Literal["echo", "changed", "unknown"]
 
 EventPoster = Callable[[Mapping[str, Any], Sequence[events.EventNote]], None]
+Logger = logging.Logger | logging.LoggerAdapter[logging.Logger]
+# The logger for a run about one NIMService, given its body (kopf's per-object logger).
+LoggerFactory = Callable[[Mapping[str, Any]], Logger]
 
 
 @dataclass
@@ -113,6 +116,9 @@ class Runtime:
     # True when kopf's watches report changes of our Deployments, Services and ServiceAccounts
     # (`child_changed`), so that a timer tick may skip applies they say are no-ops.
     watches_children: bool = False
+    # Names a background run's NIMService in its log lines; None: the caller's logger (which
+    # names the child whose event queued the run).
+    object_logger: LoggerFactory | None = None
     _slots: dict[str, _OwnerSlot] = field(default_factory=dict)
     # Bounds the runs in progress (Settings.max_concurrent_reconciles); made on first use, in
     # the event loop that runs them.
@@ -125,7 +131,7 @@ class Runtime:
     _background: set[asyncio.Task[Outcome | None]] = field(default_factory=set)
 
     @classmethod
-    async def start(cls, settings: Settings) -> Runtime:
+    async def start(cls, settings: Settings, object_logger: LoggerFactory | None = None) -> Runtime:
         kube = await KubeClient.connect(timeout=settings.api_timeout, retries=settings.api_retries)
         return cls(
             kube,
@@ -133,6 +139,7 @@ class Runtime:
             CapabilityCache(kube, ttl=settings.capability_ttl),
             pods=PodCache(max_age=settings.reconcile_interval * POD_LIST_EVERY_TICKS),
             watches_children=True,
+            object_logger=object_logger,
         )
 
     async def close(self) -> None:
@@ -446,7 +453,7 @@ async def _write_status(
     owner: Owner,
     obs: Observation,
     *,
-    logger: logging.Logger | logging.LoggerAdapter[logging.Logger],
+    logger: Logger,
 ) -> dict[str, Any]:
     slot = runtime.slot(owner.uid)
     stored = dict(body.get("status") or {})
@@ -485,7 +492,7 @@ async def reconcile(
     runtime: Runtime,
     body: Mapping[str, Any],
     *,
-    logger: logging.Logger | logging.LoggerAdapter[logging.Logger],
+    logger: Logger,
     periodic: bool = False,
 ) -> Outcome | None:
     """Make the cluster match the NIMService `body`; None when it is being deleted.
@@ -504,7 +511,7 @@ async def _reconcile_held(
     runtime: Runtime,
     body: Mapping[str, Any],
     *,
-    logger: logging.Logger | logging.LoggerAdapter[logging.Logger],
+    logger: Logger,
     periodic: bool,
 ) -> Outcome:
     """`reconcile`, once the NIMService's lock and a turn are held."""
@@ -553,7 +560,7 @@ def reconcile_later(
     name: str,
     uid: str,
     *,
-    logger: logging.Logger | logging.LoggerAdapter[logging.Logger],
+    logger: Logger,
 ) -> asyncio.Task[Outcome | None] | None:
     """Start a reconcile of a NIMService shortly, in the background; None if one is waiting.
 
@@ -576,7 +583,7 @@ async def reconcile_soon(
     name: str,
     uid: str,
     *,
-    logger: logging.Logger | logging.LoggerAdapter[logging.Logger],
+    logger: Logger,
 ) -> Outcome | None:
     """`reconcile_later`, awaited: the outcome of the run, or None if it was folded or moot."""
     task = reconcile_later(runtime, namespace, name, uid, logger=logger)
@@ -588,7 +595,7 @@ async def _reconcile_queued(
     key: str,
     uid: str,
     *,
-    logger: logging.Logger | logging.LoggerAdapter[logging.Logger],
+    logger: Logger,
 ) -> Outcome | None:
     namespace, name = key.split("/", 1)
     waiting = True
@@ -604,6 +611,8 @@ async def _reconcile_queued(
                 return None
             if body["metadata"].get("deletionTimestamp"):
                 return None
+            if runtime.object_logger is not None:
+                logger = runtime.object_logger(body)
             return await _reconcile_held(runtime, body, logger=logger, periodic=False)
     except TransientApiError as e:
         logger.warning("Reconcile after a child event postponed: %s", e)

@@ -322,3 +322,16 @@ async def test_a_run_for_a_replaced_namesake_does_nothing(
     await create(kube, "llm", CPU_SPEC)
     assert await reconcile_soon(runtime, NS, "llm", old["metadata"]["uid"], logger=LOGGER) is None
     assert await kube.get(DEPLOYMENTS, NS, "llm") is None
+
+
+async def test_a_background_run_logs_under_its_nimservice(
+    kube: KubeClient, runtime: Runtime, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The caller's logger names the child whose event queued the run; the run's lines do not."""
+    uid = (await create(kube, "llm", CPU_SPEC))["metadata"]["uid"]
+    runtime.object_logger = lambda body: logging.getLogger(f"test.{body['metadata']['name']}")
+    with caplog.at_level(logging.INFO):
+        assert await reconcile_soon(runtime, NS, "llm", uid, logger=LOGGER) is not None
+    transitions = [r for r in caplog.records if r.getMessage().startswith(("Normal", "Warning"))]
+    assert transitions
+    assert {r.name for r in transitions} == {"test.llm"}
