@@ -22,6 +22,7 @@ from typing import Any
 
 import psutil
 
+from bench import stop_cleanly_on_sigterm
 from bench.operator import report
 from bench.operator.backends import Backend, ClusterBackend, EmulatorBackend
 from bench.operator.scenario import RunConfig, run
@@ -193,4 +194,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    stop_cleanly_on_sigterm()
     sys.exit(main())

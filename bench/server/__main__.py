@@ -29,6 +29,7 @@ from typing import Any
 import httpx
 import psutil
 
+from bench import stop_cleanly_on_sigterm
 from nim_server.model_source import embedded_gguf_path, prepare_gguf
 from tests.support.server_process import free_port, nim_serve_command, stop_session
 from tests.support.tiny_model import build_tiny_model
@@ -324,4 +325,5 @@ def plot(report: dict[str, Any], path: Path) -> None:
 
 
 if __name__ == "__main__":
+    stop_cleanly_on_sigterm()
     sys.exit(main())

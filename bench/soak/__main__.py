@@ -26,6 +26,7 @@ from typing import Any
 import httpx
 import psutil
 
+from bench import stop_cleanly_on_sigterm
 from tests.support.server_process import start_server
 from tests.support.tiny_model import build_tiny_model
 
@@ -182,4 +183,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    stop_cleanly_on_sigterm()
     sys.exit(main())
