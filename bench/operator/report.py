@@ -64,7 +64,7 @@ SUMMARY_PATHS = {
         "requests.idle.per_tick",
         "requests.idle.writes_per_tick",
         "requests.idle.per_s",
-        "requests.ticks",
+        "requests.idle_applying_reconciles",
         "requests.idle.expected_ticks",
         "requests.burst.emulator_p50_ms",
         "requests.emulator_create_p50_ms",
