@@ -64,7 +64,10 @@ async def test_kopf_run_reconciles_a_nimservice(kube: KubeClient) -> None:
         async def reconciled() -> dict[str, Any] | None:
             nim = await kube.get(NIMSERVICES, NS, "llm")
             observed = (nim or {}).get("status", {}).get("observedGeneration") == 1
-            return nim if observed and await kube.get(DEPLOYMENTS, NS, "llm") else None
+            # kopf records its state after the handler returns, so after the status is written.
+            recorded = (nim or {}).get("metadata", {}).get("annotations")
+            done = observed and recorded and await kube.get(DEPLOYMENTS, NS, "llm")
+            return nim if done else None
 
         nim = await eventually(reconciled, within=20, what="the NIMService reconciled")
     assert runner.exit_code == 0
