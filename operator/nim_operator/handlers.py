@@ -18,7 +18,6 @@ every `spec.autoscaling.interval` seconds (nim_operator.autoscaling) and stops w
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping
 from typing import Any, cast
 
@@ -27,7 +26,7 @@ import kopf
 from nim_operator import API_GROUP, API_VERSION, PLURAL
 from nim_operator.autoscaling.scaler import Autoscaler
 from nim_operator.kube import ApiError, TransientApiError
-from nim_operator.reconcile import Outcome, Runtime, reconcile, reconcile_later
+from nim_operator.reconcile import Logger, Outcome, Runtime, reconcile, reconcile_later
 from nim_operator.render.labels import FIELD_MANAGER, INSTANCE_LABEL, MANAGED_BY_LABEL
 from nim_operator.settings import Settings, configure_kopf
 
@@ -41,8 +40,6 @@ OUR_CHILDREN = {MANAGED_BY_LABEL: FIELD_MANAGER}
 API_RETRY_DELAY = 10.0
 # When an autoscaling evaluation had nothing to do (no Deployment yet) or the API failed.
 AUTOSCALING_RETRY_DELAY = 5.0
-
-Logger = logging.Logger | logging.LoggerAdapter[logging.Logger]
 
 
 @kopf.on.startup()

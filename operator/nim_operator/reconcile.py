@@ -47,6 +47,7 @@ from nim_operator.settings import Settings
 __all__ = [
     "HANDOVER_MANAGER",
     "NIMSERVICES",
+    "Logger",
     "Outcome",
     "Runtime",
     "reconcile",

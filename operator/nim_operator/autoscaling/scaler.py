@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime
-import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -46,7 +45,7 @@ from nim_operator.autoscaling.metrics import MetricsError, metrics_urls, scrape
 from nim_operator.conditions import ConditionReport, Problem, label_selector, scheduling_problem
 from nim_operator.kube import ResourceKind
 from nim_operator.models import AutoscalingSpec, AutoscalingStatus, NIMServiceSpec
-from nim_operator.reconcile import NIMSERVICES, Runtime, reconcile_soon
+from nim_operator.reconcile import NIMSERVICES, Logger, Runtime, reconcile_soon
 from nim_operator.render import FIELD_MANAGER
 
 __all__ = [
@@ -67,8 +66,6 @@ SCALER_MANAGER = f"{FIELD_MANAGER}-autoscaler"
 # Scaling decisions kept in status.autoscaling.history.
 HISTORY_LENGTH = 10
 MAX_MESSAGE = 1024
-
-Logger = logging.Logger | logging.LoggerAdapter[logging.Logger]
 
 
 @dataclass(frozen=True)
