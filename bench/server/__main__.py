@@ -6,7 +6,9 @@ For each model the two servers take turns (A, B, A, B, ...), one at a time so th
 the CPU, and run the same workloads: one stream, 8 concurrent x 64 tokens and 32 concurrent x
 128 tokens, streaming and not, with `ignore_eos` so every request produces exactly its tokens.
 Reported per workload as ours/theirs ratios: throughput (higher is better), TTFT and inter-token
-latency p50/p99, request latency p50 (lower is better), and the RSS of the whole process tree.
+latency p50/p99, request latency p50, the API process's CPU time per generated token (the
+server's own cost, without the engine core's; lower is better), and the RSS of the whole process
+tree.
 Writes bench/results/server.{json,md,png}.
 """
 
@@ -80,6 +82,11 @@ class Server:
         root = psutil.Process(self.process.pid)
         tree = [root, *root.children(recursive=True)]
         return float(sum(p.memory_info().rss for p in tree if p.is_running())) / 2**20
+
+    def api_cpu_seconds(self) -> float:
+        """CPU time of the API process alone: the engine core is a child process of its own."""
+        times = psutil.Process(self.process.pid).cpu_times()
+        return float(times.user + times.system)
 
     def stop(self) -> None:
         stop_session(self.process)
@@ -165,11 +172,12 @@ async def one(client: httpx.AsyncClient, workload: Workload, index: int) -> Samp
     return sample
 
 
-async def run_workload(url: str, workload: Workload) -> dict[str, float]:
+async def run_workload(server: Server, workload: Workload) -> dict[str, float]:
     semaphore = asyncio.Semaphore(workload.concurrency)
     limits = httpx.Limits(max_connections=workload.concurrency + 4)
-    async with httpx.AsyncClient(base_url=url, timeout=600, limits=limits) as client:
+    async with httpx.AsyncClient(base_url=server.url, timeout=600, limits=limits) as client:
         await one(client, workload, -1)  # warm-up (prefix cache, code paths)
+        cpu_before = server.api_cpu_seconds()
 
         async def limited(i: int) -> Sample:
             async with semaphore:
@@ -178,9 +186,14 @@ async def run_workload(url: str, workload: Workload) -> dict[str, float]:
         started = time.perf_counter()
         samples = await asyncio.gather(*(limited(i) for i in range(workload.requests)))
         wall = time.perf_counter() - started
+        api_cpu = server.api_cpu_seconds() - cpu_before
+    tokens = sum(s.tokens for s in samples)
     result = {
-        "throughput_tok_s": sum(s.tokens for s in samples) / wall,
+        "throughput_tok_s": tokens / wall,
         "latency_p50_s": statistics.median(s.latency for s in samples),
+        # The server's own cost, apart from the model: the engine's scheduling noise (TTFT on
+        # this CPU engine is bimodal run to run, for both servers) does not move this one.
+        "api_cpu_us_per_token": 1e6 * api_cpu / tokens,
     }
     ttfts = [s.ttft for s in samples if s.ttft is not None]
     gaps = [g for s in samples for g in s.gaps]
@@ -240,9 +253,7 @@ def main(argv: list[str] | None = None) -> int:
                 for kind in order:
                     server = start(kind, model, work)
                     try:
-                        results = {
-                            w.name: asyncio.run(run_workload(server.url, w)) for w in WORKLOADS
-                        }
+                        results = {w.name: asyncio.run(run_workload(server, w)) for w in WORKLOADS}
                         rss[kind].append(server.rss_mib())
                     finally:
                         server.stop()
@@ -308,7 +319,7 @@ def plot(report: dict[str, Any], path: Path) -> None:
     for ax, (model, table) in zip(axes[0], models.items(), strict=True):
         labels, ratios = [], []
         for workload, metrics in table.items():
-            for metric in ("throughput_tok_s", "ttft_p50_ms", "itl_p50_ms"):
+            for metric in ("throughput_tok_s", "ttft_p50_ms", "itl_p50_ms", "api_cpu_us_per_token"):
                 if metric in metrics:
                     labels.append(f"{workload}\n{metric}")
                     ratios.append(metrics[metric]["ratio"])

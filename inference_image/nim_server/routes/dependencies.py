@@ -33,7 +33,9 @@ class Services:
     models: ModelService
 
 
-def get_services(request: Request) -> Services:
+# The dependencies are coroutines although they never await: FastAPI runs a plain function in
+# its thread pool, a hop to another thread and back on every request for nothing.
+async def get_services(request: Request) -> Services:
     services: Services = request.app.state.services
     return services
 
@@ -41,7 +43,7 @@ def get_services(request: Request) -> Services:
 ServicesDep = Annotated[Services, Depends(get_services)]
 
 
-def require_api_key(request: Request, services: ServicesDep) -> None:
+async def require_api_key(request: Request, services: ServicesDep) -> None:
     """Bearer auth when NIM_API_KEY is set; the comparison takes constant time."""
     expected = services.settings.api_key
     if expected is None:
