@@ -57,6 +57,13 @@ SUMMARY_PATHS = {
         "probe.handled_p99_s",
     ),
     "idle": ("idle.rss_mib", "idle.cpu_pct", "idle.server_cpu_pct", "idle.window_s"),
+    "restart": (
+        "restart.peak_rss_mib",
+        "restart.rss_mib",
+        "restart.cpu_pct",
+        "restart.resync_s",
+        "restart.window_s",
+    ),
     "requests": (
         "requests.burst.per_object",
         "requests.burst.reconciles_per_object",
@@ -65,6 +72,7 @@ SUMMARY_PATHS = {
         "requests.idle.writes_per_tick",
         "requests.idle.per_s",
         "requests.idle_applying_reconciles",
+        "requests.restart.per_object",
         "requests.idle.expected_ticks",
         "requests.burst.emulator_p50_ms",
         "requests.emulator_create_p50_ms",
@@ -78,8 +86,9 @@ def summarize(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
     for paths in SUMMARY_PATHS.values():
         for path in paths:
             out[path] = median(runs, path)
-    changes = [sum((_get(r, "idle.changes") or {}).values()) for r in runs]
-    out["idle.changes"] = max(changes) if changes else None
+    for phase in ("idle", "restart"):
+        changes = [sum((_get(r, f"{phase}.changes") or {}).values()) for r in runs]
+        out[f"{phase}.changes"] = max(changes) if changes else None
     by_verb: dict[str, list[float]] = {}
     for run in runs:
         idle = _get(run, "requests.idle") or {}
@@ -198,6 +207,11 @@ ROWS: list[tuple[str, str]] = [
     ("idle: operator RSS (MiB)", "idle.rss_mib"),
     ("idle: operator CPU (% of a core)", "idle.cpu_pct"),
     ("idle: objects changed", "idle.changes"),
+    ("restart, N present: peak / end-of-window operator RSS (MiB)", "restart.peak_rss_mib|end"),
+    ("restart, N present: operator CPU over the window (% of a core)", "restart.cpu_pct"),
+    ("restart, N present: last request after start (s)", "restart.resync_s"),
+    ("restart, N present: objects changed", "restart.changes"),
+    ("API requests per NIMService, restart", "requests.restart.per_object"),
     ("API requests per NIMService, burst", "requests.burst.per_object"),
     ("reconciles per NIMService, burst", "requests.burst.reconciles_per_object"),
     ("API requests per reconcile, burst (kopf's included)", "requests.burst.per_reconcile"),
@@ -213,6 +227,9 @@ def _row_value(summary: dict[str, Any] | None, spec: str) -> str:
         return ""
     if spec == "burst.server_cpu_pct|idle":
         pair = summary.get("burst.server_cpu_pct"), summary.get("idle.server_cpu_pct")
+        return " / ".join(_cell(v) for v in pair)
+    if spec == "restart.peak_rss_mib|end":
+        pair = summary.get("restart.peak_rss_mib"), summary.get("restart.rss_mib")
         return " / ".join(_cell(v) for v in pair)
     if spec.endswith("|p99"):
         base = spec.removesuffix("|p99")

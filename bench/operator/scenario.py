@@ -8,6 +8,10 @@
    requests it makes, and whether anything in the namespace changed.
 3. **Probe**: `probes` more NIMServices, one at a time, each only after the previous one is
    done: the reaction time of an operator that already manages N objects.
+4. **Restart**: the operator is stopped and a new process takes over what is there, as after a
+   rollout or a crash. It lists every watched object at once, the most it holds in memory at
+   one moment, and must change nothing: its RSS (peak, and at the end of a `window`), its CPU,
+   when it made its last request, and what changed in the namespace.
 
 Every latency is measured from the moment the API server acknowledged the create to the moment
 the benchmark's watch saw the milestone (`timeline.py`), so it includes the API server's watch
@@ -363,6 +367,28 @@ class Run:
         probe_end = time.monotonic()
         peak_rss = max(rss for _, rss, _ in sampler.samples)
 
+        # 4. Restart.
+        await sampler.stop()
+        await asyncio.to_thread(self.operator.stop)
+        restart_start = time.monotonic()
+        await asyncio.to_thread(self.operator.start)
+        assert self.operator.pid is not None
+        successor = Sampler(self.operator.pid)
+        successor.start()
+        try:
+            await asyncio.sleep(config.window)
+            restart_end, restart_rss, restart_cpu = successor.sample()
+        finally:
+            await successor.stop()
+        restart: dict[str, Any] = {
+            "window_s": _round(restart_end - restart_start, 1),
+            "peak_rss_mib": _round(max(rss for _, rss, _ in successor.samples), 1),
+            "rss_mib": _round(restart_rss, 1),
+            # A new process: its CPU time is all spent in the window.
+            "cpu_pct": _round(100 * restart_cpu / (restart_end - restart_start), 2),
+            "changes": self.timeline.modified_between(restart_start, restart_end),
+        }
+
         burst: dict[str, Any] = {
             "apply_s": _round(applied - burst_start),
             "converge_s": _round(converged - burst_start),
@@ -401,12 +427,17 @@ class Run:
             "burst": burst,
             "idle": idle,
             "probe": probe,
+            "restart": restart,
             "requests": None,
             # Seconds since the operator started, for the plot.
             "phases": {
                 "burst": [_round(burst_start - started, 2), _round(converged - started, 2)],
                 "idle": [_round(window_start - started, 2), _round(window_end - started, 2)],
                 "probe": [_round(probe_start - started, 2), _round(probe_end - started, 2)],
+                "restart": [
+                    _round(restart_start - started, 2),
+                    _round(restart_end - started, 2),
+                ],
             },
             # Every latency, for the plot's distributions.
             "samples": {
@@ -426,6 +457,9 @@ class Run:
                 for r in served[1]
                 if r.agent == BENCH_AGENT and r.action == "create" and r.took is not None
             ]
+            restarted = [r for r in phase(restart_start, restart_end) if r.action != "watch"]
+            if restarted:  # when the new process had taken over: its last request
+                restart["resync_s"] = _round(max(r.at for r in restarted) - restart_start, 2)
             idle_stats = request_stats(phase(window_start, window_end))
             idle_stats["per_s"] = _round(idle_stats["requests"] / (window_end - window_start), 2)
             expected_ticks = round(config.count * (window_end - window_start) / config.interval)
@@ -440,6 +474,9 @@ class Run:
             result["requests"] = {
                 "burst": request_stats(phase(burst_start, window_start), config.count),
                 "idle": idle_stats,
+                "restart": request_stats(
+                    phase(restart_start, restart_end), config.count + config.probes
+                ),
                 # Reconciles in the idle window that applied the Deployment (every 10th run in a
                 # row does); a tick that skips its applies is not among them.
                 "idle_applying_reconciles": idle_stats["reconciles"],

@@ -114,3 +114,14 @@ def test_the_baseline_registers_what_the_operator_registers() -> None:
     noop = _registrations("bench.operator.noop_operator")
     assert len(ours) >= 10
     assert ours == noop
+
+
+def test_a_new_operator_process_takes_over_without_changing_anything(
+    results: dict[str, object],
+) -> None:
+    (result,) = results["results"]  # type: ignore[misc]
+    ours = result["ours"]
+    assert ours["restart.changes"] == 0
+    assert ours["restart.peak_rss_mib"] >= ours["restart.rss_mib"] > 20
+    assert ours["requests.restart.per_object"] > 0  # it read what was there
+    assert 0 < ours["restart.resync_s"] < ours["restart.window_s"]
