@@ -137,12 +137,17 @@ async def reconcile_owner_of_child(
         news = runtime.child_changed(resource.plural, type, body)
         if news == "echo":
             return  # our own apply: the run that applied saw this very version
-        if news == "unknown" and type is None and resource.plural != "deployments":
-            return  # kopf's first listing at startup: the resume handlers reconcile anyway
+        if news == "unknown" and type is None:
+            return  # listed, and nothing we applied is known to have changed
     owner_name = body.get("metadata", {}).get("labels", {}).get(INSTANCE_LABEL, "")
     owner_uid = None if namespace is None else runtime.known_uid(namespace, owner_name)
     if namespace is None or owner_uid is None:
         return  # not (or no longer) a NIMService of ours
+    if type is None and not runtime.has_run(owner_uid):
+        # kopf's listing at startup, before any run of the owner: its resume handler runs
+        # anyway, and reads the Deployment and the pods itself. (Listed Deployments and pods
+        # used to queue a second run for each NIMService, a third of a restart's requests.)
+        return
     # In the background: kopf's worker for this child is free for its next event at once.
     reconcile_later(runtime, namespace, owner_name, owner_uid, logger=logger)
 

@@ -160,6 +160,10 @@ class Runtime:
     def forget(self, uid: str) -> None:
         self._slots.pop(uid, None)
 
+    def has_run(self, uid: str) -> bool:
+        """Whether a run of this NIMService has started in this process."""
+        return uid in self._slots
+
     def child_changed(
         self, plural: str, event_type: str | None, body: Mapping[str, Any]
     ) -> ChildNews:
