@@ -143,10 +143,10 @@ async def reconcile_owner_of_child(
     owner_uid = None if namespace is None else runtime.known_uid(namespace, owner_name)
     if namespace is None or owner_uid is None:
         return  # not (or no longer) a NIMService of ours
-    if type is None and not runtime.has_run(owner_uid):
-        # kopf's listing at startup, before any run of the owner: its resume handler runs
-        # anyway, and reads the Deployment and the pods itself. (Listed Deployments and pods
-        # used to queue a second run for each NIMService, a third of a restart's requests.)
+    if type is None and not runtime.has_read(owner_uid):
+        # kopf's listing at startup, before any run of the owner has read anything: its resume
+        # handler's run, still to come, reads the Deployment and the pods itself. (Listed
+        # Deployments and pods used to queue a second run for each NIMService on a restart.)
         return
     # In the background: kopf's worker for this child is free for its next event at once.
     reconcile_later(runtime, namespace, owner_name, owner_uid, logger=logger)

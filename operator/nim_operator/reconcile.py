@@ -90,6 +90,8 @@ class _OwnerSlot:
     records: dict[ChildRef, child_records.AppliedChild] = field(default_factory=dict)
     # Runs in a row that skipped applies on the watch's word (see APPLY_EVERY_RUNS).
     trusted_runs: int = 0
+    # Whether a run has begun reading the cluster since this process started.
+    has_read: bool = False
 
 
 # What a child's watch event says about our last apply of it: the very version it returned
@@ -160,9 +162,13 @@ class Runtime:
     def forget(self, uid: str) -> None:
         self._slots.pop(uid, None)
 
-    def has_run(self, uid: str) -> bool:
-        """Whether a run of this NIMService has started in this process."""
-        return uid in self._slots
+    def has_read(self, uid: str) -> bool:
+        """Whether a run of this NIMService has begun reading the cluster in this process.
+
+        Until one has, any run still to come reads what a watch event could tell it.
+        """
+        slot = self._slots.get(uid)
+        return slot is not None and slot.has_read
 
     def child_changed(
         self, plural: str, event_type: str | None, body: Mapping[str, Any]
@@ -522,6 +528,7 @@ async def _reconcile_held(
     """`reconcile`, once the NIMService's lock and a turn are held."""
     meta = body["metadata"]
     owner = Owner(name=meta["name"], namespace=meta["namespace"], uid=meta["uid"])
+    runtime.slot(owner.uid).has_read = True
     parsed = _parse_spec(owner, body)
     spec = parsed if isinstance(parsed, NIMServiceSpec) else None
     problem = parsed if isinstance(parsed, Problem) else None

@@ -176,6 +176,21 @@ async def test_a_new_operator_process_looks_for_optional_children_again(
     assert await kube.get(PDBS, NS, "llm") is None
 
 
+async def test_a_new_process_knows_when_a_run_has_read_what_a_listing_says(
+    kube: KubeClient, runtime: Runtime
+) -> None:
+    """kopf's startup listing of a child queues no run until a run of its owner has read:
+    the resume handler's run, waiting its turn, reads the listed state itself."""
+    body = await create(kube, "llm", {**CPU_SPEC, "replicas": 1})
+    uid = body["metadata"]["uid"]
+    runtime.slot(uid)  # a run that has taken its slot, waiting for its turn
+    assert not runtime.has_read(uid)
+    await reconcile(runtime, body, logger=LOGGER)
+    assert runtime.has_read(uid)
+    runtime.forget(uid)  # deleted: a namesake starts over
+    assert not runtime.has_read(uid)
+
+
 async def test_a_timer_tick_takes_the_pods_from_the_watch(
     cluster: EmulatedCluster, kube: KubeClient, runtime: Runtime
 ) -> None:
