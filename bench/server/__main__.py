@@ -3,12 +3,12 @@
     python -m bench.server [--rounds 2] [--models tiny,smollm2] [--out bench/results]
 
 For each model the two servers take turns (A, B, A, B, ...), one at a time so they never share
-the CPU, and run the same workloads: one stream, 8 concurrent x 64 tokens and 32 concurrent x
-128 tokens, streaming and not, with `ignore_eos` so every request produces exactly its tokens.
-Reported per workload as ours/theirs ratios: throughput (higher is better), TTFT and inter-token
-latency p50/p99, request latency p50, the API process's CPU time per generated token (the
-server's own cost, without the engine core's; lower is better), and the RSS of the whole process
-tree.
+the CPU, and run the same workloads: 8 concurrent x 1 token (the cost of a request itself), one
+stream, 8 concurrent x 64 tokens and 32 concurrent x 128 tokens, streaming and not, with
+`ignore_eos` so every request produces exactly its tokens. Reported per workload as ours/theirs
+ratios: throughput (higher is better), TTFT and inter-token latency p50/p99, request latency
+p50, the API process's CPU time per generated token (the server's own cost, without the engine
+core's; lower is better), and the RSS of the whole process tree.
 Writes bench/results/server.{json,md,png}.
 """
 
@@ -51,6 +51,10 @@ class Workload:
 
 
 WORKLOADS = [
+    # One token each: what a request costs the server apart from generating (parsing,
+    # templating, tokenizing, admission, the response), in its API CPU per token.
+    Workload("8 x 1 stream", 8, 1, True, 200),
+    Workload("8 x 1 json", 8, 1, False, 200),
     Workload("1 stream x 128", 1, 128, True, 4),
     Workload("8 x 64 stream", 8, 64, True, 16),
     Workload("8 x 64 json", 8, 64, False, 16),
