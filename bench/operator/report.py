@@ -207,7 +207,10 @@ ROWS: list[tuple[str, str]] = [
     ("idle: operator RSS (MiB)", "idle.rss_mib"),
     ("idle: operator CPU (% of a core)", "idle.cpu_pct"),
     ("idle: objects changed", "idle.changes"),
-    ("restart, N present: peak / end-of-window operator RSS (MiB)", "restart.peak_rss_mib|end"),
+    (
+        "restart, N present: peak / end-of-window operator RSS (MiB)",
+        "restart.peak_rss_mib|restart.rss_mib",
+    ),
     ("restart, N present: operator CPU over the window (% of a core)", "restart.cpu_pct"),
     ("restart, N present: last request after start (s)", "restart.resync_s"),
     ("restart, N present: objects changed", "restart.changes"),
@@ -218,23 +221,20 @@ ROWS: list[tuple[str, str]] = [
     ("API requests per timer tick", "requests.idle.per_tick"),
     ("... of which writes (no-op server-side applies)", "requests.idle.writes_per_tick"),
     ("API requests per second, idle", "requests.idle.per_s"),
-    ("API server CPU, burst / idle (% of a core)", "burst.server_cpu_pct|idle"),
+    ("API server CPU, burst / idle (% of a core)", "burst.server_cpu_pct|idle.server_cpu_pct"),
 ]
 
 
 def _row_value(summary: dict[str, Any] | None, spec: str) -> str:
+    """One cell: the number at a summary path, or "first / second" for "first|second" (where
+    "p99" as the second stands for the first path's p99)."""
     if summary is None:
         return ""
-    if spec == "burst.server_cpu_pct|idle":
-        pair = summary.get("burst.server_cpu_pct"), summary.get("idle.server_cpu_pct")
-        return " / ".join(_cell(v) for v in pair)
-    if spec == "restart.peak_rss_mib|end":
-        pair = summary.get("restart.peak_rss_mib"), summary.get("restart.rss_mib")
-        return " / ".join(_cell(v) for v in pair)
-    if spec.endswith("|p99"):
-        base = spec.removesuffix("|p99")
-        pair = summary.get(base), summary.get(base.replace("_p50_", "_p99_"))
-        return " / ".join(_cell(v) for v in pair)
+    if "|" in spec:
+        first, second = spec.split("|")
+        if second == "p99":
+            second = first.replace("_p50_", "_p99_")
+        return " / ".join(_cell(summary.get(path)) for path in (first, second))
     return _cell(summary.get(spec))
 
 
