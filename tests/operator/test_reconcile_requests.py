@@ -15,13 +15,16 @@ from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import kopf
 import pytest
 import pytest_asyncio
 
 from nim_operator.events import EventNote
+from nim_operator.handlers import reconcile_owner_of_child
 from nim_operator.kube import CapabilityCache, KubeClient, ResourceKind
 from nim_operator.pod_cache import PodCache
 from nim_operator.reconcile import APPLY_EVERY_RUNS, Runtime, reconcile
+from nim_operator.render.labels import INSTANCE_LABEL
 from nim_operator.settings import Settings
 from tests.support.kmock_cluster import EmulatedCluster, load_crds
 from tests.support.kmock_harness import EmulatedControllers, PodState, connection_from_kubeconfig
@@ -176,19 +179,38 @@ async def test_a_new_operator_process_looks_for_optional_children_again(
     assert await kube.get(PDBS, NS, "llm") is None
 
 
-async def test_a_new_process_knows_when_a_run_has_read_what_a_listing_says(
+async def test_a_listed_pod_queues_a_run_only_once_a_run_of_its_owner_has_read(
     kube: KubeClient, runtime: Runtime
 ) -> None:
-    """kopf's startup listing of a child queues no run until a run of its owner has read:
-    the resume handler's run, waiting its turn, reads the listed state itself."""
+    """kopf's startup listing (events of type None) queues no run of a NIMService that no run
+    has read yet: its resume handler's run, waiting its turn, reads the pods itself. Once a run
+    has read, a listed pod may say what that run did not see, and queues one."""
     body = await create(kube, "llm", {**CPU_SPEC, "replicas": 1})
     uid = body["metadata"]["uid"]
-    runtime.slot(uid)  # a run that has taken its slot, waiting for its turn
-    assert not runtime.has_read(uid)
-    await reconcile(runtime, body, logger=LOGGER)
-    assert runtime.has_read(uid)
-    runtime.forget(uid)  # deleted: a namesake starts over
-    assert not runtime.has_read(uid)
+    runtime.track(NS, "llm", uid, present=True)
+    runtime.slot(uid)  # the resume handler's run has taken its slot and waits for its turn
+    pod = {"metadata": {"name": "llm-0", "namespace": NS, "labels": {INSTANCE_LABEL: "llm"}}}
+    key = f"{NS}/llm"
+
+    async def listed() -> None:
+        await reconcile_owner_of_child(
+            body=kopf.Body(pod),
+            namespace=NS,
+            resource=kopf.Resource("", "v1", "pods"),
+            type=None,
+            memo=kopf.Memo(runtime=runtime),
+            logger=LOGGER,
+        )
+
+    try:
+        await listed()
+        assert runtime.enqueue(key)  # nothing was waiting: the listing queued no run
+        runtime.dequeue(key)
+        await reconcile(runtime, body, logger=LOGGER)
+        await listed()
+        assert not runtime.enqueue(key)  # a run is waiting now
+    finally:
+        await runtime.close()  # cancels the queued run
 
 
 async def test_a_timer_tick_takes_the_pods_from_the_watch(
