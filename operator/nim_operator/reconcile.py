@@ -20,9 +20,10 @@ the timer and child-event handlers concurrently).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import logging
-from collections.abc import Callable, Coroutine, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -38,6 +39,7 @@ from nim_operator.conditions import (
     compute_status,
     label_selector,
 )
+from nim_operator.heap import HeapTrimmer, libc_malloc_trim
 from nim_operator.kube import ApiError, CapabilityCache, KubeClient, ResourceKind, TransientApiError
 from nim_operator.models import NIMServiceSpec, service_name_problem
 from nim_operator.pod_cache import PodCache
@@ -71,6 +73,8 @@ POD_LIST_EVERY_TICKS = 10
 # Likewise a run skips the applies that the watch says would change nothing
 # (nim_operator.child_records), but applies everything at least every this many runs in a row.
 APPLY_EVERY_RUNS = 10
+# At most one heap trim per this many seconds (timer ticks end a "busy spell" every few seconds).
+HEAP_TRIM_INTERVAL = 60.0
 
 
 @dataclass
@@ -126,6 +130,10 @@ class Runtime:
     # Bounds the runs in progress (Settings.max_concurrent_reconciles); made on first use, in
     # the event loop that runs them.
     _running: asyncio.Semaphore | None = None
+    # Gives the heap back after a busy spell (nim_operator.heap); None: never (tests).
+    heap: HeapTrimmer | None = None
+    # Runs holding or waiting for a turn.
+    busy: int = field(default=0, init=False)
     # uid of each NIMService the watch has reported and not seen deleted, by (namespace, name).
     _known: dict[tuple[str, str], str] = field(default_factory=dict)
     # "namespace/name" of NIMServices with a child-triggered reconcile waiting to start.
@@ -143,6 +151,7 @@ class Runtime:
             pods=PodCache(max_age=settings.reconcile_interval * POD_LIST_EVERY_TICKS),
             watches_children=True,
             object_logger=object_logger,
+            heap=HeapTrimmer(HEAP_TRIM_INTERVAL, trim=libc_malloc_trim()),
         )
 
     async def close(self) -> None:
@@ -151,10 +160,19 @@ class Runtime:
         await asyncio.gather(*self._background, return_exceptions=True)
         await self.kube.close()
 
-    def turn(self) -> asyncio.Semaphore:
+    @contextlib.asynccontextmanager
+    async def turn(self) -> AsyncIterator[None]:
+        """Hold one of the turns; when the last run in progress ends, the heap is trimmed."""
         if self._running is None:
             self._running = asyncio.Semaphore(self.settings.max_concurrent_reconciles)
-        return self._running
+        self.busy += 1
+        try:
+            async with self._running:
+                yield
+        finally:
+            self.busy -= 1
+            if self.busy == 0 and self.heap is not None:
+                self.heap.idle()
 
     def slot(self, uid: str) -> _OwnerSlot:
         return self._slots.setdefault(uid, _OwnerSlot())

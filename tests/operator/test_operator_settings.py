@@ -12,7 +12,7 @@ import kopf
 import pytest
 
 from nim_operator.child_records import WATCHED_CHILDREN
-from nim_operator.settings import FINALIZER, Settings, configure_kopf
+from nim_operator.settings import FINALIZER, WORKER_IDLE_TIMEOUT, Settings, configure_kopf
 from tests.support.kmock_cluster import EmulatedCluster, load_crds
 from tests.support.kmock_harness import OperatorProcess
 
@@ -66,6 +66,9 @@ def test_kopf_keeps_its_state_under_our_api_group() -> None:
     assert kopf_settings.posting.loggers is False  # Events only on condition transitions
     assert kopf_settings.posting.level == logging.INFO
     assert kopf_settings.peering.standalone is True
+    # Idle per-object workers go sooner than kopf's default (bodies held at a restart's listing).
+    default_idle = kopf.OperatorSettings().queueing.idle_timeout
+    assert kopf_settings.queueing.idle_timeout == WORKER_IDLE_TIMEOUT < default_idle
 
 
 def test_every_child_watch_is_filtered_by_the_api_server() -> None:

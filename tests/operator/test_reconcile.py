@@ -18,6 +18,7 @@ import pytest
 import pytest_asyncio
 
 from nim_operator.events import EventNote
+from nim_operator.heap import HeapTrimmer
 from nim_operator.kube import CapabilityCache, KubeClient, ResourceKind, TransientApiError
 from nim_operator.reconcile import (
     HANDOVER_MANAGER,
@@ -126,6 +127,27 @@ async def test_a_second_run_changes_nothing(kube: KubeClient, runtime: Runtime) 
     assert second is not None
     assert second.status == first.status
     assert await revisions(kube) == before
+
+
+async def test_the_heap_is_trimmed_once_when_a_burst_of_runs_ends(
+    kube: KubeClient, recorder: EventRecorder
+) -> None:
+    """Not after each run of the burst: only when no run holds or waits for a turn."""
+    trims: list[int] = []
+
+    def trim(pad: int) -> int:
+        trims.append(runtime.busy)
+        return 1
+
+    settings = Settings(max_concurrent_reconciles=2, capability_ttl=0)
+    runtime = Runtime(kube, settings, CapabilityCache(kube, ttl=0), post_events=recorder)
+    runtime.heap = HeapTrimmer(0.0, trim=trim)  # no rate limit: every idle moment would trim
+    bodies = [await create(kube, f"llm-{i}", CPU_SPEC) for i in range(5)]
+
+    outcomes = await asyncio.gather(*(reconcile(runtime, b, logger=LOGGER) for b in bodies))
+
+    assert all(o is not None and o.failure is None for o in outcomes)
+    assert trims == [0]
 
 
 async def test_replicas_are_handed_over_to_the_hpa_and_taken_back(
