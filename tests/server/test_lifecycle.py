@@ -88,6 +88,8 @@ def test_loading_then_ready_then_engine_death(fresh_server: ServerProcess) -> No
 def test_sigterm_exits_cleanly_and_reaps_the_engine(fresh_server: ServerProcess) -> None:
     server = fresh_server
     server.wait_until("/v1/health/ready", 200, timeout=300)
+    # The drain below runs on uvloop, the loop the server is built for (as vLLM's is).
+    assert "(event loop: uvloop)" in server.log(), server.log()[-2000:]
     children = engine_core_processes(server)
     assert children
     server.process.send_signal(signal.SIGTERM)
