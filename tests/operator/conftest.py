@@ -23,7 +23,7 @@ import pytest
 import pytest_asyncio
 
 from nim_operator.kube import KubeClient, ResourceKind
-from tests.support.kmock_cluster import EmulatedCluster, load_crds
+from tests.support.kmock_cluster import EmulatedCluster, project_crds
 from tests.support.kmock_harness import (
     ClusterDriver,
     EmulatedControllers,
@@ -34,8 +34,6 @@ from tests.support.kmock_harness import (
     eventually,
 )
 
-REPO = Path(__file__).resolve().parents[2]
-CRDS = REPO / "crds"
 NAMESPACE_PREFIX = "nimtest-"
 # The operator's timer, shortened from 60 s so "restored within the interval" is quick to see.
 RECONCILE_INTERVAL = 2.0
@@ -68,7 +66,7 @@ def kubeconfig(backend: str, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     if backend == "k8s":
         yield Path(os.environ["KUBECONFIG"]).expanduser()
         return
-    with EmulatedCluster(load_crds(CRDS)) as cluster:
+    with EmulatedCluster(project_crds()) as cluster:
         yield cluster.write_kubeconfig(tmp_path_factory.mktemp("kmock") / "kubeconfig")
 
 
@@ -84,7 +82,7 @@ async def crds_installed(backend: str, api: KubeClient) -> None:
     """On a real cluster, apply crds/ (server-side) and wait until the API serves them."""
     if backend != "k8s":
         return  # the emulator registered them at startup
-    for crd in load_crds(CRDS):
+    for crd in project_crds():
         await api.apply(CRD_KIND, crd, field_manager="nimstack-e2e")
 
         async def established(name: str = crd["metadata"]["name"]) -> bool:
@@ -126,3 +124,13 @@ async def namespace(api: KubeClient, operator_process: OperatorProcess) -> Async
     await api.create(NAMESPACES, None, manifest)
     yield name
     await delete_namespace(api, name)
+
+
+@pytest.fixture
+def cluster() -> Iterator[EmulatedCluster]:
+    """An emulated API server of a test's own, for tests that run reconcile() in-process.
+
+    Modules that share one across their tests override this with a module-scoped fixture.
+    """
+    with EmulatedCluster(project_crds()) as emulated:
+        yield emulated

@@ -6,7 +6,7 @@ server emulator, with pods whose metrics endpoints are real HTTP servers on loop
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,10 +30,9 @@ from nim_operator.models import AutoscalingSpec, AutoscalingStatus
 from nim_operator.reconcile import Runtime, reconcile
 from nim_operator.settings import Settings
 from tests.support.fake_nim_pods import FakeReplicaSet, free_port
-from tests.support.kmock_cluster import EmulatedCluster, load_crds
+from tests.support.kmock_cluster import EmulatedCluster
 from tests.support.kmock_harness import connection_from_kubeconfig
 
-CRDS = Path(__file__).resolve().parents[2] / "crds"
 NS = "models"
 NIMSERVICES = ResourceKind("nimstack.dev/v1alpha1", "nimservices")
 DEPLOYMENTS = ResourceKind("apps/v1", "deployments")
@@ -214,12 +213,6 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
-
-
-@pytest.fixture
-def cluster() -> Iterator[EmulatedCluster]:
-    with EmulatedCluster(load_crds(CRDS)) as emulated:
-        yield emulated
 
 
 @pytest_asyncio.fixture(loop_scope="session")

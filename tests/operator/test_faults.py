@@ -26,7 +26,7 @@ import pytest_asyncio
 from nim_operator.kube import KubeClient, ResourceKind
 from tests.operator.test_operator_e2e import condition, cpu_spec
 from tests.support.kmock_apiserver import FaultEffect
-from tests.support.kmock_cluster import EmulatedCluster, load_crds
+from tests.support.kmock_cluster import EmulatedCluster, project_crds
 from tests.support.kmock_harness import (
     OperatorProcess,
     connection_from_kubeconfig,
@@ -34,7 +34,6 @@ from tests.support.kmock_harness import (
     eventually,
 )
 
-CRDS = Path(__file__).resolve().parents[2] / "crds"
 PREFIX = "faults-"
 NIMSERVICES = ResourceKind("nimstack.dev/v1alpha1", "nimservices")
 DEPLOYMENTS = ResourceKind("apps/v1", "deployments")
@@ -51,7 +50,7 @@ KOPF_RETRY_DELAY = 10.0
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[EmulatedCluster]:
-    with EmulatedCluster(load_crds(CRDS)) as emulated:
+    with EmulatedCluster(project_crds()) as emulated:
         yield emulated
 
 

@@ -45,7 +45,7 @@ from nim_operator.kube import KubeClient, ResourceKind
 from tests.operator.test_crd_cel import apply_defaults, cel_violations, openapi_root
 from tests.operator.test_operator_e2e import DEPLOYMENTS, E2E, NIMSERVICES, condition, cpu_spec
 from tests.support.crd_validation import schema_errors
-from tests.support.kmock_cluster import EmulatedCluster, load_crds
+from tests.support.kmock_cluster import EmulatedCluster, project_crds
 from tests.support.kmock_harness import (
     ClusterDriver,
     EmulatedControllers,
@@ -517,7 +517,7 @@ async def test_what_passes_the_api_server_ends_failed_with_a_reason(e2e: E2E) ->
 
 @pytest.fixture(scope="module")
 def unvalidated_cluster() -> Iterator[EmulatedCluster]:
-    with EmulatedCluster(load_crds(Path(__file__).resolve().parents[2] / "crds")) as cluster:
+    with EmulatedCluster(project_crds()) as cluster:
         yield cluster
 
 

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -19,9 +18,8 @@ import pytest
 import pytest_asyncio
 
 from nim_operator.kube import ApiError, KubeClient, ResourceKind
-from tests.support.kmock_cluster import EmulatedCluster, load_crds
+from tests.support.kmock_cluster import EmulatedCluster
 
-CRDS = Path(__file__).resolve().parents[2] / "crds"
 DEPLOYMENTS = ResourceKind("apps/v1", "deployments")
 PODS = ResourceKind("v1", "pods")
 NAMESPACES = ResourceKind("v1", "namespaces", namespaced=False)
@@ -40,12 +38,6 @@ def deployment(**spec: Any) -> dict[str, Any]:
             **spec,
         },
     }
-
-
-@pytest.fixture
-def cluster() -> Iterator[EmulatedCluster]:
-    with EmulatedCluster(load_crds(CRDS)) as emulated:
-        yield emulated
 
 
 @pytest_asyncio.fixture(loop_scope="session")

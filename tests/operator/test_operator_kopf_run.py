@@ -16,10 +16,9 @@ import pytest_asyncio
 from kopf.testing import KopfRunner
 
 from nim_operator.kube import KubeClient, ResourceKind
-from tests.support.kmock_cluster import EmulatedCluster, load_crds
+from tests.support.kmock_cluster import EmulatedCluster, project_crds
 from tests.support.kmock_harness import connection_from_kubeconfig, eventually
 
-CRDS = Path(__file__).resolve().parents[2] / "crds"
 NIMSERVICES = ResourceKind("nimstack.dev/v1alpha1", "nimservices")
 DEPLOYMENTS = ResourceKind("apps/v1", "deployments")
 NAMESPACES = ResourceKind("v1", "namespaces", namespaced=False)
@@ -28,7 +27,7 @@ NS = "nimkopf-run"
 
 @pytest.fixture
 def kubeconfig(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    with EmulatedCluster(load_crds(CRDS)) as cluster:
+    with EmulatedCluster(project_crds()) as cluster:
         path = cluster.write_kubeconfig(tmp_path / "kubeconfig")
         monkeypatch.setenv("KUBECONFIG", str(path))
         # The official client reads $KUBECONFIG once, at import; kopf logs in through it.

@@ -13,10 +13,8 @@ import pytest
 
 from nim_operator.child_records import WATCHED_CHILDREN
 from nim_operator.settings import FINALIZER, WORKER_IDLE_TIMEOUT, Settings, configure_kopf
-from tests.support.kmock_cluster import EmulatedCluster, load_crds
+from tests.support.kmock_cluster import EmulatedCluster, project_crds
 from tests.support.kmock_harness import OperatorProcess
-
-CRDS = Path(__file__).resolve().parents[2] / "crds"
 
 
 def test_defaults_suit_production(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -87,7 +85,7 @@ def test_every_child_watch_is_filtered_by_the_api_server() -> None:
 
 @pytest.fixture
 def emulated_kubeconfig(tmp_path: Path) -> Iterator[Path]:
-    with EmulatedCluster(load_crds(CRDS)) as cluster:
+    with EmulatedCluster(project_crds()) as cluster:
         yield cluster.write_kubeconfig(tmp_path / "kubeconfig")
 
 

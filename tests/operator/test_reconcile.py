@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,10 +28,9 @@ from nim_operator.reconcile import (
     reconcile_soon,
 )
 from nim_operator.settings import Settings
-from tests.support.kmock_cluster import EmulatedCluster, load_crds
+from tests.support.kmock_cluster import EmulatedCluster
 from tests.support.kmock_harness import connection_from_kubeconfig
 
-CRDS = Path(__file__).resolve().parents[2] / "crds"
 NS = "models"
 NIMSERVICES = ResourceKind("nimstack.dev/v1alpha1", "nimservices")
 DEPLOYMENTS = ResourceKind("apps/v1", "deployments")
@@ -53,12 +52,6 @@ class EventRecorder:
 
     def __call__(self, body: Mapping[str, Any], notes: Sequence[EventNote]) -> None:
         self.notes.extend(notes)
-
-
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[EmulatedCluster]:
-    with EmulatedCluster(load_crds(CRDS)) as emulated:
-        yield emulated
 
 
 @pytest_asyncio.fixture(loop_scope="session")

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,10 +26,9 @@ from nim_operator.pod_cache import PodCache
 from nim_operator.reconcile import APPLY_EVERY_RUNS, Runtime, reconcile
 from nim_operator.render.labels import INSTANCE_LABEL
 from nim_operator.settings import Settings
-from tests.support.kmock_cluster import EmulatedCluster, load_crds
+from tests.support.kmock_cluster import EmulatedCluster
 from tests.support.kmock_harness import EmulatedControllers, PodState, connection_from_kubeconfig
 
-CRDS = Path(__file__).resolve().parents[2] / "crds"
 NS = "models"
 NIMSERVICES = ResourceKind("nimstack.dev/v1alpha1", "nimservices")
 PDBS = ResourceKind("policy/v1", "poddisruptionbudgets")
@@ -44,12 +43,6 @@ CPU_SPEC: dict[str, Any] = {
 
 def _ignore_events(body: Mapping[str, Any], notes: Sequence[EventNote]) -> None:
     return None
-
-
-@pytest.fixture
-def cluster() -> Iterator[EmulatedCluster]:
-    with EmulatedCluster(load_crds(CRDS)) as emulated:
-        yield emulated
 
 
 @pytest_asyncio.fixture(loop_scope="session")

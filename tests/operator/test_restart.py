@@ -23,7 +23,7 @@ import pytest_asyncio
 
 from nim_operator.kube import KubeClient, ResourceKind
 from tests.operator.test_operator_e2e import condition, cpu_spec
-from tests.support.kmock_cluster import EmulatedCluster, load_crds
+from tests.support.kmock_cluster import EmulatedCluster, project_crds
 from tests.support.kmock_harness import (
     OperatorProcess,
     connection_from_kubeconfig,
@@ -31,7 +31,6 @@ from tests.support.kmock_harness import (
     eventually,
 )
 
-CRDS = Path(__file__).resolve().parents[2] / "crds"
 PREFIX = "restart-"
 NIMSERVICES = ResourceKind("nimstack.dev/v1alpha1", "nimservices")
 NAMESPACES = ResourceKind("v1", "namespaces", namespaced=False)
@@ -54,7 +53,7 @@ UNAVAILABLE = kmock.Response(
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[EmulatedCluster]:
-    with EmulatedCluster(load_crds(CRDS)) as emulated:
+    with EmulatedCluster(project_crds()) as emulated:
         yield emulated
 
 

@@ -24,6 +24,9 @@ from tests.support.kmock_apiserver import ApiServerEmulator
 
 T = TypeVar("T")
 
+# The CustomResourceDefinitions this project ships, as `kubectl apply -f crds/` installs them.
+PROJECT_CRDS = Path(__file__).resolve().parents[2] / "crds"
+
 
 class EmulatedCluster:
     """`with EmulatedCluster(crds) as cluster:` -> an API server at `cluster.url`.
@@ -116,3 +119,7 @@ def load_crds(directory: Path) -> list[dict[str, Any]]:
             if isinstance(document, dict) and document.get("kind") == "CustomResourceDefinition":
                 crds.append(document)
     return crds
+
+
+def project_crds() -> list[dict[str, Any]]:
+    return load_crds(PROJECT_CRDS)
