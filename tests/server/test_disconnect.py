@@ -8,6 +8,7 @@ fewer tokens are produced than the request asked for (random weights never stop 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 
 import httpx
@@ -60,8 +61,22 @@ async def test_non_streaming_disconnect_aborts_engine_request(
     """The client hangs up once the engine is generating for it, not after a timer.
 
     A client-side timeout is a poor trigger on a starved 2-core machine: CI saw a 1 s read
-    timeout fire only after the engine had produced every token.
+    timeout fire only after the engine had produced every token. Even the hang-up on seeing
+    generation can come too late there: with sixteen sequences in the engine, the vLLM CPU
+    worker can starve every other process (this test's included) for 5-15 s, longer than the
+    whole request takes. So up to three attempts are made; a server that does not abort fails
+    them all, and one that does passes the first attempt whose hang-up came in time.
     """
+    generated: list[float] = []
+    for _ in range(3):
+        generated.append(await _hang_up_once_generating(server, http))
+        if generated[-1] < FULL / 2:
+            return
+    pytest.fail(f"every request ran on after its client left: {generated} of {FULL} tokens")
+
+
+async def _hang_up_once_generating(server: ServerProcess, http: httpx.Client) -> float:
+    """Tokens the engine generated for a request whose client left once it was generating."""
     before = wait_idle(http)["generation_tokens_total"]
     async with httpx.AsyncClient(
         base_url=server.base_url, headers=server.headers, timeout=120
@@ -69,14 +84,15 @@ async def test_non_streaming_disconnect_aborts_engine_request(
         pending = asyncio.create_task(client.post("/v1/chat/completions", json=chat_body(**LONG)))
         deadline = time.monotonic() + 60
         while (await asyncio.to_thread(scrape, http))["generation_tokens_total"] == before:
-            assert not pending.done(), "the request ended before it was seen generating"
+            if pending.done():  # answered before this client was scheduled to look
+                pending.result().raise_for_status()
+                return FULL
             assert time.monotonic() < deadline, "the engine never started generating"
             await asyncio.sleep(0.05)
         pending.cancel()  # closes the request's connection
-        with pytest.raises(asyncio.CancelledError):
+        with contextlib.suppress(asyncio.CancelledError):
             await pending
-    generated = wait_idle(http)["generation_tokens_total"] - before
-    assert generated < FULL / 2, generated
+    return wait_idle(http)["generation_tokens_total"] - before
 
 
 async def test_hundred_abandoned_streams_leave_nothing_behind(
