@@ -27,11 +27,10 @@ import aiohttp
 import yaml
 
 from nim_operator.kube import ApiError, KubeClient, ResourceKind
-from tests.support.kmock_cluster import load_crds
+from tests.support.kmock_cluster import PROJECT_CRDS, project_crds
 from tests.support.kmock_harness import connection_from_kubeconfig, eventually
 
 REPO = Path(__file__).resolve().parents[2]
-CRDS = REPO / "crds"
 CRD_KIND = ResourceKind("apiextensions.k8s.io/v1", "customresourcedefinitions", namespaced=False)
 NAMESPACES = ResourceKind("v1", "namespaces", namespaced=False)
 NIMSERVICES = ResourceKind("nimstack.dev/v1alpha1", "nimservices")
@@ -101,7 +100,7 @@ class EmulatorBackend:
     def _spawn(self) -> subprocess.Popen[bytes]:
         with self._log.open("ab") as log:
             return subprocess.Popen(
-                [sys.executable, "-m", "bench.operator.emulator", "--crds", str(CRDS)],
+                [sys.executable, "-m", "bench.operator.emulator", "--crds", str(PROJECT_CRDS)],
                 stdout=subprocess.PIPE,
                 stderr=log,
                 cwd=REPO,
@@ -176,7 +175,7 @@ class ClusterBackend:
     async def start(self) -> None:
         api = KubeClient(connection_from_kubeconfig(self.kubeconfig), user_agent=BENCH_AGENT)
         try:
-            for crd in load_crds(CRDS):
+            for crd in project_crds():
                 await api.apply(CRD_KIND, crd, field_manager=BENCH_AGENT)
 
                 async def established(name: str = crd["metadata"]["name"]) -> bool:

@@ -31,7 +31,7 @@ import yaml
 
 from nim_operator.kube import KubeClient, ResourceKind
 from tests.operator.test_operator_e2e import condition, cpu_spec
-from tests.support.kmock_cluster import EmulatedCluster, load_crds
+from tests.support.kmock_cluster import EmulatedCluster, project_crds
 from tests.support.kmock_harness import (
     EmulatedControllers,
     OperatorProcess,
@@ -120,7 +120,7 @@ def authorizer() -> ClusterRoleAuthorizer:
 
 @pytest.fixture(scope="module")
 def cluster(authorizer: ClusterRoleAuthorizer) -> Iterator[EmulatedCluster]:
-    crds = [*load_crds(REPO / "crds"), SERVICE_MONITOR_CRD]
+    crds = [*project_crds(), SERVICE_MONITOR_CRD]
     with EmulatedCluster(crds, authorizer=authorizer) as emulated:
         yield emulated
 
