@@ -49,7 +49,9 @@ class Settings(BaseSettings):
     liveness_endpoint: str = "http://0.0.0.0:8080/healthz"
     # Watches are closed by the server after this many seconds and reopened: a stuck
     # connection (e.g. through a dead load balancer) cannot silence the operator for long.
-    watch_timeout: float = Field(default=300.0, gt=0)
+    # Whole seconds: it goes into the watch URL as `timeoutSeconds`, which the API server
+    # parses as an integer (it answers 400 to "300.0").
+    watch_timeout: int = Field(default=300, gt=0)
     # Debug-level logs (every API request kopf makes); never request bodies.
     verbose: bool = False
 

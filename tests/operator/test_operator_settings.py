@@ -40,6 +40,22 @@ def test_a_nonsense_interval_is_refused(monkeypatch: pytest.MonkeyPatch) -> None
         Settings()
 
 
+def test_the_watch_timeout_is_whole_seconds_as_the_watch_url_needs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """kopf puts it into the watch URL as `timeoutSeconds`, which kube-apiserver parses as an
+    integer: "300.0" got 400 on every watch. A fractional value is refused at start."""
+    assert Settings().watch_timeout == 300
+    kopf_settings = kopf.OperatorSettings()
+    configure_kopf(kopf_settings, Settings())
+    assert type(kopf_settings.watching.server_timeout) is int
+    monkeypatch.setenv("NIM_OPERATOR_WATCH_TIMEOUT", "120.0")  # whole: taken as 120
+    assert type(Settings().watch_timeout) is int
+    monkeypatch.setenv("NIM_OPERATOR_WATCH_TIMEOUT", "90.5")
+    with pytest.raises(ValueError, match="watch_timeout"):
+        Settings()
+
+
 def test_kopf_keeps_its_state_under_our_api_group() -> None:
     kopf_settings = kopf.OperatorSettings()
     configure_kopf(kopf_settings, Settings(watch_timeout=120))
