@@ -8,9 +8,10 @@ client only for credentials that kopf's own minimal readers cannot use: a kubeco
 `exec` plugin, an `auth-provider` or a `tokenFile` (cloud providers' kubeconfigs, on a laptop).
 In a pod, the service account token is read without it.
 
-So each entry point (the `nim-operator` command the image runs, `python -m nim_operator`) calls
-`leave_out_official_client()` first; with the client left out, `import kubernetes` fails and
-kopf and nim_operator.kube fall back to their readers of the service account and kubeconfig.
+So the command line (nim_operator.cli: the `nim-operator` command the image runs, and
+`python -m nim_operator`) calls `leave_out_official_client()` first; with the client left out,
+`import kubernetes` fails and kopf and nim_operator.kube fall back to their readers of the
+service account and kubeconfig.
 """
 
 from __future__ import annotations
@@ -23,14 +24,20 @@ from typing import Any
 
 import yaml
 
-__all__ = ["kopf_cli", "leave_out_official_client", "official_client_needed"]
+__all__ = [
+    "SERVICE_ACCOUNT_TOKEN",
+    "kubeconfig_paths",
+    "leave_out_official_client",
+    "official_client_needed",
+]
 
 SERVICE_ACCOUNT_TOKEN = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
 # What a kubeconfig user can hold that only the official client knows how to turn into a token.
 CLIENT_ONLY_CREDENTIALS = frozenset({"exec", "auth-provider", "tokenFile"})
 
 
-def _kubeconfig_paths(environ: Mapping[str, str]) -> list[Path]:
+def kubeconfig_paths(environ: Mapping[str, str]) -> list[Path]:
+    """The kubeconfig files kubectl would read: $KUBECONFIG's, else ~/.kube/config if present."""
     value = environ.get("KUBECONFIG", "")
     paths = [Path(p).expanduser() for p in value.split(os.pathsep) if p.strip()]
     default = Path("~/.kube/config").expanduser()
@@ -62,7 +69,7 @@ def official_client_needed(
     if environ.get("KUBERNETES_SERVICE_HOST") and service_account_token.exists():
         return False  # in a pod: the service account
     try:
-        user = _current_user(_kubeconfig_paths(environ))
+        user = _current_user(kubeconfig_paths(environ))
     except (OSError, yaml.YAMLError, KeyError, TypeError, AttributeError):
         return True  # a kubeconfig we cannot read ourselves: let the client try
     return bool(CLIENT_ONLY_CREDENTIALS & user.keys())
@@ -77,11 +84,3 @@ def leave_out_official_client() -> bool:
         return False
     sys.modules["kubernetes"] = None  # type: ignore[assignment]  # Python's "not importable"
     return True
-
-
-def kopf_cli() -> None:
-    """The `nim-operator` command: kopf's command line (`nim-operator run -m ...`), started lean."""
-    leave_out_official_client()
-    from kopf.cli import main
-
-    main()

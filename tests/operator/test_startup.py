@@ -103,11 +103,3 @@ print(json.dumps({
         "server": "https://203.0.113.7:6443",
         "token": True,
     }
-
-
-def test_the_nim_operator_command_is_kopfs_cli() -> None:
-    cli = Path(sys.executable).with_name("nim-operator")
-    done = subprocess.run([str(cli), "run", "--help"], capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
-    assert "--standalone" in done.stdout
-    assert "--liveness" in done.stdout
