@@ -87,7 +87,7 @@ async def until_replicas(e2e: E2E, count: int, *, within: float = 15.0) -> None:
 
 
 def scaling(obj: dict[str, Any]) -> dict[str, Any]:
-    return dict(obj.get("status", {}).get("autoscaling") or {})
+    return dict((obj.get("status") or {}).get("autoscaling") or {})
 
 
 async def events(e2e: E2E, reason: str) -> list[dict[str, Any]]:

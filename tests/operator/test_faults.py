@@ -158,7 +158,7 @@ async def converged(
     async def done() -> bool:
         nim = await kube.get(NIMSERVICES, namespace, name)
         seen.append(dict((nim or {}).get("status") or {}))
-        observed = (nim or {}).get("status", {}).get("observedGeneration") == 1
+        observed = ((nim or {}).get("status") or {}).get("observedGeneration") == 1
         return observed and await kube.get(DEPLOYMENTS, namespace, name) is not None
 
     await eventually(done, within=within, what=f"{name} converged", context=operator.log_tail)

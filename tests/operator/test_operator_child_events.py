@@ -98,7 +98,9 @@ async def test_a_deleted_deployment_comes_back_at_once(
 
     async def crash_reported() -> bool:
         nim = await api.get(NIMSERVICES, ns, "llm")
-        conditions = {c["type"]: c for c in (nim or {}).get("status", {}).get("conditions", [])}
+        conditions = {
+            c["type"]: c for c in ((nim or {}).get("status") or {}).get("conditions") or []
+        }
         return conditions.get("Degraded", {}).get("reason") == "CrashLoopBackOff"
 
     within = 10 if driver.emulated else driver.timeout

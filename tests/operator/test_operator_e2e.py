@@ -63,7 +63,7 @@ def ready_because(reason: str) -> Callable[[dict[str, Any]], bool]:
 
 
 def condition(obj: dict[str, Any] | None, kind: str) -> dict[str, Any]:
-    for item in (obj or {}).get("status", {}).get("conditions") or []:
+    for item in ((obj or {}).get("status") or {}).get("conditions") or []:
         if item["type"] == kind:
             return dict(item)
     return {}
@@ -171,7 +171,7 @@ async def test_create_renders_children_owned_by_the_nimservice(e2e: E2E) -> None
     assert await e2e.get(HPAS, "llm") is None
 
     nim = await e2e.status_where(
-        "llm", lambda o: o.get("status", {}).get("observedGeneration") == 1, "status observed"
+        "llm", lambda o: (o.get("status") or {}).get("observedGeneration") == 1, "status observed"
     )
     status = nim["status"]
     assert status["selector"] == SELECTOR.format(name="llm")
@@ -211,7 +211,9 @@ async def test_spec_update_reaches_the_children(e2e: E2E) -> None:
 
     await e2e.until(service_on_9000, "Service port 9000")
     nim = await e2e.status_where(
-        "llm", lambda o: o.get("status", {}).get("observedGeneration") == 2, "generation 2 observed"
+        "llm",
+        lambda o: (o.get("status") or {}).get("observedGeneration") == 2,
+        "generation 2 observed",
     )
     assert nim["status"]["endpoint"].endswith(":9000")
     assert all(c["observedGeneration"] == 2 for c in nim["status"]["conditions"])

@@ -62,7 +62,7 @@ async def test_kopf_run_reconciles_a_nimservice(kube: KubeClient) -> None:
 
         async def reconciled() -> dict[str, Any] | None:
             nim = await kube.get(NIMSERVICES, NS, "llm")
-            observed = (nim or {}).get("status", {}).get("observedGeneration") == 1
+            observed = ((nim or {}).get("status") or {}).get("observedGeneration") == 1
             # kopf records its state after the handler returns, so after the status is written.
             recorded = (nim or {}).get("metadata", {}).get("annotations")
             done = observed and recorded and await kube.get(DEPLOYMENTS, NS, "llm")

@@ -150,7 +150,7 @@ async def converged_at(
         service = await kube.get(SERVICES, namespace, "llm")
         if nim is None or service is None:
             return None
-        observed = nim.get("status", {}).get("observedGeneration") == generation
+        observed = (nim.get("status") or {}).get("observedGeneration") == generation
         return nim if observed and service["spec"]["ports"][0]["port"] == port else None
 
     return await eventually(

@@ -106,7 +106,7 @@ async def test_secret_values_appear_nowhere_the_operator_writes(e2e: E2E) -> Non
     await status_where(
         e2e,
         "llm",
-        lambda o: o.get("status", {}).get("observedGeneration") == 2,
+        lambda o: (o.get("status") or {}).get("observedGeneration") == 2,
         "the update observed",
     )
 
