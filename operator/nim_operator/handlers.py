@@ -14,6 +14,9 @@ Three ways in, one reconcile:
 
 And one daemon per NIMService with `spec.autoscaling`: the built-in autoscaler, which evaluates
 every `spec.autoscaling.interval` seconds (nim_operator.autoscaling) and stops when the field goes.
+
+With NIM_OPERATOR_LEADER_ELECTION, the startup handler first waits until this process holds the
+Lease (nim_operator.leadership): kopf starts no watch, so no handler, before it returns.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from typing import Any, cast
 
 import kopf
 
-from nim_operator import API_GROUP, API_VERSION, PLURAL
+from nim_operator import API_GROUP, API_VERSION, PLURAL, leadership
 from nim_operator.autoscaling.scaler import Autoscaler
 from nim_operator.kube import ApiError, TransientApiError
 from nim_operator.reconcile import Logger, Outcome, Runtime, reconcile, reconcile_later
@@ -45,6 +48,16 @@ AUTOSCALING_RETRY_DELAY = 5.0
 @kopf.on.startup()
 async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     configure_kopf(settings, SETTINGS)
+    if SETTINGS.leader_election and memo.get("leadership") is None:  # (not again on a retry)
+        # Blocks a standby here, answering the liveness probe itself until it leads.
+        memo.leadership = await leadership.lead(
+            namespace=SETTINGS.lease_namespace,
+            name=SETTINGS.lease_name,
+            lease_duration=SETTINGS.lease_duration,
+            renew_deadline=SETTINGS.renew_deadline,
+            retry_period=SETTINGS.retry_period,
+            liveness_endpoint=SETTINGS.liveness_endpoint,
+        )
 
     def object_logger(body: Mapping[str, Any]) -> Logger:
         return kopf.LocalObjectLogger(body=kopf.Body(cast(kopf.RawBody, body)), settings=settings)
@@ -55,12 +68,18 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> N
 
 @kopf.on.cleanup()
 async def stop(memo: kopf.Memo, **_: Any) -> None:
-    autoscaler: Autoscaler | None = memo.get("autoscaler")
-    if autoscaler is not None:
-        await autoscaler.close()
-    runtime: Runtime | None = memo.get("runtime")
-    if runtime is not None:
-        await runtime.close()
+    try:
+        autoscaler: Autoscaler | None = memo.get("autoscaler")
+        if autoscaler is not None:
+            await autoscaler.close()
+        runtime: Runtime | None = memo.get("runtime")
+        if runtime is not None:
+            await runtime.close()
+    finally:
+        # Last, when nothing reconciles any more: a standby takes over at its next try.
+        lead: leadership.Leadership | None = memo.get("leadership")
+        if lead is not None:
+            await lead.release()
 
 
 @kopf.on.event(*NIMSERVICE)

@@ -8,6 +8,9 @@ one place:
 * 409 on delete with a uid precondition means "not the object we meant": `delete` returns False.
 * 429, 5xx, 409 on a patch, connection errors and timeouts are retried a bounded number of
   times with exponential backoff (honouring Retry-After), then raised as `TransientApiError`.
+* 409 on a replace (PUT) is not retried: the body carried the resourceVersion it was read at,
+  so a 409 says someone else wrote the object since, and only the caller can decide what now
+  (optimistic concurrency, as leader election needs it).
 * ... except the 500 the API server answers when an applied object does not fit its kind's type
   ("failed to create typed patch object", kubernetes/kubernetes#139253): that is invalid
   content, retrying cannot fix it, so it is an `ApiError` with `invalid_content`.
@@ -231,6 +234,16 @@ class KubeClient:
             if e.status == 404:
                 return None
             raise
+
+    async def replace(
+        self, kind: ResourceKind, namespace: str | None, name: str, body: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        """Update (PUT): `body` becomes the whole object.
+
+        With `metadata.resourceVersion` in `body`, the API server refuses the write with 409
+        Conflict when the object changed since that version; that `ApiError` is raised at once.
+        """
+        return await self._request("PUT", kind.path(namespace, name), body=dict(body))
 
     async def delete(
         self, kind: ResourceKind, namespace: str | None, name: str, *, uid: str | None = None

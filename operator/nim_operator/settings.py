@@ -7,18 +7,29 @@ when the handler is registered. `configure_kopf` is what the one `@kopf.on.start
 from __future__ import annotations
 
 import logging
+import os
+from collections.abc import Mapping
+from pathlib import Path
 
 import kopf
-from pydantic import Field
+from pydantic import Field, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from nim_operator import API_GROUP
 from nim_operator.child_records import WATCHED_CHILDREN
 from nim_operator.render.labels import FIELD_MANAGER, MANAGED_BY_LABEL
 
-__all__ = ["FINALIZER", "Settings", "configure_kopf", "managed_children_selector"]
+__all__ = [
+    "FINALIZER",
+    "Settings",
+    "configure_kopf",
+    "managed_children_selector",
+    "pod_namespace",
+]
 
 FINALIZER = f"{API_GROUP}/finalizer"
+# Where a pod finds its own namespace when the downward API does not set POD_NAMESPACE.
+SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 # Seconds kopf's per-object worker waits for another event before it exits (see configure_kopf).
 WORKER_IDLE_TIMEOUT = 0.5
 
@@ -55,8 +66,75 @@ class Settings(BaseSettings):
     # Debug-level logs (every API request kopf makes); never request bodies.
     verbose: bool = False
 
+    # Leader election (nim_operator.leadership): with several replicas, only the holder of the
+    # coordination.k8s.io/v1 Lease reconciles; the others stand by until it is free or expired.
+    leader_election: bool = Field(
+        default=False, description="Reconcile only while holding the Lease (for replicas > 1)."
+    )
+    lease_name: str = Field(default="nim-operator", min_length=1, description="The Lease's name.")
+    # Empty: the pod's own namespace (POD_NAMESPACE from the downward API, else the service
+    # account's namespace file); an error at start if there is none and election is on.
+    lease_namespace: str = Field(
+        default="",
+        validate_default=True,
+        description="The Lease's namespace; empty: the pod's own (POD_NAMESPACE).",
+    )
+    # Whole seconds: they go into the Lease's integer leaseDurationSeconds.
+    lease_duration: int = Field(
+        default=15, gt=0, description="Seconds a standby waits after the last renewal."
+    )
+    renew_deadline: int = Field(
+        default=10,
+        gt=0,
+        description="Seconds the leader keeps trying to renew before it stops (and exits).",
+    )
+    retry_period: float = Field(
+        default=2.0, gt=0, description="Seconds between renewals, and between a standby's tries."
+    )
+
+    @field_validator("lease_namespace")
+    @classmethod
+    def _lease_namespace(cls, value: str, info: ValidationInfo) -> str:
+        value = value or pod_namespace()
+        if not value and info.data.get("leader_election"):
+            raise ValueError(
+                "leader election needs the Lease's namespace: set NIM_OPERATOR_LEASE_NAMESPACE, "
+                "or POD_NAMESPACE from the downward API (metadata.namespace)"
+            )
+        return value
+
+    @field_validator("renew_deadline")
+    @classmethod
+    def _renew_deadline(cls, value: int, info: ValidationInfo) -> int:
+        duration = info.data.get("lease_duration")
+        if duration is not None and value >= duration:
+            # Otherwise a standby may take over while the old leader still believes it leads.
+            raise ValueError(f"must be less than lease_duration ({duration})")
+        return value
+
+    @field_validator("retry_period")
+    @classmethod
+    def _retry_period(cls, value: float, info: ValidationInfo) -> float:
+        deadline = info.data.get("renew_deadline")
+        if deadline is not None and value >= deadline:
+            raise ValueError(f"must be less than renew_deadline ({deadline})")  # else: no retry
+        return value
+
     def namespace_patterns(self) -> list[str]:
         return [ns.strip() for ns in self.namespaces.split(",") if ns.strip()]
+
+
+def pod_namespace(
+    environ: Mapping[str, str] = os.environ, service_account: Path | None = None
+) -> str:
+    """The namespace this process runs in as a pod; empty outside a cluster."""
+    if namespace := environ.get("POD_NAMESPACE", "").strip():
+        return namespace
+    try:
+        path = SERVICE_ACCOUNT_NAMESPACE if service_account is None else service_account
+        return path.read_text(encoding="utf-8").strip()
+    except OSError:
+        return ""
 
 
 def managed_children_selector() -> str:
@@ -98,5 +176,5 @@ def configure_kopf(kopf_settings: kopf.OperatorSettings, settings: Settings) -> 
     kopf_settings.posting.level = logging.INFO
     kopf_settings.posting.reporting_component = FIELD_MANAGER
 
-    # One operator replica (Recreate rollout): no peering objects to create or watch.
+    # No kopf peering: replicas coordinate through a Lease instead (nim_operator.leadership).
     kopf_settings.peering.standalone = True

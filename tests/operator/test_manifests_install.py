@@ -41,6 +41,7 @@ EXPECTED_RULES: dict[tuple[str, str], set[str]] = {
     ("apiextensions.k8s.io", "customresourcedefinitions"): {"list", "watch"},
     ("", "namespaces"): {"list", "watch"},
 }
+LEASE_NAME = "nim-operator"
 
 
 @pytest.fixture(scope="module")
@@ -71,6 +72,8 @@ class TestKustomization:
             "CustomResourceDefinition",
             "Deployment",
             "Namespace",
+            "Role",
+            "RoleBinding",
             "ServiceAccount",
         ]
         crd = one(built, "CustomResourceDefinition")
@@ -86,7 +89,7 @@ class TestKustomization:
         self, built: list[dict[str, Any]]
     ) -> None:
         assert one(built, "Namespace")["metadata"]["name"] == NAMESPACE
-        for kind in ("ServiceAccount", "Deployment"):
+        for kind in ("ServiceAccount", "Deployment", "Role", "RoleBinding"):
             assert one(built, kind)["metadata"]["namespace"] == NAMESPACE
 
 
@@ -112,21 +115,65 @@ class TestRBAC:
                 assert set(rule["verbs"]) == {"get"}
 
     def test_binding(self, built: list[dict[str, Any]]) -> None:
-        binding = one(built, "ClusterRoleBinding")
         account = one(built, "ServiceAccount")["metadata"]
-        assert binding["roleRef"]["name"] == one(built, "ClusterRole")["metadata"]["name"]
-        assert binding["subjects"] == [
-            {"kind": "ServiceAccount", "name": account["name"], "namespace": account["namespace"]}
+        for binding_kind, role_kind in (
+            ("ClusterRoleBinding", "ClusterRole"),
+            ("RoleBinding", "Role"),
+        ):
+            binding = one(built, binding_kind)
+            assert binding["roleRef"] == {
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": role_kind,
+                "name": one(built, role_kind)["metadata"]["name"],
+            }
+            assert binding["subjects"] == [
+                {
+                    "kind": "ServiceAccount",
+                    "name": account["name"],
+                    "namespace": account["namespace"],
+                }
+            ]
+
+    def test_the_lease_role_is_its_own_namespace_and_lease(
+        self, built: list[dict[str, Any]]
+    ) -> None:
+        """Leader election: create a Lease (a create names no object), read and renew just ours."""
+        rules = one(built, "Role")["rules"]
+        for rule in rules:
+            for key in ("apiGroups", "resources", "verbs", "resourceNames"):
+                assert "*" not in rule.get(key, []), rule
+        assert sorted(
+            (rule["apiGroups"], rule["resources"], sorted(rule["verbs"]), rule.get("resourceNames"))
+            for rule in rules
+        ) == [
+            (["coordination.k8s.io"], ["leases"], ["create"], None),
+            (["coordination.k8s.io"], ["leases"], ["get", "update"], [LEASE_NAME]),
         ]
 
 
 class TestOperatorDeployment:
-    def test_single_replica_recreated(self, built: list[dict[str, Any]]) -> None:
+    def test_two_replicas_one_always_running(self, built: list[dict[str, Any]]) -> None:
         spec = one(built, "Deployment")["spec"]
-        assert spec["replicas"] == 1
-        assert spec["strategy"] == {"type": "Recreate"}
+        assert spec["replicas"] == 2
+        assert spec["strategy"] == {
+            "type": "RollingUpdate",
+            "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1},
+        }
         pod = spec["template"]["spec"]
         assert pod["serviceAccountName"] == one(built, "ServiceAccount")["metadata"]["name"]
+
+    def test_leader_election_is_on_with_the_pods_identity(
+        self, built: list[dict[str, Any]]
+    ) -> None:
+        """Only the Lease's holder reconciles; the Lease is in the pod's namespace (the Role's)."""
+        (container,) = one(built, "Deployment")["spec"]["template"]["spec"]["containers"]
+        env = {item["name"]: item for item in container["env"]}
+        assert env["NIM_OPERATOR_LEADER_ELECTION"]["value"] == "true"
+        assert env["POD_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+        assert env["POD_NAMESPACE"]["valueFrom"] == {
+            "fieldRef": {"fieldPath": "metadata.namespace"}
+        }
+        assert "NIM_OPERATOR_LEASE_NAMESPACE" not in env  # the pod's own: where the Role is
 
     def test_runs_kopf_with_a_liveness_endpoint(self, built: list[dict[str, Any]]) -> None:
         (container,) = one(built, "Deployment")["spec"]["template"]["spec"]["containers"]

@@ -1,17 +1,19 @@
-"""The operator's ClusterRole, cross-checked against the API calls the operator really makes.
+"""The operator's RBAC, cross-checked against the API calls the operator really makes.
 
-The emulator enforces `manifests/rbac.yaml`'s ClusterRole for the operator's bearer token, as a
-real API server would for its ServiceAccount (403 for anything not granted), and records every
-(API group, resource, verb) the operator asked for. The real operator then goes through a
-scenario touching every feature: credentials and API-key Secrets, a created PVC that is later
-dropped, a ServiceMonitor, a PodDisruptionBudget, an HPA switched on and off, pods becoming
-ready, a missing Secret, deletion. It does so twice, as both supported deployments run it: the
-manifest's `nim-operator run -m nim_operator.handlers --all-namespaces`, and
+The emulator enforces what `manifests/rbac.yaml` binds to the operator's ServiceAccount (the
+ClusterRole, and the Role for its Lease in its own namespace) for the operator's bearer token,
+as a real API server would (403 for anything not granted), and records every grant the
+operator's requests used. The real operator then goes through a scenario touching every
+feature: credentials and API-key Secrets, a created PVC that is later dropped, a ServiceMonitor,
+a PodDisruptionBudget, an HPA switched on and off, pods becoming ready, a missing Secret,
+deletion. It does so twice, as both supported deployments run it: the manifest's
+`nim-operator run -m nim_operator.handlers --all-namespaces` with the manifest's environment
+(leader election on: the Lease is created, read, renewed and released), and
 `python -m nim_operator` watching namespace globs (NIM_OPERATOR_NAMESPACES), which also follows
-Namespaces.
+Namespaces, and takes over the Lease the first run released.
 
 Then: nothing was refused, every permission used is granted, and every permission granted was
-used. A feature that needs a new permission must add it to the ClusterRole *and* a step here.
+used. A feature that needs a new permission must add it to the roles *and* a step here.
 """
 
 from __future__ import annotations
@@ -39,13 +41,15 @@ from tests.support.kmock_harness import (
     connection_from_kubeconfig,
     eventually,
 )
-from tests.support.kmock_rbac import ClusterRoleAuthorizer, Permission, granted_permissions
+from tests.support.kmock_rbac import Permission, RbacAuthorizer, bound_permissions
 
 REPO = Path(__file__).resolve().parents[2]
 RBAC = REPO / "manifests" / "rbac.yaml"
 OPERATOR_DEPLOYMENT = REPO / "manifests" / "deployment.yaml"
 OPERATOR_TOKEN = "token-of-the-nim-operator-service-account"
-OPERATOR_USER = "system:serviceaccount:nimstack-system:nim-operator"
+OPERATOR_NAMESPACE = "nimstack-system"
+OPERATOR_ACCOUNT = "nim-operator"
+OPERATOR_USER = f"system:serviceaccount:{OPERATOR_NAMESPACE}:{OPERATOR_ACCOUNT}"
 CANARY = f"canary-{secrets.token_hex(6)}"
 
 NIMSERVICES = ResourceKind("nimstack.dev/v1alpha1", "nimservices")
@@ -88,15 +92,41 @@ SERVICE_MONITOR_CRD = {
 }
 
 
-def cluster_role() -> dict[str, Any]:
-    (role,) = [d for d in yaml.safe_load_all(RBAC.read_text()) if d["kind"] == "ClusterRole"]
-    return dict(role)
+def rbac_documents() -> list[dict[str, Any]]:
+    return [dict(d) for d in yaml.safe_load_all(RBAC.read_text()) if d]
+
+
+def roles() -> list[dict[str, Any]]:
+    return [d for d in rbac_documents() if d["kind"] in ("ClusterRole", "Role")]
+
+
+def granted() -> set[Permission]:
+    return bound_permissions(
+        rbac_documents(), namespace=OPERATOR_NAMESPACE, service_account=OPERATOR_ACCOUNT
+    )
+
+
+def operator_container() -> dict[str, Any]:
+    deployment = yaml.safe_load(OPERATOR_DEPLOYMENT.read_text())
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    return dict(container)
+
+
+def manifest_env(pod: str) -> dict[str, str]:
+    """The operator container's environment from the manifest, the downward API's as for `pod`."""
+    downward = {"metadata.name": pod, "metadata.namespace": OPERATOR_NAMESPACE}
+    env = {}
+    for item in operator_container().get("env", []):
+        if "value" in item:
+            env[item["name"]] = item["value"]
+        else:
+            env[item["name"]] = downward[item["valueFrom"]["fieldRef"]["fieldPath"]]
+    return env
 
 
 def manifest_argv() -> list[str]:
     """The operator container's command line from the manifest, runnable here."""
-    deployment = yaml.safe_load(OPERATOR_DEPLOYMENT.read_text())
-    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    container = operator_container()
     argv = [*container["command"], *container["args"]]
     assert argv[0] == "nim-operator"
     return [
@@ -114,12 +144,12 @@ class Exercise:
 
 
 @pytest.fixture(scope="module")
-def authorizer() -> ClusterRoleAuthorizer:
-    return ClusterRoleAuthorizer(cluster_role()["rules"], token=OPERATOR_TOKEN, user=OPERATOR_USER)
+def authorizer() -> RbacAuthorizer:
+    return RbacAuthorizer(granted(), token=OPERATOR_TOKEN, user=OPERATOR_USER)
 
 
 @pytest.fixture(scope="module")
-def cluster(authorizer: ClusterRoleAuthorizer) -> Iterator[EmulatedCluster]:
+def cluster(authorizer: RbacAuthorizer) -> Iterator[EmulatedCluster]:
     crds = [*project_crds(), SERVICE_MONITOR_CRD]
     with EmulatedCluster(crds, authorizer=authorizer) as emulated:
         yield emulated
@@ -224,7 +254,7 @@ async def scenario(kube: KubeClient, namespace: str, context: Callable[[], str])
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
 async def exercised(
     cluster: EmulatedCluster,
-    authorizer: ClusterRoleAuthorizer,
+    authorizer: RbacAuthorizer,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> AsyncIterator[Exercise]:
     work = tmp_path_factory.mktemp("rbac")
@@ -235,13 +265,21 @@ async def exercised(
     logs = []
     modes = {"manifest": (manifest_argv(), "rbac-all-"), "globs": (None, "rbac-globs-")}
     try:
+        # The operator's namespace, where its Lease is (manifests/namespace.yaml).
+        await admin.create(NAMESPACES, None, {"metadata": {"name": OPERATOR_NAMESPACE}})
         for mode, (argv, prefix) in modes.items():
             namespace = f"{prefix}{secrets.token_hex(3)}"
             settings = {"reconcile_interval": "2", "child_event_delay": "0.2", "verbose": "true"}
             if argv is None:
                 settings["namespaces"] = f"{prefix}*"
+            # Renewals within the scenario's seconds (the default is every 2 s already).
+            settings["retry_period"] = "1"
             operator = OperatorProcess(
-                operator_kubeconfig, work / f"{mode}.log", argv=argv, **settings
+                operator_kubeconfig,
+                work / f"{mode}.log",
+                argv=argv,
+                env=manifest_env(f"nim-operator-{mode}"),
+                **settings,
             )
             await admin.create(NAMESPACES, None, {"metadata": {"name": namespace}})
             operator.start()
@@ -269,11 +307,17 @@ async def exercised(
     )
 
 
-def test_the_cluster_role_has_no_wildcards() -> None:
-    for rule in cluster_role()["rules"]:
-        for key in ("apiGroups", "resources", "verbs"):
-            assert "*" not in rule[key], rule
-        assert "nonResourceURLs" not in rule
+def test_the_roles_have_no_wildcards() -> None:
+    for role in roles():
+        for rule in role["rules"]:
+            for key in ("apiGroups", "resources", "verbs", "resourceNames"):
+                assert "*" not in rule.get(key, []), rule
+            assert "nonResourceURLs" not in rule
+
+
+def test_the_manifest_runs_with_leader_election() -> None:
+    """So the Lease's grants below are the ones the manifest's operator uses."""
+    assert manifest_env("pod")["NIM_OPERATOR_LEADER_ELECTION"] == "true"
 
 
 def test_every_request_was_authorized(exercised: Exercise) -> None:
@@ -283,10 +327,14 @@ def test_every_request_was_authorized(exercised: Exercise) -> None:
 def test_every_permission_granted_was_used_and_every_one_used_granted(
     exercised: Exercise,
 ) -> None:
-    granted = granted_permissions(cluster_role()["rules"])
-    unused = "\n  ".join(sorted(map(str, granted - exercised.used)))
+    grants = granted()
+    assert (
+        Permission("coordination.k8s.io", "leases", "update", OPERATOR_NAMESPACE, "nim-operator")
+        in grants
+    )
+    unused = "\n  ".join(sorted(map(str, grants - exercised.used)))
     assert not unused, f"granted but never used:\n  {unused}"
-    missing = "\n  ".join(sorted(map(str, exercised.used - granted)))
+    missing = "\n  ".join(sorted(map(str, exercised.used - grants)))
     assert not missing, f"used but not granted:\n  {missing}"
 
 

@@ -11,6 +11,8 @@ kmock's storage, discovery and watch bus:
 * the ``scale`` subresource for Deployments and for custom resources that declare one;
 * JSON merge patch, JSON patch (with ``test``, which kopf uses for finalizers) and server-side
   apply with per-manager field ownership (``metadata.managedFields``), see ``kmock_fields``;
+* update (PUT), which replaces the object, and optimistic concurrency: a PUT or merge patch
+  whose ``metadata.resourceVersion`` is not the stored one gets 409 Conflict (leader election);
 * no-op writes do not bump the resourceVersion and emit no watch event (as on a real server);
 * LIST/WATCH with label and field selectors, WATCH resumed from a resourceVersion, and
   ``timeoutSeconds``;
@@ -266,6 +268,8 @@ class ApiServerEmulator(kmock.KubernetesEmulator):
     def _route(self, request: kmock.Request) -> Any:
         if request.resource is None or not request.resource.plural:
             return None  # discovery and other non-resource paths: kmock's scaffold serves them
+        if request.method == kmock.method.PUT and request.name is not None:
+            return self._serve_update  # kmock guesses no action for a PUT: an update (replace)
         return {
             kmock.action.LIST: self._serve_list,
             kmock.action.WATCH: self._serve_watch,
@@ -473,7 +477,12 @@ class ApiServerEmulator(kmock.KubernetesEmulator):
     ) -> dict[str, Any]:
         managed = self._managed.setdefault(key, {})
         subresource = request.subresource or ""
-        if content_type == APPLY_PATCH:
+        if request.method == kmock.method.PUT:
+            if not isinstance(request.data, Mapping):
+                raise _error(400, "BadRequest", "the body of an update must be an object")
+            _check_resource_version(request, key, live)
+            new = copy.deepcopy(dict(request.data))  # the whole object: nothing is merged
+        elif content_type == APPLY_PATCH:
             try:
                 return fields.server_side_apply(
                     live,
@@ -485,12 +494,13 @@ class ApiServerEmulator(kmock.KubernetesEmulator):
                 )
             except fields.FieldConflictError as e:
                 raise _error(409, "Conflict", str(e)) from e
-        if content_type == JSON_PATCH:
+        elif content_type == JSON_PATCH:
             try:
                 new = jsonpatch.apply_patch(live, request.data or [])
             except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException) as e:
                 raise _error(422, "Invalid", f"the JSON patch cannot be applied: {e}") from e
         else:  # merge patch; a strategic merge patch is treated as one (lists replace)
+            _check_resource_version(request, key, live)
             new = fields.merge_patch(live, request.data or {})
         on_status = subresource == "status"
         fields.record_update(
@@ -762,6 +772,28 @@ def _check_typed_patch(request: kmock.Request, key: ObjectKey) -> None:
             "InternalError",
             f"failed to create typed patch object ({where}; {gvk}): {problems[0]}",
         )
+
+
+def _check_resource_version(
+    request: kmock.Request, key: ObjectKey, live: Mapping[str, Any]
+) -> None:
+    """A write carrying metadata.resourceVersion applies only to that version (409 otherwise).
+
+    This is the API server's optimistic concurrency: an update (or merge patch) made from a read
+    fails when someone else wrote the object since, and leader election depends on it.
+    """
+    body = request.data if isinstance(request.data, Mapping) else {}
+    expected = (body.get("metadata") or {}).get("resourceVersion")
+    if expected is None or str(expected) == live.get("metadata", {}).get("resourceVersion"):
+        return
+    resource = key[0]
+    what = f"{resource.plural}.{resource.group}" if resource.group else str(resource.plural)
+    raise _error(
+        409,
+        "Conflict",
+        f'Operation cannot be fulfilled on {what} "{key[2]}": the object has been modified; '
+        "please apply your changes to the latest version and try again",
+    )
 
 
 def _wants_metadata_only(request: kmock.Request) -> bool:

@@ -1,28 +1,37 @@
-"""RBAC for the API-server emulator: one ClusterRole enforced for one bearer token, and recorded.
+"""RBAC for the API-server emulator: the roles bound to one bearer token enforced, and recorded.
 
-A real API server authorizes every request as (API group, resource[/subresource], verb) and
-answers 403 when no rule of the subject's roles grants it. `ClusterRoleAuthorizer` does the same
-for the requests that carry `token` (the operator's credentials in a test), against the rules of a
-ClusterRole read from a manifest, and records every permission it checked, granted or not. Every
-other token is an administrator (the test itself), and non-resource URLs (discovery, /version)
-are open, as the default `system:discovery` role makes them for any authenticated user.
+A real API server authorizes every request as (API group, resource[/subresource], verb, and the
+namespace and name it is about) and answers 403 when no rule of the subject's roles grants it.
+`RbacAuthorizer` does the same for the requests that carry `token` (the operator's credentials
+in a test), against what the manifests bind to its ServiceAccount (`bound_permissions`:
+ClusterRoles through ClusterRoleBindings, Roles through RoleBindings in their namespace, with
+`resourceNames`), and records every grant a request used and every request refused. Every other
+token is an administrator (the test itself), and non-resource URLs (discovery, /version) are
+open, as the default `system:discovery` role makes them for any authenticated user.
 
 Verbs follow the Kubernetes authorization docs: GET of one object is `get`, of a collection
 `list`, with `watch=true` `watch`; POST `create`; PUT `update`; PATCH `patch`; DELETE `delete`
 (`deletecollection` without a name). A server-side apply that creates the object needs `create`
-as well as `patch`.
+as well as `patch`. A create has no name to match (POST goes to the collection), so a rule with
+`resourceNames` never grants it, as on a real API server.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, replace
 from typing import Any
 
 import kmock
 
-__all__ = ["ClusterRoleAuthorizer", "Permission", "granted_permissions", "requested_permissions"]
+__all__ = [
+    "Permission",
+    "RbacAuthorizer",
+    "bound_permissions",
+    "granted_permissions",
+    "requested_permissions",
+]
 
 
 @dataclass(frozen=True, order=True)
@@ -30,20 +39,51 @@ class Permission:
     group: str
     resource: str  # plural, or plural/subresource
     verb: str
+    namespace: str = ""  # empty: in every namespace (a ClusterRole bound cluster-wide)
+    name: str = ""  # empty: any object (a rule without resourceNames)
 
     def __str__(self) -> str:
-        return f"{self.verb} {self.resource}.{self.group or 'core'}"
+        text = f"{self.verb} {self.resource}.{self.group or 'core'}"
+        if self.name:
+            text += f' "{self.name}"'
+        return text + (f" in {self.namespace}" if self.namespace else "")
 
 
-def granted_permissions(rules: Iterable[Mapping[str, Any]]) -> set[Permission]:
-    """Every (group, resource, verb) a ClusterRole's rules grant (wildcards are not expanded)."""
+def granted_permissions(rules: Iterable[Mapping[str, Any]], namespace: str = "") -> set[Permission]:
+    """Every permission a role's rules grant (wildcards are not expanded), in `namespace`."""
     return {
-        Permission(group, resource, verb)
+        Permission(group, resource, verb, namespace, name)
         for rule in rules
         for group in rule.get("apiGroups", [])
         for resource in rule.get("resources", [])
         for verb in rule.get("verbs", [])
+        for name in rule.get("resourceNames") or [""]
     }
+
+
+def bound_permissions(
+    documents: Iterable[Mapping[str, Any]], *, namespace: str, service_account: str
+) -> set[Permission]:
+    """What the RBAC objects among `documents` grant the ServiceAccount `namespace/name`."""
+    documents = list(documents)
+    roles = {
+        (doc["kind"], doc["metadata"].get("namespace", ""), doc["metadata"]["name"]): doc
+        for doc in documents
+        if doc.get("kind") in ("ClusterRole", "Role")
+    }
+    subject = {"kind": "ServiceAccount", "name": service_account, "namespace": namespace}
+    granted: set[Permission] = set()
+    for binding in documents:
+        if binding.get("kind") not in ("ClusterRoleBinding", "RoleBinding"):
+            continue
+        if subject not in binding.get("subjects", []):
+            continue
+        where = binding["metadata"].get("namespace", "") if binding["kind"] == "RoleBinding" else ""
+        ref = binding["roleRef"]
+        role = roles.get((ref["kind"], where if ref["kind"] == "Role" else "", ref["name"]))
+        if role is not None:
+            granted |= granted_permissions(role.get("rules", []), where)
+    return granted
 
 
 def _bearer(request: kmock.Request) -> str | None:
@@ -82,11 +122,11 @@ def requested_permissions(request: kmock.Request, *, creates: bool) -> list[Perm
     return permissions
 
 
-class ClusterRoleAuthorizer:
-    """Enforce `rules` for requests bearing `token`; remember what was asked and refused."""
+class RbacAuthorizer:
+    """Enforce `granted` for requests bearing `token`; remember what was used and refused."""
 
-    def __init__(self, rules: Sequence[Mapping[str, Any]], *, token: str, user: str) -> None:
-        self._granted = granted_permissions(rules)
+    def __init__(self, granted: Iterable[Permission], *, token: str, user: str) -> None:
+        self._granted = set(granted)
         self._token = token
         self._user = user
         self._lock = threading.Lock()
@@ -95,6 +135,7 @@ class ClusterRoleAuthorizer:
 
     @property
     def used(self) -> set[Permission]:
+        """The grants requests used, and the permissions of refused requests."""
         with self._lock:
             return set(self._used)
 
@@ -107,17 +148,28 @@ class ClusterRoleAuthorizer:
         """None when allowed, else the API server's Forbidden message."""
         if _bearer(request) != self._token:
             return None
-        for permission in requested_permissions(request, creates=creates):
+        namespace, name = request.namespace or "", request.name or ""
+        for wanted in requested_permissions(request, creates=creates):
+            grant = self._grant_for(wanted, namespace, name)
             with self._lock:
-                self._used.add(permission)
-            if permission not in self._granted:
-                where = f' in the namespace "{request.namespace}"' if request.namespace else ""
+                self._used.add(grant or replace(wanted, namespace=namespace, name=name))
+            if grant is None:
+                where = f' in the namespace "{namespace}"' if namespace else ""
                 message = (
-                    f'{permission.resource} "{request.name or ""}" is forbidden: User '
-                    f'"{self._user}" cannot {permission.verb} resource "{permission.resource}" '
-                    f'in API group "{permission.group}"{where}'
+                    f'{wanted.resource} "{name}" is forbidden: User '
+                    f'"{self._user}" cannot {wanted.verb} resource "{wanted.resource}" '
+                    f'in API group "{wanted.group}"{where}'
                 )
                 with self._lock:
-                    self._denied.append((permission, str(request.url.path)))
+                    self._denied.append((wanted, str(request.url.path)))
                 return message
+        return None
+
+    def _grant_for(self, wanted: Permission, namespace: str, name: str) -> Permission | None:
+        """The most general grant that allows `wanted` on `namespace/name`, if any."""
+        for scope in ("", namespace):
+            for object_name in ("", name):
+                grant = replace(wanted, namespace=scope, name=object_name)
+                if grant in self._granted:
+                    return grant
         return None
