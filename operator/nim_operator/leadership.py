@@ -405,7 +405,8 @@ async def standby_liveness(
 
     app = aiohttp.web.Application()
     app.add_routes([aiohttp.web.get(parts.path or "/", healthz)])
-    runner = aiohttp.web.AppRunner(app, handle_signals=False, shutdown_timeout=1.0)
+    # No access log: a line per probe would drown the one line that says it stands by.
+    runner = aiohttp.web.AppRunner(app, handle_signals=False, shutdown_timeout=1.0, access_log=None)
     await runner.setup()
     try:
         site = aiohttp.web.TCPSite(runner, parts.hostname or "localhost", parts.port or 80)

@@ -13,9 +13,11 @@ import copy
 import datetime
 import json
 import secrets
+import subprocess
+import sys
 import time
 import urllib.request
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -383,6 +385,24 @@ async def test_a_released_lease_is_taken_at_the_next_try(kube: KubeClient) -> No
     assert (await kube.get(LEASES, "elect", name) or {})["spec"]["leaseTransitions"] == 1
 
 
+def test_a_leader_that_lost_its_lease_is_gone_even_if_sigterm_does_not_end_it() -> None:
+    """SIGTERM lets kopf stop cleanly; should that hang, the process still exits in time."""
+    program = (
+        "import signal, time\n"
+        "from nim_operator.leadership import stop_this_process\n"
+        "signal.signal(signal.SIGTERM, lambda *_: print('SIGTERM', flush=True))\n"
+        "stop_this_process(0.5)('lost')\n"
+        "time.sleep(30)\n"
+    )
+    started = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-c", program], capture_output=True, text=True, timeout=30
+    )
+    assert done.returncode == 1, done.stderr
+    assert done.stdout == "SIGTERM\n"
+    assert time.monotonic() - started < 15  # not the 30 s sleep
+
+
 # --- acceptance: two operator processes ---------------------------------------------------------
 
 # Short, so that the test is quick, but with room for a loaded machine: a leader whose renewals
@@ -452,6 +472,20 @@ def requests_of(cluster: EmulatedCluster, token: str) -> list[tuple[str, str, st
     return cluster.inspect(select)
 
 
+def writes_of(cluster: EmulatedCluster, token: str) -> set[tuple[str, str]]:
+    """(resource plural, name) of each object written with `token`."""
+    return {
+        (plural, name) for method, plural, name in requests_of(cluster, token) if method != "GET"
+    }
+
+
+def log_says(replica: Replica, text: str) -> Callable[[], Awaitable[bool]]:
+    async def probe() -> bool:
+        return text in replica.log()
+
+    return probe
+
+
 def seconds(later: str, earlier: str) -> float:
     end, start = parse_micro_time(later), parse_micro_time(earlier)
     assert end is not None
@@ -467,7 +501,8 @@ async def test_two_replicas_one_reconciles_and_the_other_takes_over(tmp_path: Pa
             user_agent="ha-test",
         )
         namespace = f"ha-{secrets.token_hex(3)}"
-        replicas = [Replica(cluster, tmp_path, pod) for pod in ("op-a", "op-b", "op-c")]
+        pods = ("op-a", "op-b", "op-c", "op-d")
+        replicas = [Replica(cluster, tmp_path, pod) for pod in pods]
         try:
             for name in (LEASE_NAMESPACE, namespace):
                 await admin.create(NAMESPACES, None, {"metadata": {"name": name}})
@@ -508,7 +543,7 @@ async def ha_scenario(
 
         await eventually(children, within=30, what=f"{name}'s children", context=context)
 
-    a, b, c = replicas
+    a, b, c, d = replicas
     # Both start at once; exactly one of them gets the Lease.
     await asyncio.gather(*(asyncio.to_thread(r.process.start) for r in (a, b)))
     live = await eventually(current_lease, within=30, what="the Lease", context=context)
@@ -531,12 +566,7 @@ async def ha_scenario(
     assert touched, "the standby polls the Lease"
     assert {plural for _, plural, _ in touched} == {"leases"}, touched
     assert {method for method, _, _ in touched} == {"GET"}, touched
-    written = {
-        (plural, name)
-        for method, plural, name in requests_of(cluster, leader.token)
-        if method != "GET"
-    }
-    assert {("deployments", "first"), ("services", "first")} <= written
+    assert {("deployments", "first"), ("services", "first")} <= writes_of(cluster, leader.token)
 
     # SIGKILL: nothing released. The standby takes over once the Lease has expired.
     last_renewal = (await current_lease() or {})["spec"]["renewTime"]
@@ -558,22 +588,25 @@ async def ha_scenario(
     assert taken["spec"]["leaseTransitions"] == 1
     await reconciled("after-kill")
     new_leader = standby
-    written = {
-        (plural, name)
-        for method, plural, name in requests_of(cluster, new_leader.token)
-        if method != "GET"
-    }
-    assert {("deployments", "after-kill"), ("services", "after-kill")} <= written
-
-    # The kubelet would restart the killed container: a new standby. Then SIGTERM: the leader
-    # releases the Lease on its way out, and the standby takes it at its next try.
-    await asyncio.to_thread(c.process.start)
-    await eventually(
-        lambda: asyncio.sleep(0, "standing by as op-c" in c.log()),
-        within=10,
-        what="op-c standing by",
-        context=context,
+    assert {("deployments", "after-kill"), ("services", "after-kill")} <= writes_of(
+        cluster, new_leader.token
     )
+
+    # The kubelet would restart the killed container: a new standby (two, here). A standby
+    # stops at once on SIGTERM (a rollout deletes it), writing nothing.
+    await asyncio.gather(*(asyncio.to_thread(r.process.start) for r in (c, d)))
+    for replica in (c, d):
+        await eventually(
+            log_says(replica, f"standing by as {replica.pod}_"),
+            within=10,
+            what=f"{replica.pod} standing by",
+            context=context,
+        )
+    assert await asyncio.to_thread(d.process.stop, 10) == 0, d.process.log_tail()
+    assert {method for method, _, _ in requests_of(cluster, d.token)} == {"GET"}
+
+    # SIGTERM of the leader: it releases the Lease on its way out, and the standby takes it at
+    # its next try.
     stopped_at = format_micro_time(datetime.datetime.now(tz=datetime.UTC))
     exit_code = await asyncio.to_thread(new_leader.process.stop)
     assert exit_code == 0, new_leader.process.log_tail()
@@ -589,10 +622,11 @@ async def ha_scenario(
         f"{after_release:.2f}s after the release"
     )
     await reconciled("after-stop")
+    assert ("deployments", "after-stop") in writes_of(cluster, c.token)
 
     # A leader that finds the Lease taken from under it stops reconciling and exits.
     intruder = held_lease(
-        taken := await current_lease(),
+        await current_lease(),
         name="nim-operator",
         namespace=LEASE_NAMESPACE,
         identity="intruder",
@@ -600,11 +634,9 @@ async def ha_scenario(
         duration=3600,
     )
     await admin.replace(LEASES, LEASE_NAMESPACE, "nim-operator", intruder)
-    await eventually(
-        lambda: asyncio.sleep(0, not c.process.alive()),
-        within=RETRY_PERIOD + 10,
-        what="op-c exiting",
-        context=context,
-    )
-    assert "lost the Lease" in c.log()
-    assert "held by intruder" in c.log()
+
+    async def exited() -> bool:
+        return not c.process.alive()
+
+    await eventually(exited, within=RETRY_PERIOD + 10, what="op-c exiting", context=context)
+    assert "lost the Lease nim-ha-system/nim-operator (it is held by intruder now)" in c.log()
