@@ -74,6 +74,7 @@ async def measure(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                     interval=args.interval,
                     window=args.window if args.window is not None else args.interval,
                     settle=args.settle,
+                    settle_max=args.settle_max,
                     probes=args.probes,
                     replicas=args.replicas,
                     concurrency=args.concurrency,
@@ -83,8 +84,10 @@ async def measure(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                 runs[name].append(outcome)
                 log(
                     f"  converged in {outcome['burst']['converge_s']}s, "
+                    f"settled {outcome['settle']['took_s']}s later, "
                     f"idle RSS {outcome['idle']['rss_mib']} MiB, "
-                    f"idle CPU {outcome['idle']['cpu_pct']}%"
+                    f"idle CPU {outcome['idle']['cpu_pct']}%, "
+                    f"operator writes in the idle window {outcome['idle']['operator_writes']}"
                 )
         ours = report.summarize(runs["nimstack"])
         result: dict[str, Any] = {
@@ -106,6 +109,8 @@ async def measure(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             "repeat": args.repeat,
             "reconcile_interval_s": args.interval,
             "idle_window_s": args.window if args.window is not None else args.interval,
+            "settle_quiet_s": args.settle,
+            "settle_max_s": args.settle_max,
             "probes": args.probes,
             "replicas": args.replicas,
             "create_concurrency": args.concurrency,
@@ -124,7 +129,9 @@ def markdown(data: dict[str, Any]) -> str:
         f"{data['backend']}; machine: {data['machine']} (load average "
         f"{', '.join(str(x) for x in data['load_average'])} at the end: the machine is shared). "
         f"Timer interval {settings['reconcile_interval_s']:g} s (the default), idle window "
-        f"{settings['idle_window_s']:g} s, {settings['probes']} single applies per N, "
+        f"{settings['idle_window_s']:g} s once nobody but the operator had changed anything for "
+        f"{settings['settle_quiet_s']:g} s (at most {settings['settle_max_s']:g} s after "
+        f"convergence), {settings['probes']} single applies per N, "
         f"`replicas: {settings['replicas']}`. Medians of {settings['repeat']} run(s). "
         "What each number means: docs/benchmarks-operator.md.",
         "",
@@ -145,6 +152,7 @@ def markdown(data: dict[str, Any]) -> str:
         ]
     for result in data["results"]:
         lines += [f"## N = {result['count']}", "", *report.detail_table(result), ""]
+        lines += report.writes_section(result)
     return "\n".join(lines)
 
 
@@ -169,7 +177,16 @@ def main(argv: list[str] | None = None) -> int:
         "--interval", type=float, default=60.0, help="NIM_OPERATOR_RECONCILE_INTERVAL (s)"
     )
     parser.add_argument("--window", type=float, help="idle window (s); default: one interval")
-    parser.add_argument("--settle", type=float, default=5.0, help="wait before the window (s)")
+    parser.add_argument(
+        "--settle",
+        type=float,
+        default=10.0,
+        help="before the idle window, wait until nobody but the operator changed anything for "
+        "this long (s)",
+    )
+    parser.add_argument(
+        "--settle-max", type=float, default=300.0, help="the most to wait for that (s)"
+    )
     parser.add_argument("--probes", type=int, default=20, help="single applies per N")
     parser.add_argument("--replicas", type=int, default=1, help="spec.replicas of each")
     parser.add_argument("--concurrency", type=int, default=8, help="creates in flight")

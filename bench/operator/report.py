@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import statistics
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,6 +57,7 @@ SUMMARY_PATHS = {
         "probe.handled_p50_s",
         "probe.handled_p99_s",
     ),
+    "settle": ("settle.took_s", "settle.tail_s"),
     "idle": ("idle.rss_mib", "idle.cpu_pct", "idle.server_cpu_pct", "idle.window_s"),
     "restart": (
         "restart.peak_rss_mib",
@@ -89,6 +91,21 @@ def summarize(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
     for phase in ("idle", "restart"):
         changes = [sum((_get(r, f"{phase}.changes") or {}).values()) for r in runs]
         out[f"{phase}.changes"] = max(changes) if changes else None
+    # Counts that should be zero: the worst run's.
+    for path in (
+        "settle.writes.operator_writes",
+        "settle.writes.other_writes",
+        "idle.writes.operator_writes",
+        "idle.writes.other_writes",
+        "restart.writes.operator_writes",
+        "status_writes.run.patches",
+        "status_writes.run.modified",
+        "status_writes.run.unchanged",
+        "status_writes.idle.patches",
+    ):
+        found = [v for r in runs if isinstance(v := _get(r, path), int)]
+        out[path] = max(found) if found else None
+    out["settle.unsettled"] = sum(1 for r in runs if _get(r, "settle.settled") is False)
     by_verb: dict[str, list[float]] = {}
     for run in runs:
         idle = _get(run, "requests.idle") or {}
@@ -129,6 +146,8 @@ def checks(count: int, ours: dict[str, Any]) -> list[Check]:
     rss = ours["idle.rss_mib"]
     cpu = ours["idle.cpu_pct"]
     changes = ours["idle.changes"]
+    operator_writes = ours.get("idle.writes.operator_writes")
+    unsettled = ours.get("settle.unsettled") or 0
     return [
         Check(
             f"apply -> Deployment+Service p50, one apply with {count} present (s)",
@@ -155,10 +174,17 @@ def checks(count: int, ours: dict[str, Any]) -> list[Check]:
             _at_most(cpu, IDLE_CPU_TARGET_PCT),
         ),
         Check(
-            "objects changed by timer ticks in the idle window",
+            "objects changed by anyone in the idle window",
             changes,
             "0",
             None if changes is None else changes == 0,
+        ),
+        Check(
+            "operator writes in the settled idle window"
+            + (f" (n/a: {unsettled} run(s) did not settle)" if unsettled else ""),
+            operator_writes,
+            "0",
+            None if operator_writes is None or unsettled else operator_writes == 0,
         ),
     ]
 
@@ -204,9 +230,19 @@ ROWS: list[tuple[str, str]] = [
     ("one apply, N present: -> Deployment+Service p50 / p99 (s)", "probe.children_p50_s|p99"),
     ("one apply, N present: -> status written p50 / p99 (s)", "probe.observed_p50_s|p99"),
     ("one apply, N present: -> kopf done p50 / p99 (s)", "probe.handled_p50_s|p99"),
+    ("settle: convergence -> idle window (s)", "settle.took_s"),
+    ("settle: convergence -> last change by others (s)", "settle.tail_s"),
+    (
+        "settle: changes by the operator / by others",
+        "settle.writes.operator_writes|settle.writes.other_writes",
+    ),
     ("idle: operator RSS (MiB)", "idle.rss_mib"),
     ("idle: operator CPU (% of a core)", "idle.cpu_pct"),
     ("idle: objects changed", "idle.changes"),
+    (
+        "idle: changes by the operator / by others",
+        "idle.writes.operator_writes|idle.writes.other_writes",
+    ),
     (
         "restart, N present: peak / end-of-window operator RSS (MiB)",
         "restart.peak_rss_mib|restart.rss_mib",
@@ -214,6 +250,11 @@ ROWS: list[tuple[str, str]] = [
     ("restart, N present: operator CPU over the window (% of a core)", "restart.cpu_pct"),
     ("restart, N present: last request after start (s)", "restart.resync_s"),
     ("restart, N present: objects changed", "restart.changes"),
+    ("restart, N present: changes by the operator", "restart.writes.operator_writes"),
+    (
+        "NIMService status patches / that changed something / that did not (whole run)",
+        "status_writes.run.patches|status_writes.run.modified|status_writes.run.unchanged",
+    ),
     ("API requests per NIMService, restart", "requests.restart.per_object"),
     ("API requests per NIMService, burst", "requests.burst.per_object"),
     ("reconciles per NIMService, burst", "requests.burst.reconciles_per_object"),
@@ -231,10 +272,10 @@ def _row_value(summary: dict[str, Any] | None, spec: str) -> str:
     if summary is None:
         return ""
     if "|" in spec:
-        first, second = spec.split("|")
-        if second == "p99":
-            second = first.replace("_p50_", "_p99_")
-        return " / ".join(_cell(summary.get(path)) for path in (first, second))
+        paths = spec.split("|")
+        if paths[1:] == ["p99"]:
+            paths[1] = paths[0].replace("_p50_", "_p99_")
+        return " / ".join(_cell(summary.get(path)) for path in paths)
     return _cell(summary.get(spec))
 
 
@@ -247,13 +288,74 @@ def detail_table(result: dict[str, Any]) -> list[str]:
         cells = [_row_value(ours, spec)]
         if noop:
             cells.append(_row_value(noop, spec))
-        if all(c in ("", "n/a", "n/a / n/a") for c in cells):
+        if all(set(c.split(" / ")) <= {"", "n/a"} for c in cells):
             continue
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     per_tick = ours.get("requests.idle.by_verb_per_tick") or {}
     if per_tick:
         described = ", ".join(f"{count:g} {verb}" for verb, count in per_tick.items())
         lines += ["", f"A timer tick of nim_operator: {described}."]
+    return lines
+
+
+WRITE_PHASES = (
+    ("burst", "burst: from the first create to the milestone that completed the last one"),
+    ("settle", "settle: after convergence, until nobody but the operator changed anything"),
+    ("idle", "idle window"),
+    ("restart", "restart window"),
+)
+
+
+def writes_table(run: dict[str, Any]) -> list[str]:
+    """What changed in each phase of one run, by kind, writer and area."""
+    lines = ["| phase | kind | writer | what changed | changes |", "|---|---|---|---|---:|"]
+    for phase, _ in WRITE_PHASES:
+        writes = _get(run, f"{phase}.writes") or {}
+        detail = writes.get("detail") or {}
+        if not detail:
+            lines.append(f"| {phase} | | | nothing | 0 |")
+        for kind, writers in detail.items():
+            for writer, areas in writers.items():
+                for what, count in areas.items():
+                    lines.append(f"| {phase} | {kind} | {writer} | {what} | {count} |")
+    return lines
+
+
+def writes_section(result: dict[str, Any]) -> list[str]:
+    """Per run of nim_operator at one N: the settling, and who changed what in each phase."""
+    runs = (result.get("runs") or {}).get("nimstack") or []
+    lines: list[str] = []
+    for index, run in enumerate(runs):
+        settle = run.get("settle") or {}
+        title = f"### N = {result['count']}: who changed what (nim_operator, run {index + 1})"
+        how = Counter[str]()
+        for phase, _ in WRITE_PHASES:
+            how.update(_get(run, f"{phase}.writes.by_how") or {})
+        status = run.get("status_writes") or {}
+        described = ", ".join(
+            f"{phase} {_cell(counts.get('patches'))} / {_cell(counts.get('modified'))}"
+            for phase, counts in status.items()
+        )
+        lines += [
+            title,
+            "",
+            f"Idle window started {_cell(settle.get('took_s'))} s after convergence"
+            + (
+                ""
+                if settle.get("settled", True)
+                else f" WITHOUT SETTLING (the cap, {_cell(settle.get('max_s'))} s)"
+            )
+            + f"; the last change by anyone but the operator came "
+            f"{_cell(settle.get('tail_s'))} s after convergence (quiet period "
+            f"{_cell(settle.get('quiet_s'))} s). Attributed by: "
+            + (", ".join(f"{k} {v}" for k, v in sorted(how.items())) or "nothing to attribute")
+            + " (attribution.py). NIMService status patches sent / that changed something: "
+            + described
+            + ".",
+            "",
+            *writes_table(run),
+            "",
+        ]
     return lines
 
 

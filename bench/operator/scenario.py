@@ -3,12 +3,17 @@
 1. **Burst**: create N NIMServices, `concurrency` at a time, as fast as the API server takes
    them; wait until each has its Deployment and Service and its status written (and, on the
    emulator, its pod ready).
-2. **Idle**: after a short settle, a window of `window` seconds (by default one timer interval)
-   in which nothing happens but the operator's own timers: its RSS and CPU (psutil), the
-   requests it makes, and whether anything in the namespace changed.
-3. **Probe**: `probes` more NIMServices, one at a time, each only after the previous one is
+2. **Settle**: until nobody but the operator has changed anything in the namespace for `settle`
+   seconds (at most `settle_max`): on a real cluster the controller manager goes on creating
+   ReplicaSets and Pods and updating Deployment status for minutes after a large burst, and the
+   operator reports the latter in each NIMService's status. Who changed what meanwhile is
+   recorded (`attribution.py`).
+3. **Idle**: a window of `window` seconds (by default one timer interval) in which nothing
+   happens but the operator's own timers: its RSS and CPU (psutil), the requests it makes, and
+   what changed in the namespace, by whom (the operator's writes here should be none).
+4. **Probe**: `probes` more NIMServices, one at a time, each only after the previous one is
    done: the reaction time of an operator that already manages N objects.
-4. **Restart**: the operator is stopped and a new process takes over what is there, as after a
+5. **Restart**: the operator is stopped and a new process takes over what is there, as after a
    rollout or a crash. It lists every watched object at once, the most it holds in memory at
    one moment, and must change nothing: its RSS (peak, and at the end of a `window`), its CPU,
    when it made its last request, and what changed in the namespace.
@@ -37,6 +42,7 @@ from typing import Any
 
 import psutil
 
+from bench.operator.attribution import Change, is_operator, summarize
 from bench.operator.backends import BENCH_AGENT, NAMESPACES, NIMSERVICES, REPO, Backend, Request
 from bench.operator.timeline import Timeline
 from nim_operator.kube import ApiError, KubeClient
@@ -68,7 +74,8 @@ class RunConfig:
     operator: str = "nimstack"
     interval: float = 60.0  # NIM_OPERATOR_RECONCILE_INTERVAL (the image's default)
     window: float = 60.0
-    settle: float = 5.0
+    settle: float = 10.0  # quiet seconds (no change by anyone but the operator) before idle
+    settle_max: float = 300.0  # the most to wait for them
     probes: int = 10
     replicas: int = 1
     concurrency: int = 8
@@ -200,6 +207,41 @@ def request_stats(requests: list[Request], objects: int | None = None) -> dict[s
     stats["emulator_p50_ms"] = _round(percentile(took, 0.5), 2)
     stats["emulator_p99_ms"] = _round(percentile(took, 0.99), 2)
     return stats
+
+
+def operator_status_write(change: Change) -> bool:
+    """A NIMService status change the operator's status writes made."""
+    return (
+        change.kind == "nimservices"
+        and change.event == "MODIFIED"
+        and "status" in change.areas
+        and any(is_operator(w) and w.endswith(" status") for w in change.writers)
+    )
+
+
+def is_status_patch(request: Request) -> bool:
+    """nim_operator's write of a NIMService's status (a merge patch of /status)."""
+    return (
+        request.agent.startswith(OPERATOR_AGENT)
+        and request.method == "PATCH"
+        and request.resource == "nimservices"
+        and request.subresource == "status"
+    )
+
+
+def status_writes(changes: list[Change], requests: list[Request] | None) -> dict[str, Any]:
+    """The operator's NIMService status writes in one phase: the patches it sent (from the
+    emulator's request log; None elsewhere) and those that changed something (the watch's
+    MODIFIED events). The API server emits no event for a write that changes nothing, so
+    `unchanged` is the difference. Near a phase's edges an event can arrive after its request's
+    phase ended, which shows as a difference of one."""
+    modified = sum(1 for c in changes if operator_status_write(c))
+    patches = None if requests is None else sum(1 for r in requests if is_status_patch(r))
+    return {
+        "patches": patches,
+        "modified": modified,
+        "unchanged": None if patches is None else max(0, patches - modified),
+    }
 
 
 def _samples(timeline: Timeline, acked: dict[str, float], milestone: str) -> list[float]:
@@ -346,8 +388,13 @@ class Run:
         server_cpu1 = server.sample()[2] if server is not None else 0.0
         burst_rtts = list(self.create_rtts)
 
-        # 2. Idle: nothing but timers.
-        await asyncio.sleep(config.settle)
+        # 2. Settle: until the cluster stopped changing what the burst made.
+        ledger = self.timeline.ledger
+        _, settled = await self.timeline.settle(
+            burst_end, quiet=config.settle, cap=config.settle_max
+        )
+
+        # 3. Idle: nothing but timers.
         window_start, rss0, cpu0 = sampler.sample()
         server_idle0 = server.sample()[2] if server is not None else 0.0
         await asyncio.sleep(config.window)
@@ -355,7 +402,7 @@ class Run:
         server_idle1 = server.sample()[2] if server is not None else 0.0
         window_rss = [rss for _, rss, _ in sampler.between(window_start, window_end)]
 
-        # 3. Probes, one at a time.
+        # 4. Probes, one at a time.
         probe_acked: dict[str, float] = {}
         probe_start = time.monotonic()
         for index in range(config.probes):
@@ -367,7 +414,7 @@ class Run:
         probe_end = time.monotonic()
         peak_rss = max(rss for _, rss, _ in sampler.samples)
 
-        # 4. Restart.
+        # 5. Restart.
         await sampler.stop()
         await asyncio.to_thread(self.operator.stop)
         restart_start = time.monotonic()
@@ -387,6 +434,20 @@ class Run:
             # A new process: its CPU time is all spent in the window.
             "cpu_pct": _round(100 * restart_cpu / (restart_end - restart_start), 2),
             "changes": self.timeline.modified_between(restart_start, restart_end),
+            "writes": summarize(ledger.between(restart_start, restart_end)),
+        }
+        # After the milestone that completed the burst: the tail of the cluster's own work.
+        cut = converged + 1e-6
+        tail = ledger.between(cut, window_start)
+        by_others = [c.at for c in tail if c.by_others]
+        settle: dict[str, Any] = {
+            "quiet_s": config.settle,
+            "max_s": config.settle_max,
+            "settled": settled,
+            "took_s": _round(window_start - burst_end, 2),
+            # When the last change by someone else arrived, after convergence (0: none).
+            "tail_s": _round(max(by_others) - converged if by_others else 0.0, 2),
+            "writes": summarize(tail),
         }
 
         burst: dict[str, Any] = {
@@ -404,6 +465,7 @@ class Run:
             if server is not None
             else None,
         }
+        burst["writes"] = summarize(ledger.between(burst_start, cut))
         probe: dict[str, Any] = {}
         for milestone in self.done:
             burst.update(latencies(self.timeline, acked, milestone))
@@ -419,12 +481,22 @@ class Run:
             else None,
             # Writes that changed something, as every watching client would see them.
             "changes": self.timeline.modified_between(window_start, window_end),
+            "writes": summarize(ledger.between(window_start, window_end)),
+        }
+        idle["operator_writes"] = idle["writes"]["operator_writes"]
+        phases = {
+            "burst": (burst_start, cut),
+            "settle": (cut, window_start),
+            "idle": (window_start, window_end),
+            "restart": (restart_start, restart_end),
+            "run": (started, restart_end),
         }
         result: dict[str, Any] = {
             "operator": config.operator,
             "count": config.count,
             "namespace": self.namespace,
             "burst": burst,
+            "settle": settle,
             "idle": idle,
             "probe": probe,
             "restart": restart,
@@ -432,6 +504,7 @@ class Run:
             # Seconds since the operator started, for the plot.
             "phases": {
                 "burst": [_round(burst_start - started, 2), _round(converged - started, 2)],
+                "settle": [_round(burst_end - started, 2), _round(window_start - started, 2)],
                 "idle": [_round(window_start - started, 2), _round(window_end - started, 2)],
                 "probe": [_round(probe_start - started, 2), _round(probe_end - started, 2)],
                 "restart": [
@@ -446,6 +519,13 @@ class Run:
             },
         }
         served = await self.backend.requests(0)
+        result["status_writes"] = {
+            name: status_writes(
+                ledger.between(start, end),
+                None if served is None else [r for r in served[1] if start <= r.at < end],
+            )
+            for name, (start, end) in phases.items()
+        }
         if served is not None:
             operator_requests = [r for r in served[1] if r.agent != BENCH_AGENT]
 

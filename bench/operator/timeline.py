@@ -10,7 +10,10 @@ would, and stamps each event with `time.monotonic()` on arrival. Milestones, per
 * `ready`: the `Ready` condition is `True`.
 
 Only the first time counts. Every event is also kept as (time, kind, type), so "did anything
-change while the operator was idle" is a count of MODIFIED events in a window.
+change while the operator was idle" is a count of MODIFIED events in a window; and each event that
+changed something is attributed to the client that wrote it, from its managedFields
+(`attribution.py`): ReplicaSets and Pods are watched for that too, since on a real cluster the
+controller manager creates and updates them after a burst, while the operator may be idle.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from typing import Any
 import aiohttp
 import kopf
 
+from bench.operator.attribution import Ledger
 from nim_operator import API_GROUP
 from nim_operator.kube import ResourceKind
 
@@ -33,6 +37,9 @@ HANDLED_ANNOTATION = f"{API_GROUP}/last-handled-configuration"
 NIMSERVICES = ResourceKind("nimstack.dev/v1alpha1", "nimservices")
 DEPLOYMENTS = ResourceKind("apps/v1", "deployments")
 SERVICES = ResourceKind("v1", "services")
+REPLICASETS = ResourceKind("apps/v1", "replicasets")
+PODS = ResourceKind("v1", "pods")
+WATCHED = (NIMSERVICES, DEPLOYMENTS, SERVICES, REPLICASETS, PODS)
 MILESTONES = ("deployment", "service", "children", "observed", "handled", "ready")
 
 
@@ -54,6 +61,7 @@ class Timeline:
         self._agent = agent
         self.first: dict[str, dict[str, float]] = defaultdict(dict)
         self.events: list[tuple[float, str, str]] = []
+        self.ledger = Ledger()
         self._tasks: list[asyncio.Task[None]] = []
         self._session: aiohttp.ClientSession | None = None
         self._changed = asyncio.Event()
@@ -66,8 +74,8 @@ class Timeline:
             headers=headers,
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=30),
         )
-        opened = [asyncio.Event() for _ in range(3)]
-        for kind, ready in zip((NIMSERVICES, DEPLOYMENTS, SERVICES), opened, strict=True):
+        opened = [asyncio.Event() for _ in WATCHED]
+        for kind, ready in zip(WATCHED, opened, strict=True):
             self._tasks.append(asyncio.create_task(self._watch(kind, ready)))
         await asyncio.wait_for(asyncio.gather(*(event.wait() for event in opened)), 30)
 
@@ -108,6 +116,27 @@ class Timeline:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), min(remaining, 1.0))
 
+    async def settle(self, since: float, *, quiet: float, cap: float) -> tuple[float, bool]:
+        """Wait until nobody but the operator changed anything for `quiet` seconds, from `since`
+        on (a quiet spell that began before `since` counts); at most until `since + cap`.
+
+        (When it settled, whether it did.) Deletions, and changes whose writer is unknown,
+        count as someone else's: they keep the cluster unsettled.
+        """
+        deadline = since + cap
+        while True:
+            now = time.monotonic()
+            last = self.ledger.last_by_others
+            quiet_from = since - quiet if last is None else max(last, since - quiet)
+            if now - quiet_from >= quiet:
+                return now, True
+            if now >= deadline:
+                return now, False
+            self._changed.clear()
+            wait = min(quiet_from + quiet, deadline) - now
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), max(wait, 0.01))
+
     # --- watching -------------------------------------------------------------------------------
 
     async def _watch(self, kind: ResourceKind, opened: asyncio.Event) -> None:
@@ -121,6 +150,9 @@ class Timeline:
                 params["resourceVersion"] = version
             try:
                 async with self._session.get(url, params=params) as response:
+                    if response.status == 404 and not opened.is_set():
+                        opened.set()  # a kind this API server does not serve: nothing to see
+                        return
                     response.raise_for_status()
                     opened.set()
                     async for line in response.content:
@@ -133,16 +165,20 @@ class Timeline:
                             break
                         obj = event.get("object") or {}
                         version = obj.get("metadata", {}).get("resourceVersion") or version
-                        self.events.append((arrived, kind.plural, str(event.get("type"))))
-                        if event.get("type") != "DELETED":
+                        kind_of_event = str(event.get("type"))
+                        self.events.append((arrived, kind.plural, kind_of_event))
+                        self.ledger.observe(kind.plural, kind_of_event, obj, arrived)
+                        if kind_of_event != "DELETED" and handle is not None:
                             handle(obj, arrived)
                         self._changed.set()
             except (aiohttp.ClientError, TimeoutError):
                 await asyncio.sleep(0.5)
 
-    def _handler(self, kind: ResourceKind) -> Callable[[Mapping[str, Any], float], None]:
+    def _handler(self, kind: ResourceKind) -> Callable[[Mapping[str, Any], float], None] | None:
         if kind == NIMSERVICES:
             return self._nimservice
+        if kind not in (DEPLOYMENTS, SERVICES):
+            return None  # watched only to see who changes them
         milestone = "deployment" if kind == DEPLOYMENTS else "service"
         return lambda obj, at: self._child(obj, milestone, at)
 
