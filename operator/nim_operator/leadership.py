@@ -49,12 +49,14 @@ from nim_operator.kube import ApiError, KubeClient, ResourceKind
 __all__ = [
     "LEASES",
     "LeaderElector",
+    "Leadership",
     "can_acquire",
     "default_identity",
     "format_micro_time",
     "held_lease",
     "holder_of",
     "is_expired",
+    "lead",
     "parse_micro_time",
     "released_lease",
     "standby_liveness",
@@ -240,7 +242,7 @@ class LeaderElector:
                         self.identity,
                     )
                     return
-            except ApiError as e:
+            except Exception as e:  # any failure: try again (kopf would retry in 60 s)
                 if str(e) != failure:  # once per kind of failure, not every retry period
                     logger.warning(
                         "Leader election: the Lease %s is out of reach: %s", self.where, e
@@ -307,7 +309,9 @@ class LeaderElector:
                     renewed = await self.renew()
             except TimeoutError:
                 continue
-            except ApiError as e:
+            # Any failure counts against the deadline; none may end renewing while this process
+            # goes on reconciling.
+            except Exception as e:
                 logger.warning("Leader election: renewing the Lease %s failed: %s", self.where, e)
                 continue
             if renewed is False:
