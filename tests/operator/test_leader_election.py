@@ -25,7 +25,7 @@ import kmock
 import pytest
 import pytest_asyncio
 
-from nim_operator.kube import KubeClient, ResourceKind
+from nim_operator.kube import ApiError, KubeClient, ResourceKind
 from nim_operator.leadership import (
     LEASES,
     LeaderElector,
@@ -262,6 +262,39 @@ def cluster() -> Iterator[EmulatedCluster]:
 
 def test_the_emulator_serves_leases(cluster: EmulatedCluster) -> None:
     assert cluster.inspect(lambda emulator: LEASE_RESOURCE in emulator.resources)
+
+
+@pytest.mark.asyncio(loop_scope="session")
+async def test_the_emulator_replaces_on_put_and_refuses_stale_versions(kube: KubeClient) -> None:
+    """A PUT is the whole object (no merge); a write from an old read gets the API's 409."""
+    name = f"put-{secrets.token_hex(3)}"
+    body = {
+        "apiVersion": "coordination.k8s.io/v1",
+        "kind": "Lease",
+        "metadata": {"name": name, "labels": {"keep": "me"}},
+        "spec": {"holderIdentity": "a", "leaseDurationSeconds": 15},
+    }
+    first = await kube.create(LEASES, "elect", body)
+    meta = {"name": name, "resourceVersion": first["metadata"]["resourceVersion"]}
+    second = await kube.replace(LEASES, "elect", name, {**body, "metadata": meta, "spec": {}})
+    assert second["spec"] == {}
+    assert "labels" not in second["metadata"]
+    assert second["metadata"]["uid"] == first["metadata"]["uid"]
+    assert int(second["metadata"]["resourceVersion"]) > int(meta["resourceVersion"])
+    conflict = (
+        f'409 Conflict: Operation cannot be fulfilled on leases.coordination.k8s.io "{name}": '
+        "the object has been modified; please apply your changes to the latest version and "
+        "try again"
+    )
+    with pytest.raises(ApiError) as refused:
+        await kube.replace(LEASES, "elect", name, {**body, "metadata": meta})
+    assert conflict in str(refused.value)
+    assert type(refused.value) is ApiError  # not retried: the caller must read again
+    with pytest.raises(ApiError, match="409 Conflict"):  # a merge patch from the old read too
+        await kube.merge_patch(LEASES, "elect", name, {"metadata": meta, "spec": {"x": 1}})
+    assert (await kube.get(LEASES, "elect", name) or {})["spec"] == {}
+    with pytest.raises(ApiError, match="404"):
+        await kube.replace(LEASES, "elect", "absent", body)
 
 
 @pytest_asyncio.fixture(loop_scope="session")
