@@ -2,8 +2,11 @@
 
 `backend` is parametrised: "kmock" serves tests/support's API-server emulator on a localhost
 port; "k8s" (marked `k8s`, skipped unless KUBECONFIG is set) uses the cluster KUBECONFIG points
-at, with the CRD applied from crds/. Either way the test code and the real operator process
-talk HTTP to it through a kubeconfig, and every test gets a namespace of its own.
+at. Either way crds/ is applied through the API and waited for (the emulator, like a real API
+server, answers a new CRD's conditions as null until it is Established), the test code and the
+real operator process talk HTTP to it through a kubeconfig, and every test gets a namespace of
+its own. On kmock, a test whose clients (the operator above all) sent a request kube-apiserver
+would refuse fails at teardown (kmock_strict, EmulatedCluster.assert_no_unexpected_rejections).
 The cluster and operator are package-scoped: they stop when the operator tests end, so that an
 idle operator and its emulator do not compete for the CPU with the tests that follow.
 
@@ -62,12 +65,20 @@ def backend(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture(scope="package")
-def kubeconfig(backend: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+def emulated(backend: str) -> Iterator[EmulatedCluster | None]:
+    """The kmock backend's API server (None on a real cluster), without the project's CRDs."""
     if backend == "k8s":
-        yield Path(os.environ["KUBECONFIG"]).expanduser()
+        yield None
         return
-    with EmulatedCluster(project_crds()) as cluster:
-        yield cluster.write_kubeconfig(tmp_path_factory.mktemp("kmock") / "kubeconfig")
+    with EmulatedCluster() as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="package")
+def kubeconfig(emulated: EmulatedCluster | None, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    if emulated is None:
+        return Path(os.environ["KUBECONFIG"]).expanduser()
+    return emulated.write_kubeconfig(tmp_path_factory.mktemp("kmock") / "kubeconfig")
 
 
 @pytest_asyncio.fixture(scope="package", loop_scope="session")
@@ -78,17 +89,19 @@ async def api(kubeconfig: Path) -> AsyncIterator[KubeClient]:
 
 
 @pytest_asyncio.fixture(scope="package", loop_scope="session")
-async def crds_installed(backend: str, api: KubeClient) -> None:
-    """On a real cluster, apply crds/ (server-side) and wait until the API serves them."""
-    if backend != "k8s":
-        return  # the emulator registered them at startup
+async def crds_installed(api: KubeClient) -> None:
+    """Apply crds/ (server-side, as `kubectl apply --server-side`) and wait until Established."""
     for crd in project_crds():
         await api.apply(CRD_KIND, crd, field_manager="nimstack-e2e")
+    for crd in project_crds():
 
         async def established(name: str = crd["metadata"]["name"]) -> bool:
             live = await api.get(CRD_KIND, None, name)
-            conditions = (live or {}).get("status", {}).get("conditions", [])
-            return any(c["type"] == "Established" and c["status"] == "True" for c in conditions)
+            # A new CRD's status.conditions is null until the apiextensions controllers run.
+            conditions = ((live or {}).get("status") or {}).get("conditions") or []
+            return any(
+                c.get("type") == "Established" and c.get("status") == "True" for c in conditions
+            )
 
         await eventually(established, within=60, what=f"CRD {crd['metadata']['name']}")
 
@@ -118,12 +131,18 @@ def driver(backend: str, api: KubeClient) -> ClusterDriver:
 
 
 @pytest_asyncio.fixture(loop_scope="session")
-async def namespace(api: KubeClient, operator_process: OperatorProcess) -> AsyncIterator[str]:
+async def namespace(
+    api: KubeClient, operator_process: OperatorProcess, emulated: EmulatedCluster | None
+) -> AsyncIterator[str]:
+    """A namespace of the test's own; on kmock, the test fails if a request was refused."""
+    refused_before = len(emulated.rejections()) if emulated is not None else 0
     name = f"{NAMESPACE_PREFIX}{secrets.token_hex(4)}"
     manifest = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}
     await api.create(NAMESPACES, None, manifest)
     yield name
     await delete_namespace(api, name)
+    if emulated is not None:
+        emulated.assert_no_unexpected_rejections(since=refused_before)
 
 
 @pytest.fixture

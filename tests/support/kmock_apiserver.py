@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextvars
 import copy
 import datetime
 import json
@@ -55,6 +56,7 @@ from kmock._internal import k8s_views, parsing
 
 from tests.support import kmock_fields as fields
 from tests.support.kmock_schemas import typed_patch_errors
+from tests.support.kmock_strict import StrictChecks
 
 ObjectKey = k8s_views.ArrayKey
 
@@ -62,6 +64,10 @@ APPLY_PATCH = "application/apply-patch+yaml"
 # How often an idle watch checks whether its client left or the test cut it (seconds).
 WATCH_WAKEUP = 0.25
 JSON_PATCH = "application/json-patch+json"
+CRDS = kmock.resource("apiextensions.k8s.io", "v1", "customresourcedefinitions")
+# How long after a CustomResourceDefinition is created through the API the apiextensions
+# controllers accept its names and establish it (until then its resources are not served).
+CRD_ESTABLISH_DELAY = 0.5
 
 
 def _parse_path_with_namespace_objects(path: str) -> parsing.ParsedPath:
@@ -156,25 +162,43 @@ class ApiServerEmulator(kmock.KubernetesEmulator):
     )
     _scales: dict[kmock.resource, ScalePaths] = attrs.field(init=False, factory=dict)
     _schemas: dict[kmock.resource, Mapping[str, Any]] = attrs.field(init=False, factory=dict)
+    # Resources served for a CustomResourceDefinition (with or without a schema).
+    _custom_resources: set[kmock.resource] = attrs.field(init=False, factory=set)
+    # What kube-apiserver refuses (kmock_strict): every request and stored object is checked.
+    strict_checks: StrictChecks = attrs.field(factory=StrictChecks, init=False)
+    _background: set[asyncio.Task[None]] = attrs.field(factory=set, init=False)
 
     _builtin_reactions: int = attrs.field(default=0, init=False)
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
         self.resources.load_bundled()
-        self._scales[kmock.resource("apps", "v1", "deployments")] = DEPLOYMENT_SCALE
+        self._scales[DEPLOYMENTS] = DEPLOYMENT_SCALE
         self._builtin_reactions = len(self._payloads)
 
     # --- registration ---------------------------------------------------------------------------
 
     def register_crd(self, crd: Mapping[str, Any]) -> None:
-        """Serve a CustomResourceDefinition: discovery, subresources and schema pruning."""
+        """Serve a CustomResourceDefinition at once, Established, as if installed before the test.
+
+        One created or applied through the API is served like this only once established, as
+        on a real server (see `_accept_crd`).
+        """
+        body = self._new_object(CRDS, None, copy.deepcopy(dict(crd)))
+        self._serve_crd(body)
+        body["status"] = _established_crd_status(body)
+        self._revision += 1
+        body["metadata"]["resourceVersion"] = str(self._revision)
+        self.objects[CRDS, None, body["metadata"]["name"]] = body
+
+    def _serve_crd(self, crd: Mapping[str, Any]) -> None:
+        """Discovery, subresources, schema pruning and validation of a CRD's served versions."""
         spec = crd["spec"]
         names = spec["names"]
         for version in spec["versions"]:
+            resource = kmock.resource(spec["group"], version["name"], names["plural"])
             if not version.get("served", True):
                 continue
-            resource = kmock.resource(spec["group"], version["name"], names["plural"])
             subresources = version.get("subresources") or {}
             self.resources[resource] = kmock.ResourceInfo(
                 kind=names["kind"],
@@ -185,17 +209,69 @@ class ApiServerEmulator(kmock.KubernetesEmulator):
                 subresources=set(subresources),
                 verbs={"get", "list", "watch", "create", "update", "patch", "delete"},
             )
+            self._custom_resources.add(resource)
             if scale := subresources.get("scale"):
                 self._scales[resource] = ScalePaths(
                     _dotted(scale["specReplicasPath"]),
                     _dotted(scale["statusReplicasPath"]),
                     _dotted(scale["labelSelectorPath"]) if "labelSelectorPath" in scale else None,
                 )
+            else:
+                self._scales.pop(resource, None)
             if schema := (version.get("schema") or {}).get("openAPIV3Schema"):
                 self._schemas[resource] = schema
-        crds = kmock.resource("apiextensions.k8s.io", "v1", "customresourcedefinitions")
-        body = self._new_object(crds, None, copy.deepcopy(dict(crd)))
-        self.objects[crds, None, crd["metadata"]["name"]] = body
+            else:
+                self._schemas.pop(resource, None)
+
+    def _accept_crd(self, body: dict[str, Any], *, created: bool) -> None:
+        """A CRD written through the API: the status a real server gives it, and serving it.
+
+        A new CRD's status is `{acceptedNames: {kind: "", plural: ""}, conditions: null,
+        storedVersions: [<storage version>]}`; the apiextensions controllers then accept its
+        names and establish it (here CRD_ESTABLISH_DELAY later, in the background), and only
+        then are its resources served. An update of an established CRD is served at once (a
+        tightened schema applies to the next write).
+        """
+        storage = [v["name"] for v in body["spec"].get("versions") or [] if v.get("storage")]
+        if created:
+            body["status"] = {
+                "acceptedNames": {"kind": "", "plural": ""},
+                "conditions": None,
+                "storedVersions": storage,
+            }
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                return
+            meta = body["metadata"]
+            loop.call_later(
+                CRD_ESTABLISH_DELAY,
+                self._start_establishing,
+                meta["name"],
+                meta["uid"],
+                context=contextvars.Context(),  # not on behalf of the request that created it
+            )
+            return
+        status = body.get("status") or {}
+        if _crd_established(body):
+            self._serve_crd(body)
+            stored = list(status.get("storedVersions") or [])
+            status["storedVersions"] = stored + [v for v in storage if v not in stored]
+            body["status"] = status
+
+    def _start_establishing(self, name: str, uid: str) -> None:
+        task = asyncio.ensure_future(self._establish_crd(name, uid))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _establish_crd(self, name: str, uid: str) -> None:
+        async with self._lock:
+            live = self._live(CRDS, None, name)
+            if live is None or live["metadata"].get("uid") != uid or _crd_established(live):
+                return
+            self._serve_crd(live)
+            live["status"] = _established_crd_status(live)
+            await self._commit((CRDS, None, name), live, "MODIFIED")
 
     # --- request entry point --------------------------------------------------------------------
 
@@ -205,6 +281,7 @@ class ApiServerEmulator(kmock.KubernetesEmulator):
             denied = self.authorizer.authorize(request, creates=self._creates_by_apply(request))
             if denied is not None:
                 raise _error(403, "Forbidden", denied)
+        self.strict_checks.check_request(self, request)
         for fault in self._faults:
             if fault.remaining > 0 and fault.matches(request):
                 fault.remaining -= 1
@@ -650,7 +727,13 @@ class ApiServerEmulator(kmock.KubernetesEmulator):
         meta = body.setdefault("metadata", {})
         if not meta.get("name"):
             if not meta.get("generateName"):
-                raise _error(422, "Invalid", "metadata.name or metadata.generateName is required")
+                group = f".{resource.group}" if resource.group else ""
+                raise _error(
+                    422,
+                    "Invalid",
+                    f'{info.kind}{group} "" is invalid: metadata.name: Required value: '
+                    "name or generateName is required",
+                )
             meta["name"] = meta["generateName"] + secrets.token_hex(3)[:5]
         if info.namespaced is not False:
             namespace = namespace or meta.get("namespace")
@@ -671,11 +754,24 @@ class ApiServerEmulator(kmock.KubernetesEmulator):
     def _default(
         self, resource: kmock.resource, body: dict[str, Any], *, created: bool = False
     ) -> None:
-        """The API defaulting the operator can observe."""
-        if resource == kmock.resource("apps", "v1", "deployments"):
+        """What the API server does to every object it is about to store, then its checks.
+
+        The defaulting the operator and tests can observe (new objects get the status, and the
+        nulls, a real server gives them), then kmock_strict's validation (it raises what the
+        API server would answer instead of storing).
+        """
+        if resource == DEPLOYMENTS:
             body.setdefault("spec", {}).setdefault("replicas", 1)
-        if created and resource == kmock.resource("", "v1", "pods"):
-            body["status"] = {"phase": "Pending"}
+        if resource == NAMESPACES:
+            # The API server keeps this label on every Namespace (since Kubernetes 1.21).
+            labels = body.setdefault("metadata", {}).get("labels") or {}
+            labels["kubernetes.io/metadata.name"] = body["metadata"].get("name")
+            body["metadata"]["labels"] = labels
+        if created:
+            _initial_state(resource, body)
+        self.strict_checks.check_stored(self, resource, body, created=created)
+        if resource == CRDS:
+            self._accept_crd(body, created=created)
 
     def _pruned(self, resource: kmock.resource, body: dict[str, Any]) -> dict[str, Any]:
         schema = self._schemas.get(resource)
@@ -758,6 +854,122 @@ class ApiServerEmulator(kmock.KubernetesEmulator):
             "spec": {"replicas": replicas if isinstance(replicas, int) else 0},
             "status": status,
         }
+
+
+DEPLOYMENTS = kmock.resource("apps", "v1", "deployments")
+NAMESPACES = kmock.resource("", "v1", "namespaces")
+PODS = kmock.resource("", "v1", "pods")
+# The status a real API server gives a new object of these kinds (status is null elsewhere; a
+# custom resource with a status subresource gets none).
+_INITIAL_STATUS: dict[kmock.resource, dict[str, Any]] = {
+    DEPLOYMENTS: {},
+    kmock.resource("", "v1", "services"): {"loadBalancer": {}},
+    NAMESPACES: {"phase": "Active"},
+    kmock.resource("", "v1", "persistentvolumeclaims"): {"phase": "Pending"},
+    kmock.resource("autoscaling", "v2", "horizontalpodautoscalers"): {
+        "currentMetrics": None,
+        "desiredReplicas": 0,
+    },
+    kmock.resource("policy", "v1", "poddisruptionbudgets"): {
+        "currentHealthy": 0,
+        "desiredHealthy": 0,
+        "disruptionsAllowed": 0,
+        "expectedPods": 0,
+    },
+}
+
+
+def _initial_state(resource: kmock.resource, body: dict[str, Any]) -> None:
+    """Fields a real server fills in (or returns as null) on a new object of a built-in kind."""
+    if resource in _INITIAL_STATUS:
+        body["status"] = copy.deepcopy(_INITIAL_STATUS[resource])
+    if resource == PODS:
+        body["status"] = {"phase": "Pending", "qosClass": _qos_class(body.get("spec") or {})}
+    elif resource == NAMESPACES:
+        body.setdefault("spec", {}).setdefault("finalizers", ["kubernetes"])
+    elif resource == kmock.resource("", "v1", "secrets"):
+        body.setdefault("type", "Opaque")
+    elif resource == kmock.resource("", "v1", "events"):
+        # MicroTime and Time are structs in Go: `omitempty` leaves them as null, not absent.
+        for field in ("eventTime", "firstTimestamp", "lastTimestamp"):
+            body.setdefault(field, None)
+        for field in ("reportingComponent", "reportingInstance"):
+            body.setdefault(field, "")
+        body.setdefault("source", {})
+        body.setdefault("involvedObject", {})
+
+
+def _qos_class(spec: Mapping[str, Any]) -> str:
+    """A pod's QoS class from its containers' CPU and memory requests and limits."""
+    containers = [*(spec.get("containers") or []), *(spec.get("initContainers") or [])]
+    requests: dict[str, set[str]] = {}
+    limits: dict[str, set[str]] = {}
+    guaranteed = bool(containers)
+    for container in containers:
+        resources = container.get("resources") or {}
+        container_limits = {
+            k: str(v) for k, v in (resources.get("limits") or {}).items() if k in _QOS_RESOURCES
+        }
+        container_requests = {
+            k: str(v) for k, v in (resources.get("requests") or {}).items() if k in _QOS_RESOURCES
+        }
+        container_requests = {**container_limits, **container_requests}  # requests default
+        for name, value in container_requests.items():
+            requests.setdefault(name, set()).add(value)
+        for name, value in container_limits.items():
+            limits.setdefault(name, set()).add(value)
+        if set(container_limits) != set(_QOS_RESOURCES) or any(
+            container_requests[k] != container_limits[k] for k in _QOS_RESOURCES
+        ):
+            guaranteed = False
+    if not requests and not limits:
+        return "BestEffort"
+    return "Guaranteed" if guaranteed else "Burstable"
+
+
+_QOS_RESOURCES = ("cpu", "memory")
+
+
+def _crd_established(crd: Mapping[str, Any]) -> bool:
+    conditions = (crd.get("status") or {}).get("conditions") or []
+    return any(c.get("type") == "Established" and c.get("status") == "True" for c in conditions)
+
+
+def _established_crd_status(crd: Mapping[str, Any]) -> dict[str, Any]:
+    """A CRD's status once its names are accepted and it is established."""
+    names = crd["spec"]["names"]
+    accepted = {
+        "kind": names["kind"],
+        "listKind": names.get("listKind") or names["kind"] + "List",
+        "plural": names["plural"],
+        "singular": names.get("singular") or names["kind"].lower(),
+    }
+    for optional in ("shortNames", "categories"):
+        if names.get(optional):
+            accepted[optional] = list(names[optional])
+    now = _now()
+    stored = list((crd.get("status") or {}).get("storedVersions") or [])
+    storage = [v["name"] for v in crd["spec"].get("versions") or [] if v.get("storage")]
+    return {
+        "acceptedNames": accepted,
+        "conditions": [
+            {
+                "type": "NamesAccepted",
+                "status": "True",
+                "reason": "NoConflicts",
+                "message": "no conflicts found",
+                "lastTransitionTime": now,
+            },
+            {
+                "type": "Established",
+                "status": "True",
+                "reason": "InitialNamesAccepted",
+                "message": "the initial names have been accepted",
+                "lastTransitionTime": now,
+            },
+        ],
+        "storedVersions": stored + [v for v in storage if v not in stored],
+    }
 
 
 def _check_typed_patch(request: kmock.Request, key: ObjectKey) -> None:

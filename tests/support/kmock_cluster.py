@@ -5,6 +5,12 @@ have their own event loop; the emulator gets a third one, so none of them can st
 while blocking (KopfRunner's exit, for one, blocks its caller until the operator stops).
 Clients reach it only over HTTP through the kubeconfig this writes, exactly as they would reach a
 real cluster.
+
+The emulator refuses what kube-apiserver would refuse (kmock_strict) and records each refusal.
+A cluster whose clients sent such a request fails on exit (`with` ends in an AssertionError
+listing them), unless the test said the refusal was its own doing (`deliberate`): a test can
+mean to send an invalid object, but the operator never should, nor should anything send a query
+parameter the API server cannot decode.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import kmock
 import yaml
 
 from tests.support.kmock_apiserver import ApiServerEmulator
+from tests.support.kmock_strict import Rejection, describe
 
 T = TypeVar("T")
 
@@ -28,14 +35,27 @@ T = TypeVar("T")
 PROJECT_CRDS = Path(__file__).resolve().parents[2] / "crds"
 
 
+def no_rejection_is_deliberate(rejection: Rejection) -> bool:
+    return False
+
+
 class EmulatedCluster:
     """`with EmulatedCluster(crds) as cluster:` -> an API server at `cluster.url`.
 
+    `crds` are served from the start, Established. `deliberate` tells which refused requests
+    (kmock_strict.Rejection) the test meant to send; any other fails the `with` on exit.
     `emulator_options` go to `ApiServerEmulator` (e.g. an `authorizer`).
     """
 
-    def __init__(self, crds: Iterable[Mapping[str, Any]] = (), **emulator_options: Any) -> None:
+    def __init__(
+        self,
+        crds: Iterable[Mapping[str, Any]] = (),
+        *,
+        deliberate: Callable[[Rejection], bool] = no_rejection_is_deliberate,
+        **emulator_options: Any,
+    ) -> None:
         self._crds = [dict(crd) for crd in crds]
+        self.deliberate = deliberate
         self._emulator_options = emulator_options
         self._thread = threading.Thread(target=self._serve, name="kmock-apiserver", daemon=True)
         self._started = concurrent.futures.Future[str]()
@@ -55,9 +75,26 @@ class EmulatedCluster:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if self._loop is not None and self._stop is not None:
-            self._loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(timeout=30)
+        try:
+            if exc_type is None and self._emulator is not None:
+                self.assert_no_unexpected_rejections()
+        finally:
+            if self._loop is not None and self._stop is not None:
+                self._loop.call_soon_threadsafe(self._stop.set)
+            self._thread.join(timeout=30)
+
+    def rejections(self) -> list[Rejection]:
+        """Every request the emulator refused as kube-apiserver would have, oldest first."""
+        return self.inspect(lambda emulator: list(emulator.strict_checks.rejections))
+
+    def assert_no_unexpected_rejections(self, since: int = 0) -> None:
+        """Fail if a request after the `since`-th refusal was refused and not `deliberate`."""
+        unexpected = [r for r in self.rejections()[since:] if not self.deliberate(r)]
+        if unexpected:
+            raise AssertionError(
+                "requests a real kube-apiserver would refuse (kmock_strict):\n"
+                + "\n".join(describe(unexpected))
+            )
 
     def _serve(self) -> None:
         loop = asyncio.new_event_loop()
