@@ -109,7 +109,7 @@ class Settings(BaseSettings):
         duration = info.data.get("lease_duration")
         if duration is not None and value >= duration:
             # Otherwise a standby may take over while the old leader still believes it leads.
-            raise ValueError(f"must be less than lease_duration ({duration})")
+            raise ValueError(f"must be less than the lease duration ({duration} s)")
         return value
 
     @field_validator("retry_period")
@@ -117,7 +117,7 @@ class Settings(BaseSettings):
     def _retry_period(cls, value: float, info: ValidationInfo) -> float:
         deadline = info.data.get("renew_deadline")
         if deadline is not None and value >= deadline:
-            raise ValueError(f"must be less than renew_deadline ({deadline})")  # else: no retry
+            raise ValueError(f"must be less than the renew deadline ({deadline} s)")  # or no retry
         return value
 
     def namespace_patterns(self) -> list[str]:
