@@ -10,8 +10,9 @@ for a Deployment's status, `nimstack-operator Update status` for a NIMService's 
 
 How a change is attributed, first rule that gives an answer (`how` in each `Change`):
 
-* `time`: exactly one entry has a new `time`. A real API server stamps only the writer's entry,
-  and only when its write changed the object;
+* `time`: exactly one entry has a new `time`, and it owns fields in every area that changed (and
+  is still there). A real API server stamps only the writer's entry, and only when its write
+  changed the object, and the writer owns what it set;
 * `fieldsV1`: the entries that are new or own more fields than before (else, those whose fields
   changed). Used when no entry or several were stamped: a manager that writes again within the
   same second leaves its `time` as it was, and the API-server emulator stamps every entry on each
@@ -178,7 +179,7 @@ def attribute(before: Snapshot | None, after: Snapshot) -> Attribution:
     stamped = [
         k for k, e in new.items() if e.time is not None and (k not in old or old[k].time != e.time)
     ]
-    if len(stamped) == 1:
+    if len(stamped) == 1 and _explains(new[stamped[0]], changed, after):
         return Attribution((label(stamped[0]),), changed, "time")
     reshaped = [k for k, e in new.items() if k not in old or old[k].fields != e.fields]
     grown = [k for k in reshaped if k not in old or new[k].leaves > old[k].leaves]
@@ -188,6 +189,22 @@ def attribute(before: Snapshot | None, after: Snapshot) -> Attribution:
     if owners:
         return Attribution(tuple(label(k) for k in sorted(owners)), changed, "owner")
     return Attribution((), changed, "unknown")
+
+
+# Areas no manager owns fields in: what the server keeps, or ownership itself.
+_UNOWNED_AREAS = frozenset({"metadata", "metadata.managedFields", "metadata.deletionTimestamp"})
+
+
+def _explains(entry: Entry, changed: tuple[str, ...], after: Snapshot) -> bool:
+    """Whether a write by `entry`'s manager can have made these changes: a writer owns every
+    field it set afterwards (an update takes them over, an apply declares them), so each changed
+    area still there must be one it owns. This keeps a stamp that says nothing from naming the
+    wrong writer: the emulator restamps every entry on each write, so an object with a single
+    entry looks stamped by it whoever wrote, e.g. kopf adding a finalizer the emulator does not
+    track."""
+    return all(
+        area in entry.owns or area in _UNOWNED_AREAS or area not in after.areas for area in changed
+    )
 
 
 @dataclass(frozen=True, slots=True)
