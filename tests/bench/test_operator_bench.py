@@ -3,6 +3,9 @@
 The real benchmark (N = 1, 100, 1,000, one-minute idle windows) is not run here; this runs the
 same command with N = 2 and a 3-second timer against the API-server emulator, the real operator
 process and the no-op baseline, and checks that the numbers it reports are there and plausible.
+Then the attribution of each change to its writer (bench/operator/attribution.py): on example
+bodies, against the emulator's request log on a small run, and the wait for the cluster to
+settle before the idle window.
 """
 
 from __future__ import annotations
