@@ -444,7 +444,7 @@ class Run:
             "quiet_s": config.settle,
             "max_s": config.settle_max,
             "settled": settled,
-            "took_s": _round(window_start - burst_end, 2),
+            "took_s": _round(window_start - converged, 2),
             # When the last change by someone else arrived, after convergence (0: none).
             "tail_s": _round(max(by_others) - converged if by_others else 0.0, 2),
             "writes": summarize(tail),
