@@ -16,11 +16,13 @@ must mention:
   (and on a real cluster).
 
 Each row is also checked to pass the layers before its own, so the table cannot claim a layer
-that does not actually catch it. Rows the API server rejects are also sent to the operator on kmock
-(which runs neither the schema nor CEL, like a cluster with an older CRD): each must end `Failed`
-with `InvalidSpec`/`InvalidName` and nothing applied. With KUBECONFIG set, the `k8s` variant
-creates every SCHEMA, CEL and UNKNOWN row with the Kubernetes client and asserts the API server's
-own message names the field.
+that does not actually catch it. Rows the API server rejects also reach the operator on kmock the
+way they reach it on a real cluster: stored under an older CRD whose schema did not check the
+spec, which is then upgraded to crds/'s (the emulator validates every write against the CRD's
+schema, and keeps what was stored before; it runs no CEL): each must end `Failed` with
+`InvalidSpec`/`InvalidName` and nothing applied. With KUBECONFIG set, the `k8s` variant creates
+every SCHEMA, CEL and UNKNOWN row with the Kubernetes client and asserts the API server's own
+message names the field.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ import pytest
 import pytest_asyncio
 import yaml
 
-from nim_operator.kube import KubeClient, ResourceKind
+from nim_operator.kube import ApiError, KubeClient, ResourceKind
 from tests.operator.test_crd_cel import apply_defaults, cel_violations, openapi_root
 from tests.operator.test_operator_e2e import DEPLOYMENTS, E2E, NIMSERVICES, condition, cpu_spec
 from tests.support.crd_validation import schema_errors
@@ -52,8 +54,11 @@ from tests.support.kmock_harness import (
     OperatorProcess,
     connection_from_kubeconfig,
 )
+from tests.support.kmock_strict import Rejection
 
 NAMESPACES = ResourceKind("v1", "namespaces", namespaced=False)
+CRD_KIND = ResourceKind("apiextensions.k8s.io/v1", "customresourcedefinitions", namespaced=False)
+TEST_CLIENT = "invalid-test"  # the User-Agent of this module's own requests
 
 
 class Layer(enum.Enum):
@@ -515,10 +520,27 @@ async def test_what_passes_the_api_server_ends_failed_with_a_reason(e2e: E2E) ->
     assert e2e.operator.alive()
 
 
+def older_crd() -> dict[str, Any]:
+    """The NIMService CRD as an older release could have shipped it: its spec is not checked."""
+    crd = copy.deepcopy(project_crds()[0])
+    for version in crd["spec"]["versions"]:
+        root = version["schema"]["openAPIV3Schema"]
+        root.pop("x-kubernetes-validations", None)
+        root["properties"]["spec"] = {
+            "type": "object",
+            "x-kubernetes-preserve-unknown-fields": True,
+        }
+    return crd
+
+
 @pytest.fixture(scope="module")
 def unvalidated_cluster() -> Iterator[EmulatedCluster]:
-    with EmulatedCluster(project_crds()) as cluster:
+    with EmulatedCluster([older_crd()], deliberate=_the_tests_own_invalid_object) as cluster:
         yield cluster
+
+
+def _the_tests_own_invalid_object(rejection: Rejection) -> bool:
+    return rejection.cause == "body" and rejection.agent == TEST_CLIENT
 
 
 @pytest.fixture(scope="module")
@@ -542,9 +564,9 @@ def unvalidated_operator(
 async def unvalidated(
     unvalidated_cluster: EmulatedCluster, unvalidated_operator: OperatorProcess, tmp_path: Path
 ) -> AsyncIterator[E2E]:
-    """The emulator (kmock runs neither the schema nor CEL) as a cluster with an older CRD."""
+    """The emulator with the older CRD installed (its spec is not checked; kmock runs no CEL)."""
     kubeconfig = unvalidated_cluster.write_kubeconfig(tmp_path / "kubeconfig")
-    api = KubeClient(connection_from_kubeconfig(kubeconfig), user_agent="invalid-test")
+    api = KubeClient(connection_from_kubeconfig(kubeconfig), user_agent=TEST_CLIENT)
     await api.create(NAMESPACES, None, {"metadata": {"name": "older-crd"}})
     yield E2E(api, "older-crd", EmulatedControllers(api), unvalidated_operator)
     await api.close()
@@ -553,10 +575,17 @@ async def unvalidated(
 async def test_what_the_api_server_rejects_fails_in_the_operator_if_it_gets_past(
     unvalidated: E2E,
 ) -> None:
-    """The operator is the net when the API server did not check (an older CRD is installed)."""
+    """The operator is the net for what an older CRD let in, after the CRD is upgraded."""
     e2e = unvalidated
     rows = [row for row in REJECTED_BY_THE_API_SERVER if row.layer is not U]
     await asyncio.gather(*(_create(e2e, row) for row in rows))
+    # Upgrading the CRD leaves stored objects as they are; the operator's writes to them (status,
+    # finalizers) still pass, as validation ratcheting lets an unchanged invalid spec through.
+    for crd in project_crds():
+        await e2e.api.apply(CRD_KIND, crd, field_manager=TEST_CLIENT)
+    with pytest.raises(ApiError) as refused:  # ... while a new invalid one is refused now
+        await _create(e2e, Invalid("created after the upgrade", S, {"replicas": -1}, ""))
+    assert refused.value.status == 422
     await asyncio.gather(
         *(
             _assert_failed_with_a_warning(
