@@ -7,9 +7,10 @@ concurrency:
 
 * a candidate reads the Lease every `retry_period` seconds. It may take it when there is none
   (create; a 409 AlreadyExists means another candidate created it first), when nobody holds it
-  (released), when it is its own, or when it has expired: `renewTime + leaseDurationSeconds`
-  is in the past. A take-over is a PUT carrying the resourceVersion that was read, so of two
-  candidates writing at once one gets 409 Conflict and stays a standby;
+  (released), when it is its own, or when it has expired: this process has seen it unchanged
+  for longer than its `leaseDurationSeconds`, timed on its own monotonic clock. A take-over is
+  a PUT carrying the resourceVersion that was read, so of two candidates writing at once one
+  gets 409 Conflict and stays a standby;
 * the leader renews (PUT, with the resourceVersion of its last write) every `retry_period`. When
   it has not managed to for `renew_deadline` seconds (API errors, or someone else holds the
   Lease now), it must stop reconciling at once: `stop_this_process` ends the process, which the
@@ -18,10 +19,13 @@ concurrency:
 * on a clean shutdown the leader releases the Lease (no holder, a 1 s duration), so a standby
   takes over at its next try instead of after `lease_duration`.
 
-A standby's expiry check compares the Lease's renewTime, written with the leader's clock, with
-its own clock: the nodes' clocks must agree to well within `lease_duration - renew_deadline`
-(NTP does that). The decisions are pure functions of a Lease body and a time (`can_acquire`,
-`held_lease`, `released_lease`); `LeaderElector` does the I/O through `KubeClient`.
+Expiry is judged as client-go judges it: by how long the Lease has stayed the same in this
+process's eyes, never by comparing the renewTime the leader wrote (with its node's clock) with
+this node's clock, so a skewed clock cannot hand the Lease over early or late. The price: a
+standby that has just started waits one `leaseDurationSeconds` after it first reads a Lease
+before it may take it over. The decisions are pure functions of a Lease body and how long it
+has been seen unchanged (`can_acquire`, `held_lease`, `released_lease`); `LeaderElector` does the
+I/O through `KubeClient`.
 """
 
 from __future__ import annotations
@@ -57,7 +61,7 @@ __all__ = [
     "holder_of",
     "is_expired",
     "lead",
-    "parse_micro_time",
+    "lease_record",
     "released_lease",
     "standby_liveness",
     "stop_this_process",
@@ -84,17 +88,6 @@ def format_micro_time(moment: datetime.datetime) -> str:
     return moment.astimezone(datetime.UTC).strftime(MICRO_TIME)
 
 
-def parse_micro_time(value: object) -> datetime.datetime | None:
-    """A MicroTime (or Time) from a Lease; None when absent or unreadable."""
-    if not isinstance(value, str) or not value:
-        return None
-    try:
-        moment = datetime.datetime.fromisoformat(value)
-    except ValueError:
-        return None
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=datetime.UTC)
-
-
 def default_identity(environ: Mapping[str, str] = os.environ) -> str:
     """Who this process is in the Lease: the pod's name (or the host's), and a random suffix.
 
@@ -114,22 +107,29 @@ def holder_of(lease: Mapping[str, Any] | None) -> str:
     return str(spec.get("holderIdentity") or "")
 
 
-def is_expired(lease: Mapping[str, Any], now: datetime.datetime) -> bool:
-    """Whether `renewTime + leaseDurationSeconds` is before `now` (no renewTime: expired)."""
-    spec = lease.get("spec") or {}
-    renewed = parse_micro_time(spec.get("renewTime"))
-    duration = spec.get("leaseDurationSeconds")
-    if renewed is None or not isinstance(duration, int | float):
+def is_expired(lease: Mapping[str, Any], unchanged_for: float) -> bool:
+    """Whether a Lease seen unchanged for `unchanged_for` s outlived its leaseDurationSeconds.
+
+    (No duration: expired, as nothing says how long the holder may be silent.)
+    """
+    duration = (lease.get("spec") or {}).get("leaseDurationSeconds")
+    if not isinstance(duration, int | float):
         return True
-    return renewed + datetime.timedelta(seconds=duration) < now
+    return unchanged_for > duration
 
 
-def can_acquire(lease: Mapping[str, Any] | None, identity: str, now: datetime.datetime) -> bool:
-    """Whether `identity` may write itself into the Lease as its holder at `now`."""
+def can_acquire(lease: Mapping[str, Any] | None, identity: str, unchanged_for: float) -> bool:
+    """Whether `identity` may write itself into the Lease as its holder, the Lease having been
+    seen unchanged for `unchanged_for` seconds."""
     if lease is None:
         return True  # create it
     holder = holder_of(lease)
-    return not holder or holder == identity or is_expired(lease, now)
+    return not holder or holder == identity or is_expired(lease, unchanged_for)
+
+
+def lease_record(lease: Mapping[str, Any] | None) -> str:
+    """What must change for a Lease to count as renewed: its spec (client-go: its record)."""
+    return json.dumps((lease or {}).get("spec") or {}, sort_keys=True)
 
 
 def held_lease(
@@ -219,6 +219,9 @@ class LeaderElector:
         self.leading = False
         # Monotonic time at which the last successful write was sent.
         self._renewed_at = 0.0
+        # The Lease's record as last read, and the monotonic time it was first seen so.
+        self._observed_record: str | None = None
+        self._observed_at = 0.0
 
     @property
     def where(self) -> str:
@@ -270,9 +273,12 @@ class LeaderElector:
         current = await self.kube.get(LEASES, self.namespace, self.name)
         self.lease = current
         sent = self._monotonic()
-        now = self._clock()
-        if not can_acquire(current, self.identity, now):
+        record = lease_record(current)
+        if record != self._observed_record:
+            self._observed_record, self._observed_at = record, sent
+        if not can_acquire(current, self.identity, sent - self._observed_at):
             return False
+        now = self._clock()
         body = held_lease(
             current,
             name=self.name,

@@ -35,7 +35,7 @@ from nim_operator.leadership import (
     held_lease,
     holder_of,
     is_expired,
-    parse_micro_time,
+    lease_record,
     released_lease,
 )
 from nim_operator.settings import Settings, pod_namespace
@@ -83,49 +83,54 @@ class TestMicroTime:
         local = moment.astimezone(datetime.timezone(datetime.timedelta(hours=2)))
         assert format_micro_time(local) == "2026-12-04T10:00:00.001234Z"
 
-    def test_read_back(self) -> None:
-        moment = NOW.replace(microsecond=1234)
-        assert parse_micro_time(format_micro_time(moment)) == moment
-        assert parse_micro_time("2026-12-04T10:00:00Z") == NOW  # metav1.Time, no fraction
-        assert parse_micro_time(None) is None
-        assert parse_micro_time("yesterday") is None
-
 
 class TestCanAcquire:
+    """Expiry is how long this process has seen the Lease unchanged, on its own clock."""
+
     def test_a_missing_lease_is_created(self) -> None:
-        assert can_acquire(None, "me", NOW)
+        assert can_acquire(None, "me", 0)
 
-    def test_someone_elses_fresh_lease_is_not_taken(self) -> None:
-        fresh = lease("other", renewed=NOW - datetime.timedelta(seconds=14))
-        assert not is_expired(fresh, NOW)
-        assert not can_acquire(fresh, "me", NOW)
-        # At renewTime + leaseDurationSeconds exactly it is still valid; just after, expired.
-        assert not can_acquire(
-            lease("other", renewed=NOW - datetime.timedelta(seconds=15)), "me", NOW
-        )
+    def test_someone_elses_lease_is_not_taken_within_its_duration(self) -> None:
+        fresh = lease("other")
+        assert not is_expired(fresh, 14.9)
+        assert not can_acquire(fresh, "me", 14.9)
+        assert not can_acquire(fresh, "me", 15)  # at the duration exactly: still valid
 
-    def test_an_expired_lease_is_taken(self) -> None:
-        stale = lease("other", renewed=NOW - datetime.timedelta(seconds=15, microseconds=1))
-        assert is_expired(stale, NOW)
-        assert can_acquire(stale, "me", NOW)
-        assert can_acquire(lease("other", renewed=NOW - datetime.timedelta(hours=1)), "me", NOW)
+    def test_a_lease_unchanged_for_longer_than_its_duration_is_taken(self) -> None:
+        assert is_expired(lease("other"), 15.001)
+        assert can_acquire(lease("other"), "me", 15.001)
+        assert can_acquire(lease("other"), "me", 3600)
 
     def test_the_duration_is_the_leases_own(self) -> None:
-        renewed = NOW - datetime.timedelta(seconds=20)
-        assert not can_acquire(lease("other", renewed=renewed, duration=30), "me", NOW)
-        assert can_acquire(lease("other", renewed=renewed, duration=15), "me", NOW)
+        assert not can_acquire(lease("other", duration=30), "me", 20)
+        assert can_acquire(lease("other", duration=15), "me", 20)
+
+    def test_the_holders_clock_does_not_matter(self) -> None:
+        """A renewTime an hour in the past (the leader's node clock behind) or ahead says
+        nothing: only a Lease that stopped changing expires."""
+        behind = lease("other", renewed=NOW - datetime.timedelta(hours=1))
+        ahead = lease("other", renewed=NOW + datetime.timedelta(hours=1))
+        assert not can_acquire(behind, "me", 0)
+        assert not can_acquire(ahead, "me", 0)
+        assert can_acquire(ahead, "me", 16)
 
     def test_our_own_lease_is_ours_even_when_fresh(self) -> None:
-        assert can_acquire(lease("me"), "me", NOW)
+        assert can_acquire(lease("me"), "me", 0)
 
     def test_a_released_lease_is_taken_at_once(self) -> None:
-        assert can_acquire(lease(None), "me", NOW)
-        assert can_acquire(lease(""), "me", NOW)
+        assert can_acquire(lease(None), "me", 0)
+        assert can_acquire(lease(""), "me", 0)
 
-    def test_a_lease_without_renew_time_is_expired(self) -> None:
+    def test_a_lease_without_a_duration_is_expired(self) -> None:
         broken = lease("other")
-        del broken["spec"]["renewTime"]
-        assert can_acquire(broken, "me", NOW)
+        del broken["spec"]["leaseDurationSeconds"]
+        assert can_acquire(broken, "me", 0)
+
+    def test_a_renewal_is_any_change_of_the_spec(self) -> None:
+        first = lease("other", renewed=NOW)
+        assert lease_record(first) == lease_record(copy.deepcopy(first))
+        assert lease_record(first) != lease_record(lease("other", renewed=NOW.replace(second=1)))
+        assert lease_record(None) == lease_record({"spec": None})
 
 
 class TestHeldLease:
@@ -183,7 +188,7 @@ class TestHeldLease:
         assert body["spec"]["leaseDurationSeconds"] == 1
         assert body["spec"]["leaseTransitions"] == 3
         assert body["metadata"]["resourceVersion"] == "42"
-        assert can_acquire(body, "anyone", NOW)
+        assert can_acquire(body, "anyone", 0)
 
 
 class TestSettings:
@@ -327,6 +332,28 @@ async def test_of_two_candidates_at_once_exactly_one_wins(kube: KubeClient) -> N
     assert await winner.renew() is True
     assert await loser.try_acquire() is False
     assert holder_of(await kube.get(LEASES, "elect", name)) == winner.identity
+
+
+@pytest.mark.asyncio(loop_scope="session")
+async def test_a_standby_times_expiry_on_its_own_clock(kube: KubeClient) -> None:
+    """Expiry counts from when the standby last saw the Lease change (client-go's rule), so a
+    renewal resets it and the holder's renewTime is never compared with this node's clock."""
+    name = f"clock-{secrets.token_hex(3)}"
+    holder = elector(kube, name, "holder")
+    assert await holder.try_acquire()
+    now = [1000.0]
+    standby = elector(kube, name, "standby", monotonic=lambda: now[0])
+    assert await standby.try_acquire() is False  # first seen at 1000
+    now[0] = 1014.0
+    assert await standby.try_acquire() is False
+    assert await holder.renew() is True
+    now[0] = 1016.0
+    assert await standby.try_acquire() is False  # changed: seen anew at 1016
+    now[0] = 1031.0
+    assert await standby.try_acquire() is False  # 15 s unchanged: not more than its duration
+    now[0] = 1031.5
+    assert await standby.try_acquire() is True
+    assert holder_of(await kube.get(LEASES, "elect", name)) == "standby"
 
 
 @pytest.mark.asyncio(loop_scope="session")
@@ -520,9 +547,7 @@ def log_says(replica: Replica, text: str) -> Callable[[], Awaitable[bool]]:
 
 
 def seconds(later: str, earlier: str) -> float:
-    end, start = parse_micro_time(later), parse_micro_time(earlier)
-    assert end is not None
-    assert start is not None
+    end, start = datetime.datetime.fromisoformat(later), datetime.datetime.fromisoformat(earlier)
     return (end - start).total_seconds()
 
 
