@@ -29,6 +29,7 @@ import kopf
 from nim_operator import API_GROUP, API_VERSION, PLURAL, leadership
 from nim_operator.autoscaling.scaler import Autoscaler
 from nim_operator.kube import ApiError, TransientApiError
+from nim_operator.preflight import ClusterUnavailable, check_cluster
 from nim_operator.reconcile import Logger, Outcome, Runtime, reconcile, reconcile_later
 from nim_operator.render.labels import FIELD_MANAGER, INSTANCE_LABEL, MANAGED_BY_LABEL
 from nim_operator.settings import Settings, configure_kopf
@@ -48,6 +49,14 @@ AUTOSCALING_RETRY_DELAY = 5.0
 @kopf.on.startup()
 async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     configure_kopf(settings, SETTINGS)
+    if memo.get("cluster_checked") is None:
+        # Also under plain `kopf run`, which has no preflight of ours (nim_operator.cli): kopf
+        # would retry this handler every 60 s for ever; a PermanentError stops the operator.
+        try:
+            await check_cluster()
+        except ClusterUnavailable as e:
+            raise kopf.PermanentError(str(e)) from None
+        memo.cluster_checked = True
     if SETTINGS.leader_election and memo.get("leadership") is None:  # (not again on a retry)
         # Blocks a standby here, answering the liveness probe itself until it leads.
         memo.leadership = await leadership.lead(

@@ -41,30 +41,50 @@ class Settings(BaseSettings):
 
     # How often every NIMService is reconciled even without events: the bound on how long a
     # hand-edited child, or one whose deletion event was missed, can stay wrong.
-    reconcile_interval: float = Field(default=60.0, gt=0)
+    reconcile_interval: float = Field(
+        default=60.0, gt=0, description="Seconds between timer reconciles of each NIMService."
+    )
     # Child (Deployment/Pod) events within this window are folded into one reconcile.
-    child_event_delay: float = Field(default=0.5, ge=0)
+    child_event_delay: float = Field(
+        default=0.5, ge=0, description="Child events within this many seconds fold into one run."
+    )
     # How long "the cluster has (no) ServiceMonitor CRD" is believed before asking again.
-    capability_ttl: float = Field(default=300.0, ge=0)
-    api_timeout: float = Field(default=30.0, gt=0)
+    capability_ttl: float = Field(
+        default=300.0, ge=0, description="Seconds an optional CRD's presence is trusted."
+    )
+    api_timeout: float = Field(
+        default=30.0, gt=0, description="Seconds one Kubernetes API request may take."
+    )
     # Reconciles talking to the API server at once. When 1,000 NIMServices arrive together, a
     # bound lets them finish in turn instead of all late together, and keeps the operator's
     # memory at what a few runs hold rather than a thousand (the heap does not shrink again).
-    max_concurrent_reconciles: int = Field(default=16, ge=1)
+    max_concurrent_reconciles: int = Field(
+        default=16, ge=1, description="Reconciles talking to the API server at once."
+    )
     # Budget of one GET of a pod's /v1/metrics by the built-in autoscaler; a pod slower than
     # this counts as unreachable (which holds scale-downs), not as idle.
-    scrape_timeout: float = Field(default=2.0, gt=0)
-    api_retries: int = Field(default=4, ge=0)
+    scrape_timeout: float = Field(
+        default=2.0, gt=0, description="Seconds the autoscaler waits for one pod's /v1/metrics."
+    )
+    api_retries: int = Field(
+        default=4, ge=0, description="Retries of an API request that failed transiently."
+    )
     # Comma-separated namespaces or globs (e.g. "team-*"); empty means the whole cluster.
-    namespaces: str = ""
-    liveness_endpoint: str = "http://0.0.0.0:8080/healthz"
+    namespaces: str = Field(
+        default="", description="Namespaces or globs to watch, comma-separated; empty: all."
+    )
+    liveness_endpoint: str = Field(
+        default="http://0.0.0.0:8080/healthz", description="Where the liveness probe is served."
+    )
     # Watches are closed by the server after this many seconds and reopened: a stuck
     # connection (e.g. through a dead load balancer) cannot silence the operator for long.
     # Whole seconds: it goes into the watch URL as `timeoutSeconds`, which the API server
     # parses as an integer (it answers 400 to "300.0").
-    watch_timeout: int = Field(default=300, gt=0)
+    watch_timeout: int = Field(
+        default=300, gt=0, description="Whole seconds after which the API server ends a watch."
+    )
     # Debug-level logs (every API request kopf makes); never request bodies.
-    verbose: bool = False
+    verbose: bool = Field(default=False, description="Debug logs (every API request).")
 
     # Leader election (nim_operator.leadership): with several replicas, only the holder of the
     # coordination.k8s.io/v1 Lease reconciles; the others stand by until it is free or expired.

@@ -82,9 +82,11 @@ def test_help_prints_usage_with_every_setting(argv: list[str], home: Path) -> No
     done = run([*argv, "--help"], home)
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("usage: nim-operator")
-    for name in Settings.model_fields:
-        assert f"NIM_OPERATOR_{name.upper()}" in done.stdout
-        assert "--" + name.replace("_", "-") in done.stdout
+    text = " ".join(done.stdout.split())  # argparse wraps the help text
+    for name, field in Settings.model_fields.items():
+        assert field.description, f"{name} has no description for --help"
+        assert f"--{name.replace('_', '-')}" in text
+        assert f"{' '.join(field.description.split())} [NIM_OPERATOR_{name.upper()}" in text
     assert done.stderr == ""
 
 
@@ -107,6 +109,20 @@ def test_without_any_cluster_it_says_where_it_looked(argv: list[str], home: Path
     assert "KUBECONFIG is not set and ~/.kube/config does not exist" in line
     assert "KUBERNETES_SERVICE_HOST" in line
     assert "set KUBECONFIG" in line
+
+
+def test_plain_kopf_run_stops_too_instead_of_retrying(home: Path, tmp_path: Path) -> None:
+    """`kopf run -m nim_operator.handlers` has no preflight of ours: the startup handler fails
+    permanently (kopf exits 1 with the cause) rather than retrying every 60 s."""
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        server = f"http://127.0.0.1:{closed.getsockname()[1]}"
+    kopf = str(Path(sys.executable).with_name("kopf"))
+    argv = [kopf, "run", "-m", "nim_operator.handlers", "--standalone"]
+    done = run(argv, home, KUBECONFIG=str(kubeconfig(tmp_path / "kc", server)))
+    assert done.returncode == 1
+    assert f"cannot reach the Kubernetes API server at {server}" in done.stderr
+    assert "will try again" not in done.stderr
 
 
 def test_a_kubeconfig_that_is_not_there_is_named(home: Path, tmp_path: Path) -> None:
