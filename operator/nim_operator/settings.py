@@ -101,7 +101,9 @@ class Settings(BaseSettings):
     )
     # Whole seconds: they go into the Lease's integer leaseDurationSeconds.
     lease_duration: int = Field(
-        default=15, gt=0, description="Seconds a standby must see the Lease unchanged before taking it."
+        default=15,
+        gt=0,
+        description="Seconds a standby must see the Lease unchanged before taking it.",
     )
     renew_deadline: int = Field(
         default=10,
