@@ -63,6 +63,10 @@ def connection_from_kubeconfig(path: Path) -> kopf.ConnectionInfo:
     )
 
 
+# What kopf logs (verbose) once its watch of namespaces has begun.
+NAMESPACE_WATCH = "Starting the watch-stream for namespaces.v1 cluster-wide."
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -100,9 +104,19 @@ class OperatorProcess:
             **(env or {}),
             **{f"NIM_OPERATOR_{key.upper()}": value for key, value in settings.items()},
         }
+        # kopf (1.45) lists the namespaces, then lists them again to start watching them, and
+        # ignores a namespace that appears between the two lists. A test creating its namespace
+        # must wait until the watch began: start() does, where the log can tell (verbose) and
+        # the process watches at once (not a standby of leader election).
+        self._await_namespace_watch = (
+            "*" in settings.get("namespaces", "")
+            and settings.get("verbose") == "true"
+            and settings.get("leader_election") != "true"
+        )
         self._process: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 60.0) -> None:
+        logged_before = self.log_path.stat().st_size if self.log_path.exists() else 0
         with self.log_path.open("ab") as log:
             self._process = subprocess.Popen(
                 self._argv,
@@ -117,10 +131,20 @@ class OperatorProcess:
             try:
                 with urllib.request.urlopen(self.liveness, timeout=1) as response:
                     if response.status == 200:
-                        return
+                        break
             except OSError:
                 time.sleep(0.2)
-        raise TimeoutError(f"the operator's liveness probe never answered:\n{self.log_tail()}")
+        else:
+            raise TimeoutError(f"the operator's liveness probe never answered:\n{self.log_tail()}")
+        while self._await_namespace_watch and NAMESPACE_WATCH not in self._log_since(logged_before):
+            if time.monotonic() >= deadline or self._process.poll() is not None:
+                raise TimeoutError(f"the operator never watched namespaces:\n{self.log_tail()}")
+            time.sleep(0.1)
+
+    def _log_since(self, offset: int) -> str:
+        with self.log_path.open("rb") as log:
+            log.seek(offset)
+            return log.read().decode(errors="replace")
 
     @property
     def pid(self) -> int | None:
@@ -239,13 +263,17 @@ class EmulatedControllers:
     async def pods_become(self, namespace: str, deployment: str, state: PodState) -> None:
         live = await self._api.get(DEPLOYMENTS, namespace, deployment)
         assert live is not None, f"Deployment {namespace}/{deployment} does not exist"
-        template = live["spec"]["template"]
-        labels = template["metadata"]["labels"]
-        match_labels = live["spec"]["selector"]["matchLabels"]
+        spec = live["spec"]
+        template = spec["template"]
+        # Fields the API allows to be absent or null are read as such (a selector may have only
+        # matchExpressions; the template's metadata is optional).
+        labels = (template.get("metadata") or {}).get("labels") or {}
+        match_labels = (spec.get("selector") or {}).get("matchLabels") or {}
         selector = ",".join(f"{k}={v}" for k, v in sorted(match_labels.items()))
-        for old in await self._api.list(PODS, namespace, label_selector=selector):
+        for old in await self._api.list(PODS, namespace, label_selector=selector or None):
             await self._api.delete(PODS, namespace, old["metadata"]["name"])
-        desired = int(live["spec"].get("replicas", 1))
+        replicas = spec.get("replicas")
+        desired = 1 if replicas is None else int(replicas)
         suffix = secrets.token_hex(4)[:8]
         for index in range(desired):
             name = f"{deployment}-{suffix}-{index}"
@@ -256,7 +284,7 @@ class EmulatedControllers:
                     "apiVersion": "v1",
                     "kind": "Pod",
                     "metadata": {"name": name, "labels": labels},
-                    "spec": template["spec"],
+                    "spec": template.get("spec") or {},
                 },
             )
             await self._api.merge_patch(
