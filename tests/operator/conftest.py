@@ -26,7 +26,7 @@ import pytest
 import pytest_asyncio
 
 from nim_operator.kube import KubeClient, ResourceKind
-from tests.support.kmock_cluster import EmulatedCluster, project_crds
+from tests.support.kmock_cluster import EmulatedCluster, project_crds, sent_invalid_on_purpose
 from tests.support.kmock_harness import (
     ClusterDriver,
     EmulatedControllers,
@@ -70,7 +70,7 @@ def emulated(backend: str) -> Iterator[EmulatedCluster | None]:
     if backend == "k8s":
         yield None
         return
-    with EmulatedCluster() as cluster:
+    with EmulatedCluster(deliberate=sent_invalid_on_purpose) as cluster:
         yield cluster
 
 

@@ -35,8 +35,17 @@ T = TypeVar("T")
 PROJECT_CRDS = Path(__file__).resolve().parents[2] / "crds"
 
 
+# The User-Agent of a test client that sends invalid objects on purpose.
+DELIBERATELY_INVALID = "nimstack-tests-deliberately-invalid"
+
+
 def no_rejection_is_deliberate(rejection: Rejection) -> bool:
     return False
+
+
+def sent_invalid_on_purpose(rejection: Rejection) -> bool:
+    """An object a test client said it made invalid (its query parameters must still be valid)."""
+    return rejection.cause == "body" and rejection.agent == DELIBERATELY_INVALID
 
 
 class EmulatedCluster:
