@@ -21,11 +21,19 @@ kmock's storage, discovery and watch bus:
   them: the garbage collector (deleting an owner deletes objects whose ownerReferences name its
   uid; an object created with owners that are all gone is deleted at once) and the namespace
   controller (deleting a Namespace deletes what is in it);
-* API defaulting of ``Deployment.spec.replicas`` to 1 and of a new Pod's ``status.phase``;
+* API defaulting of ``Deployment.spec.replicas`` to 1;
 * metadata-only reads (``Accept: ...;as=PartialObjectMetadata``) answered without the object's
   data, as the operator's existence checks of Secrets rely on;
 * the API server's answer to a server-side apply whose content does not fit a built-in kind's type
   (a 500, see ``kmock_schemas``);
+* kube-apiserver's strictness (``kmock_strict``, ``strict_checks``): typed and known query
+  parameters, Go-typed bodies of built-in kinds, unknown fields by ``fieldValidation``, custom
+  resources validated against their CRD's schema, each refusal recorded;
+* a CustomResourceDefinition created or applied through the API starts with null conditions and
+  is served once Established, CRD_ESTABLISH_DELAY later (``register_crd`` serves one at once);
+  updating one re-registers its schema;
+* the status (and nulls) a real server gives a new Deployment, Service, Namespace, Pod, PVC,
+  HPA, PodDisruptionBudget or Event;
 * optional RBAC (``authorizer``, see ``kmock_rbac``) and, for fault tests, ``add_fault()``
   (answer the next N matching requests with an error, or delay them), ``drop_watches()`` to cut
   every open watch at once, and ``arrival_times`` of each request.

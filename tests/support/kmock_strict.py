@@ -84,7 +84,7 @@ import kubernetes_validate.utils as kv
 from tests.support import kmock_fields as fields
 from tests.support.crd_validation import schema_errors, to_json_schema
 
-__all__ = ["Rejection", "StrictChecks"]
+__all__ = ["Rejection", "Server", "StrictChecks", "describe"]
 
 APPLY_PATCH = "application/apply-patch+yaml"
 JSON_PATCH = "application/json-patch+json"
@@ -1067,7 +1067,7 @@ class StrictChecks:
         if (
             resource is None
             or not resource.plural
-            or request.subresource not in (_SUBRESOURCES_WITH_OPTIONS)
+            or request.subresource not in _SUBRESOURCES_WITH_OPTIONS
         ):
             return  # discovery, and subresources such as log or exec with options of their own
         params, every = _query(request)
@@ -1102,9 +1102,6 @@ class StrictChecks:
             if state is not None:
                 self._record(state.request, e, "body")
             raise
-
-    def unexpected(self, deliberate: Callable[[Rejection], bool]) -> list[Rejection]:
-        return [r for r in self.rejections if not deliberate(r)]
 
     # --- query ---
 
