@@ -396,21 +396,9 @@ def _check_options(
                 errors.append(required("fieldManager", "is required for apply patch"))
         errors += _check_field_manager(params.get("fieldManager", ""))
     if verb in ("delete", "deletecollection"):
-        policy = params.get("propagationPolicy")
-        if policy is not None and "orphanDependents" in params:
-            errors.append(
-                invalid(
-                    policy,
-                    "propagationPolicy",
-                    "orphanDependents and deletionPropagation cannot be both set",
-                )
-            )
-        if policy is not None and policy not in ("Foreground", "Background", "Orphan"):
-            errors.append(
-                not_supported(
-                    policy, "propagationPolicy", ["Foreground", "Background", "Orphan", "nil"]
-                )
-            )
+        errors += _propagation_errors(
+            params.get("propagationPolicy"), orphan_dependents="orphanDependents" in params
+        )
     if "dryRun" in every and any(v != "All" for v in every["dryRun"]):
         errors.append(not_supported(every["dryRun"], "dryRun", ["All"]))
     validation = params.get("fieldValidation", "")
@@ -1371,20 +1359,10 @@ def _refuse_decoding(
     )
 
 
-def _check_delete_body(request: kmock.Request) -> None:
-    options = request.data
-    if not isinstance(options, Mapping) or not options:
-        return
-    grace = options.get("gracePeriodSeconds")
-    if grace is not None and (isinstance(grace, bool) or not isinstance(grace, int)):
-        what = f"number {_literal(grace)}" if isinstance(grace, int | float) else _json_kind(grace)
-        raise bad_request(
-            f"json: cannot unmarshal {what} into Go struct field "
-            "DeleteOptions.gracePeriodSeconds of type int64"
-        )
+def _propagation_errors(policy: Any, *, orphan_dependents: bool) -> list[FieldError]:
+    """DeleteOptions' validation of propagationPolicy, from the query or from the body."""
     errors = []
-    policy = options.get("propagationPolicy")
-    if policy is not None and options.get("orphanDependents") is not None:
+    if policy is not None and orphan_dependents:
         errors.append(
             invalid(
                 policy,
@@ -1398,6 +1376,24 @@ def _check_delete_body(request: kmock.Request) -> None:
                 policy, "propagationPolicy", ["Foreground", "Background", "Orphan", "nil"]
             )
         )
+    return errors
+
+
+def _check_delete_body(request: kmock.Request) -> None:
+    options = request.data
+    if not isinstance(options, Mapping) or not options:
+        return
+    grace = options.get("gracePeriodSeconds")
+    if grace is not None and (isinstance(grace, bool) or not isinstance(grace, int)):
+        what = f"number {_literal(grace)}" if isinstance(grace, int | float) else _json_kind(grace)
+        raise bad_request(
+            f"json: cannot unmarshal {what} into Go struct field "
+            "DeleteOptions.gracePeriodSeconds of type int64"
+        )
+    errors = _propagation_errors(
+        options.get("propagationPolicy"),
+        orphan_dependents=options.get("orphanDependents") is not None,
+    )
     dry_run = options.get("dryRun") or []
     if any(v != "All" for v in dry_run):
         errors.append(not_supported(list(dry_run), "dryRun", ["All"]))
