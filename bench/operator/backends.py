@@ -28,10 +28,9 @@ import yaml
 
 from nim_operator.kube import ApiError, KubeClient, ResourceKind
 from tests.support.kmock_cluster import PROJECT_CRDS, project_crds
-from tests.support.kmock_harness import connection_from_kubeconfig, eventually
+from tests.support.kmock_harness import connection_from_kubeconfig, eventually, install_crds
 
 REPO = Path(__file__).resolve().parents[2]
-CRD_KIND = ResourceKind("apiextensions.k8s.io/v1", "customresourcedefinitions", namespaced=False)
 NAMESPACES = ResourceKind("v1", "namespaces", namespaced=False)
 NIMSERVICES = ResourceKind("nimstack.dev/v1alpha1", "nimservices")
 # The benchmark's own requests carry this User-Agent; everything else the emulator serves in a
@@ -175,17 +174,7 @@ class ClusterBackend:
     async def start(self) -> None:
         api = KubeClient(connection_from_kubeconfig(self.kubeconfig), user_agent=BENCH_AGENT)
         try:
-            for crd in project_crds():
-                await api.apply(CRD_KIND, crd, field_manager=BENCH_AGENT)
-
-                async def established(name: str = crd["metadata"]["name"]) -> bool:
-                    live = await api.get(CRD_KIND, None, name)
-                    conditions = (live or {}).get("status", {}).get("conditions", [])
-                    return any(
-                        c["type"] == "Established" and c["status"] == "True" for c in conditions
-                    )
-
-                await eventually(established, within=60, what=f"CRD {crd['metadata']['name']}")
+            await install_crds(api, project_crds(), field_manager=BENCH_AGENT)
         finally:
             await api.close()
 

@@ -34,7 +34,7 @@ from tests.support.kmock_harness import (
     RealControllers,
     connection_from_kubeconfig,
     delete_namespace,
-    eventually,
+    install_crds,
 )
 
 NAMESPACE_PREFIX = "nimtest-"
@@ -42,7 +42,6 @@ NAMESPACE_PREFIX = "nimtest-"
 RECONCILE_INTERVAL = 2.0
 
 NAMESPACES = ResourceKind("v1", "namespaces", namespaced=False)
-CRD_KIND = ResourceKind("apiextensions.k8s.io/v1", "customresourcedefinitions", namespaced=False)
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -91,19 +90,7 @@ async def api(kubeconfig: Path) -> AsyncIterator[KubeClient]:
 @pytest_asyncio.fixture(scope="package", loop_scope="session")
 async def crds_installed(api: KubeClient) -> None:
     """Apply crds/ (server-side, as `kubectl apply --server-side`) and wait until Established."""
-    for crd in project_crds():
-        await api.apply(CRD_KIND, crd, field_manager="nimstack-e2e")
-    for crd in project_crds():
-
-        async def established(name: str = crd["metadata"]["name"]) -> bool:
-            live = await api.get(CRD_KIND, None, name)
-            # A new CRD's status.conditions is null until the apiextensions controllers run.
-            conditions = ((live or {}).get("status") or {}).get("conditions") or []
-            return any(
-                c.get("type") == "Established" and c.get("status") == "True" for c in conditions
-            )
-
-        await eventually(established, within=60, what=f"CRD {crd['metadata']['name']}")
+    await install_crds(api, project_crds(), field_manager="nimstack-e2e")
 
 
 @pytest.fixture(scope="package")

@@ -23,7 +23,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
@@ -39,6 +39,7 @@ DEPLOYMENTS = ResourceKind("apps/v1", "deployments")
 PODS = ResourceKind("v1", "pods")
 NAMESPACES = ResourceKind("v1", "namespaces", namespaced=False)
 NIMSERVICES = ResourceKind("nimstack.dev/v1alpha1", "nimservices")
+CRDS = ResourceKind("apiextensions.k8s.io/v1", "customresourcedefinitions", namespaced=False)
 
 
 def connection_from_kubeconfig(path: Path) -> kopf.ConnectionInfo:
@@ -194,6 +195,34 @@ async def eventually(
         if asyncio.get_running_loop().time() >= deadline:
             raise AssertionError(f"timed out after {within}s waiting for {what}\n{context()}")
         await asyncio.sleep(interval)
+
+
+async def install_crds(
+    api: KubeClient,
+    crds: Iterable[Mapping[str, Any]],
+    *,
+    field_manager: str,
+    within: float = 60.0,
+) -> None:
+    """Apply CRDs (server-side, forced) and wait until the API server says each is Established.
+
+    A new CRD's `status.conditions` is null (not absent, not empty) until the apiextensions
+    controllers have run, on a real API server and on the emulator alike.
+    """
+    names = []
+    for crd in crds:
+        await api.apply(CRDS, crd, field_manager=field_manager)
+        names.append(crd["metadata"]["name"])
+    for name in names:
+
+        async def established(name: str = name) -> bool:
+            live = await api.get(CRDS, None, name)
+            conditions = ((live or {}).get("status") or {}).get("conditions") or []
+            return any(
+                c.get("type") == "Established" and c.get("status") == "True" for c in conditions
+            )
+
+        await eventually(established, within=within, what=f"CRD {name} established")
 
 
 async def delete_namespace(api: KubeClient, name: str) -> None:
