@@ -385,3 +385,59 @@ async def test_reconciles_wait_their_turn(
     outcomes = await asyncio.gather(*(reconcile(runtime, b, logger=LOGGER) for b in bodies))
     assert all(o is not None and o.failure is None for o in outcomes)
     assert most == 2
+
+
+def status_writes(cluster: EmulatedCluster, since: int) -> int:
+    return served(cluster, since).count(("PATCH", "nimservices", "status"))
+
+
+async def test_a_tick_on_a_body_older_than_our_last_status_write_writes_nothing(
+    cluster: EmulatedCluster, kube: KubeClient, runtime: Runtime
+) -> None:
+    """kopf hands a timer its latest body, which lags behind our own status writes while its
+    watch is behind: the status in it is one we overwrote already, not someone else's edit."""
+    runtime = watching(runtime)
+    await reconcile(runtime, await create(kube, "llm", {**CPU_SPEC, "replicas": 1}), logger=LOGGER)
+    older = await fresh(kube, "llm")  # the status of the first run
+    await EmulatedControllers(kube).pods_become(NS, "llm", PodState.READY)
+    deployment = await kube.get(DEPLOYMENTS, NS, "llm")
+    assert deployment is not None
+    assert runtime.child_changed("deployments", "MODIFIED", deployment) == "changed"  # status
+    ready = await reconcile(runtime, await fresh(kube, "llm"), logger=LOGGER)
+    assert ready is not None
+    assert ready.status["readyReplicas"] == 1
+    assert older["status"]["readyReplicas"] == 0  # written since `older` was read
+
+    mark = count(cluster)
+    tick = await reconcile(runtime, older, logger=LOGGER, periodic=True)
+    assert tick is not None
+    assert tick.status == ready.status
+    assert status_writes(cluster, mark) == 0
+    assert (await fresh(kube, "llm"))["status"]["readyReplicas"] == 1
+
+
+async def test_a_status_someone_else_changed_is_put_back(
+    cluster: EmulatedCluster, kube: KubeClient, settled: Runtime
+) -> None:
+    """By any run that is not a timer tick of a process that wrote the status itself (a
+    change handler, a child event's fresh read), and by a new process's first tick."""
+    written = (await fresh(kube, "llm"))["status"]
+
+    async def tamper() -> dict[str, Any]:
+        await kube.merge_patch(
+            NIMSERVICES, NS, "llm", {"status": {"endpoint": "x"}}, subresource="status"
+        )
+        return await fresh(kube, "llm")
+
+    mark = count(cluster)
+    await reconcile(settled, await tamper(), logger=LOGGER)
+    assert status_writes(cluster, mark) == 2  # the tampering and the repair
+    assert (await fresh(kube, "llm"))["status"]["endpoint"] == written["endpoint"]
+
+    restarted = watching(
+        Runtime(kube, settled.settings, settled.capabilities, post_events=_ignore_events)
+    )
+    mark = count(cluster)
+    await reconcile(restarted, await tamper(), logger=LOGGER, periodic=True)
+    assert status_writes(cluster, mark) == 2
+    assert (await fresh(kube, "llm"))["status"]["endpoint"] == written["endpoint"]
