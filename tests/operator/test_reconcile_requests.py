@@ -23,7 +23,7 @@ from nim_operator.events import EventNote
 from nim_operator.handlers import reconcile_owner_of_child
 from nim_operator.kube import CapabilityCache, KubeClient, ResourceKind
 from nim_operator.pod_cache import PodCache
-from nim_operator.reconcile import APPLY_EVERY_RUNS, Runtime, reconcile
+from nim_operator.reconcile import APPLY_EVERY_RUNS, Outcome, Runtime, reconcile
 from nim_operator.render.labels import INSTANCE_LABEL
 from nim_operator.settings import Settings
 from tests.support.kmock_cluster import EmulatedCluster
@@ -264,18 +264,24 @@ async def settled(kube: KubeClient, runtime: Runtime) -> Runtime:
     return runtime
 
 
+async def reconcile_once_ready(runtime: Runtime, kube: KubeClient) -> Outcome:
+    """The pod of NIMService llm turns ready, the Deployment watch says so, a run sees it."""
+    await EmulatedControllers(kube).pods_become(NS, "llm", PodState.READY)
+    deployment = await kube.get(DEPLOYMENTS, NS, "llm")
+    assert deployment is not None
+    assert runtime.child_changed("deployments", "MODIFIED", deployment) == "changed"  # status
+    outcome = await reconcile(runtime, await fresh(kube, "llm"), logger=LOGGER)
+    assert outcome is not None
+    return outcome
+
+
 async def test_a_tick_skips_the_applies_the_watch_proves_unchanged(
     cluster: EmulatedCluster, kube: KubeClient, runtime: Runtime
 ) -> None:
     runtime = watching(runtime)
     body = await create(kube, "llm", {**CPU_SPEC, "replicas": 1})
     await reconcile(runtime, body, logger=LOGGER)
-    await EmulatedControllers(kube).pods_become(NS, "llm", PodState.READY)
-    deployment = await kube.get(DEPLOYMENTS, NS, "llm")
-    assert deployment is not None
-    assert runtime.child_changed("deployments", "MODIFIED", deployment) == "changed"  # status
-    full = await reconcile(runtime, await fresh(kube, "llm"), logger=LOGGER)
-    assert full is not None
+    full = await reconcile_once_ready(runtime, kube)
 
     mark = count(cluster)
     tick = await reconcile(runtime, await fresh(kube, "llm"), logger=LOGGER, periodic=True)
@@ -399,12 +405,7 @@ async def test_a_tick_on_a_body_older_than_our_last_status_write_writes_nothing(
     runtime = watching(runtime)
     await reconcile(runtime, await create(kube, "llm", {**CPU_SPEC, "replicas": 1}), logger=LOGGER)
     older = await fresh(kube, "llm")  # the status of the first run
-    await EmulatedControllers(kube).pods_become(NS, "llm", PodState.READY)
-    deployment = await kube.get(DEPLOYMENTS, NS, "llm")
-    assert deployment is not None
-    assert runtime.child_changed("deployments", "MODIFIED", deployment) == "changed"  # status
-    ready = await reconcile(runtime, await fresh(kube, "llm"), logger=LOGGER)
-    assert ready is not None
+    ready = await reconcile_once_ready(runtime, kube)
     assert ready.status["readyReplicas"] == 1
     assert older["status"]["readyReplicas"] == 0  # written since `older` was read
 
