@@ -49,14 +49,12 @@ AUTOSCALING_RETRY_DELAY = 5.0
 @kopf.on.startup()
 async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     configure_kopf(settings, SETTINGS)
-    if memo.get("cluster_checked") is None:
-        # Also under plain `kopf run`, which has no preflight of ours (nim_operator.cli): kopf
-        # would retry this handler every 60 s for ever; a PermanentError stops the operator.
-        try:
-            await check_cluster()
-        except ClusterUnavailable as e:
-            raise kopf.PermanentError(str(e)) from None
-        memo.cluster_checked = True
+    # Done already by nim_operator.cli, but not under plain `kopf run`: there kopf would retry
+    # this handler every 60 s for ever; a PermanentError stops the operator.
+    try:
+        await check_cluster()
+    except ClusterUnavailable as e:
+        raise kopf.PermanentError(str(e)) from None
     if SETTINGS.leader_election and memo.get("leadership") is None:  # (not again on a retry)
         # Blocks a standby here, answering the liveness probe itself until it leads.
         memo.leadership = await leadership.lead(

@@ -69,12 +69,21 @@ def find_credentials(
     )
 
 
+# Whether a check passed in this process: the command line checks before kopf starts, and
+# the startup handler (which plain `kopf run` reaches without that) need not ask again.
+_passed = False
+
+
 async def check_cluster() -> None:
     """Log in and ask the API server for our API group; ClusterUnavailable if that fails.
 
-    A cluster without the NIMService CRD is not an error (it may be installed after the
-    operator, as `kubectl apply -k` does in one go), only a warning.
+    Once it has passed in this process, it returns at once. A cluster without the NIMService
+    CRD is not an error (it may be installed after the operator, as `kubectl apply -k` does
+    in one go), only a warning.
     """
+    global _passed
+    if _passed:
+        return
     credentials = find_credentials()
     try:
         info = await login()
@@ -90,6 +99,7 @@ async def check_cluster() -> None:
         raise ClusterUnavailable(_explain(e, info.server, credentials)) from None
     finally:
         await client.close()
+    _passed = True
     if not served:
         logger.warning(
             "The API server at %s does not serve %s %s yet: install the CRD with "

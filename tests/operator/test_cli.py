@@ -234,8 +234,9 @@ async def test_an_outage_after_start_is_ridden_out(
     a load balancer failing over) is retried: the operator stays up and catches up after.
     (5xx answers, timeouts and dropped watches are covered one by one in test_faults.py.)"""
     namespace = f"cli-{secrets.token_hex(3)}"
+    token = f"outage-{namespace}"  # this test's requests, among the module's
     process = OperatorProcess(
-        cluster.write_kubeconfig(tmp_path / "kc"),
+        cluster.write_kubeconfig(tmp_path / "kc", token=token),
         tmp_path / "operator.log",
         namespaces=namespace,
         api_retries="1",
@@ -244,6 +245,17 @@ async def test_an_outage_after_start_is_ridden_out(
     process.start()
     api = KubeClient(connection_from_kubeconfig(tmp_path / "kc"), user_agent="cli-test")
     try:
+        # The command line checked the cluster; the startup handler did not ask again.
+        checks = cluster.inspect(
+            lambda emulator: [
+                r
+                for r in emulator
+                if str(r.url).endswith("/apis/nimstack.dev/v1alpha1")
+                and r.headers.get("User-Agent") == "nimstack-operator"
+                and r.headers.get("Authorization") == f"Bearer {token}"
+            ]
+        )
+        assert len(checks) == 1, checks
         await api.create(NAMESPACES, None, {"metadata": {"name": namespace}})
         outage_ends = time.monotonic() + OUTAGE_SECONDS
         cut_requests: list[str] = []
