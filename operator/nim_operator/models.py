@@ -548,6 +548,7 @@ class NIMServiceSpec(_Model):
     priority_class_name: str | None = None
     scheduler_name: str | None = None
     shutdown_timeout_seconds: Annotated[int, Field(ge=0, le=3600)] = 30
+    read_only_root_filesystem: bool = True
 
     @model_validator(mode="after")
     def _cross_field_rules(self) -> NIMServiceSpec:

@@ -222,6 +222,21 @@ class TestRenderDeployment:
         }
         assert {"name": "dshm", "mountPath": "/dev/shm"} in container(deployment)["volumeMounts"]
 
+    def test_read_only_root_filesystem_with_a_writable_tmp(self) -> None:
+        deployment = render()
+        assert container(deployment)["securityContext"]["readOnlyRootFilesystem"] is True
+        assert {"name": "tmp", "emptyDir": {}} in pod(deployment)["volumes"]
+        assert {"name": "tmp", "mountPath": "/tmp"} in container(deployment)["volumeMounts"]
+
+    def test_read_only_root_filesystem_can_be_turned_off(self) -> None:
+        deployment = render(readOnlyRootFilesystem=False)
+        assert container(deployment)["securityContext"]["readOnlyRootFilesystem"] is False
+        assert [v["name"] for v in pod(deployment)["volumes"]] == ["model-store", "dshm"]
+        assert [m["mountPath"] for m in container(deployment)["volumeMounts"]] == [
+            "/model-store",
+            "/dev/shm",
+        ]
+
     def test_default_probes_fit_a_large_model(self) -> None:
         ctr = container(render())
         startup, readiness, liveness = (

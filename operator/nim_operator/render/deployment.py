@@ -22,6 +22,10 @@ __all__ = [
 CONTAINER_NAME = "nim"
 MODEL_STORE_VOLUME = "model-store"
 SHM_VOLUME = "dshm"
+TMP_VOLUME = "tmp"
+# Scratch space of the server and its libraries (torch's inductor, vLLM's IPC sockets): the one
+# writable place besides the model store when the root filesystem is read-only.
+TMP_PATH = "/tmp"  # noqa: S108
 # Shared memory for the engine's worker processes (a memory-backed emptyDir, not a temp dir).
 SHM_PATH = "/dev/shm"  # noqa: S108
 # After SIGTERM is scheduled, endpoints and kube-proxy need a few seconds to stop routing new
@@ -77,13 +81,23 @@ def _shm_volume(spec: NIMServiceSpec) -> dict[str, Any]:
     return {"name": SHM_VOLUME, "emptyDir": empty_dir}
 
 
+def _volumes(owner: Owner, spec: NIMServiceSpec) -> list[dict[str, Any]]:
+    volumes = [_model_store_volume(owner, spec), _shm_volume(spec)]
+    if spec.read_only_root_filesystem:
+        volumes.append({"name": TMP_VOLUME, "emptyDir": {}})
+    return volumes
+
+
 def _volume_mounts(spec: NIMServiceSpec) -> list[dict[str, Any]]:
     model_store: dict[str, Any] = {"name": MODEL_STORE_VOLUME, "mountPath": MODEL_STORE_PATH}
     if spec.storage.read_only:
         model_store["readOnly"] = True
     if spec.storage.pvc is not None and spec.storage.pvc.sub_path:
         model_store["subPath"] = spec.storage.pvc.sub_path
-    return [model_store, {"name": SHM_VOLUME, "mountPath": SHM_PATH}]
+    mounts = [model_store, {"name": SHM_VOLUME, "mountPath": SHM_PATH}]
+    if spec.read_only_root_filesystem:
+        mounts.append({"name": TMP_VOLUME, "mountPath": TMP_PATH})
+    return mounts
 
 
 def _container(owner: Owner, spec: NIMServiceSpec) -> dict[str, Any]:
@@ -107,6 +121,7 @@ def _container(owner: Owner, spec: NIMServiceSpec) -> dict[str, Any]:
     container["securityContext"] = {
         "allowPrivilegeEscalation": False,
         "capabilities": {"drop": ["ALL"]},
+        "readOnlyRootFilesystem": spec.read_only_root_filesystem,
         "runAsNonRoot": True,
     }
     return container
@@ -126,7 +141,7 @@ def _pod_spec(owner: Owner, spec: NIMServiceSpec) -> dict[str, Any]:
         },
         "terminationGracePeriodSeconds": termination_grace_period_seconds(spec),
         "containers": [_container(owner, spec)],
-        "volumes": [_model_store_volume(owner, spec), _shm_volume(spec)],
+        "volumes": _volumes(owner, spec),
     }
     if spec.image.pull_secrets:
         pod["imagePullSecrets"] = [{"name": name} for name in spec.image.pull_secrets]
