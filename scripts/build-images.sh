@@ -11,8 +11,8 @@
 # python:3.11-slim-bookworm and takes torch's CPU wheel from PyTorch's CPU index.
 # Where no image registry is reachable (this project's CI): `--local-base` makes a Debian base
 # with debootstrap from the Debian archive, and `--wheels DIR` takes torch's CPU wheel from a local
-# directory, mounted into the build only. The host's CA bundle is mounted the same way, so a
-# TLS-intercepting proxy works; none of them ends up in an image.
+# directory, mounted into the build only (podman). With podman the host's CA bundle is mounted the
+# same way, so a TLS-intercepting proxy works; none of them ends up in an image.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -26,7 +26,7 @@ while (($#)); do
         --local-base) local_base=true; shift ;;
         --wheels) wheels="$(cd "$2" && pwd)"; shift 2 ;;
         server|operator) targets+=("$1"); shift ;;
-        -h|--help) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
         *) echo "build-images: unknown argument '$1' (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -45,17 +45,19 @@ version="$(python3 -c 'import tomllib; print(tomllib.load(open("pyproject.toml",
 revision="$(git rev-parse HEAD 2>/dev/null || true)"
 source_url="$(git config --get remote.origin.url 2>/dev/null || true)"
 build_args=(--build-arg "VERSION=$version" --build-arg "REVISION=$revision" --build-arg "SOURCE=$source_url")
+# Build-time mounts are podman's (`docker build` has none): the host's CA bundle, local wheels.
 ca_bundle=/etc/ssl/certs/ca-certificates.crt
-if [[ -f "$ca_bundle" ]]; then
+if [[ "$engine" == podman && -f "$ca_bundle" ]]; then
     build_args+=(-v "$ca_bundle:/etc/ssl/host-ca.crt:ro" --build-arg "PIP_CERT=/etc/ssl/host-ca.crt")
 fi
 if [[ -n "$wheels" ]]; then
+    [[ "$engine" == podman ]] || { echo "build-images: --wheels needs podman" >&2; exit 2; }
     build_args+=(-v "$wheels:/wheels:ro" --build-arg "PIP_FIND_LINKS=/wheels" --build-arg "PIP_EXTRA_INDEX_URL=")
 fi
 
 if $local_base; then
     base=localhost/nimstack/debian-python:bookworm
-    if ! "$engine" image exists "$base" 2>/dev/null; then
+    if ! "$engine" image inspect "$base" >/dev/null 2>&1; then
         command -v debootstrap >/dev/null || { echo "build-images: --local-base needs debootstrap" >&2; exit 1; }
         rootfs="$(mktemp -d)"
         trap 'rm -rf "$rootfs"' EXIT
