@@ -75,6 +75,10 @@ POD_LIST_EVERY_TICKS = 10
 APPLY_EVERY_RUNS = 10
 # At most one heap trim per this many seconds (timer ticks end a "busy spell" every few seconds).
 HEAP_TRIM_INTERVAL = 60.0
+# How many of its own status writes' resourceVersions a NIMService's slot remembers: kopf's
+# stale body is the version of one of the last few (a change handler's write, then a child
+# event's one or two before kopf's watch catches up).
+STATUS_VERSIONS_KEPT = 4
 
 
 @dataclass
@@ -83,6 +87,9 @@ class _OwnerSlot:
     # The status this operator last wrote: fresher than the body a timer or an index holds,
     # so transitions (lastTransitionTime, Events) are judged against what is really stored.
     last_status: dict[str, Any] | None = None
+    # The resourceVersions our last few status writes made (see STATUS_VERSIONS_KEPT): a body
+    # of one of them carries a status this process wrote, nobody else's.
+    written_versions: tuple[str, ...] = ()
     # The built-in autoscaler's conditions from its last evaluation (nim_operator.autoscaling);
     # None until it has evaluated since the operator started.
     autoscaler_conditions: tuple[ConditionReport, ...] | None = None
@@ -476,6 +483,10 @@ def _owned(status: Mapping[str, Any]) -> dict[str, Any]:
     return {key: status.get(key) for key in OWNED_STATUS_FIELDS}
 
 
+def _version(obj: Mapping[str, Any]) -> str | None:
+    return (obj.get("metadata") or {}).get("resourceVersion") or None
+
+
 async def _write_status(
     runtime: Runtime,
     body: Mapping[str, Any],
@@ -490,22 +501,27 @@ async def _write_status(
     previous = slot.last_status or stored
     status = compute_status(obs, previous, now=_now())
     # The status is written when it differs from what this process last wrote, or from the
-    # stored one (someone else may have changed it). But a timer tick's body is kopf's latest,
-    # which lags behind this process's own status writes while kopf's watch is behind (minutes,
-    # in a burst of 1,000): that body's "stored" status is one this process has overwritten
+    # stored one (someone else may have changed it). But kopf's body lags behind this process's
+    # own status writes while kopf's watch is behind (minutes, in a burst of 1,000): a timer
+    # tick gets kopf's latest body, and kopf repeats a change handler on a body that predates
+    # its own progress patch. Such a body's "stored" status is one this process has overwritten
     # already, and comparing with it wrote the same status again, a no-op for the API server
-    # (3,366 of 6,023 status patches in such a burst). So a tick trusts what this process
-    # wrote; any other run (a change handler, a child event's fresh read) still compares with
-    # the stored status and puts back one changed by someone else.
-    compare_stored = not (periodic and slot.last_status is not None)
+    # (3,366 of 6,023 status patches in such a burst, then 1,422 of 4,177 once ticks no longer
+    # did). So a tick trusts what this process wrote, and so does any run whose body is a
+    # version one of our own status writes made (an edit by anyone else makes a new version).
+    # Any other run (a change handler on a newer body, a child event's fresh read) still
+    # compares with the stored status and puts back one changed by someone else.
+    ours = periodic or _version(body) in slot.written_versions
+    compare_stored = not (ours and slot.last_status is not None)
     # status.autoscaling is the built-in autoscaler's; once it is switched off, it goes.
     stale_autoscaling = (
         obs.spec is not None
         and not obs.spec.autoscaling_enabled()
         and stored.get("autoscaling") is not None
     )
-    differs = _owned(status) != _owned(previous)
-    if differs or (compare_stored and _owned(status) != _owned(stored)) or stale_autoscaling:
+    owned = _owned(status)
+    differs = owned != _owned(previous) or (compare_stored and owned != _owned(stored))
+    if differs or stale_autoscaling:
         # Merge patch: fields we no longer report are nulled; fields of other writers stay.
         patch = {"status": {**dict.fromkeys(OWNED_STATUS_FIELDS), **status}}
         if stale_autoscaling:
@@ -521,6 +537,8 @@ async def _write_status(
         if written is None:
             return status  # the NIMService is gone; nothing to report to
         slot.last_status = status
+        if version := _version(written):
+            slot.written_versions = (*slot.written_versions, version)[-STATUS_VERSIONS_KEPT:]
         notes = events.transition_events(previous.get("conditions") or [], status["conditions"])
         runtime.post_events(body, notes)
         for note in notes:

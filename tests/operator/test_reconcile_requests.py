@@ -417,6 +417,26 @@ async def test_a_tick_on_a_body_older_than_our_last_status_write_writes_nothing(
     assert (await fresh(kube, "llm"))["status"]["readyReplicas"] == 1
 
 
+async def test_a_change_handler_on_the_version_our_status_write_made_writes_nothing(
+    cluster: EmulatedCluster, kube: KubeClient, runtime: Runtime
+) -> None:
+    """kopf repeats a change handler on a stale body when its watch lags behind its own patch:
+    the version our first status write made, whose status we have overwritten since. That
+    status is ours, not someone else's edit (which would have made another version)."""
+    runtime = watching(runtime)
+    await reconcile(runtime, await create(kube, "llm", {**CPU_SPEC, "replicas": 1}), logger=LOGGER)
+    ours = await fresh(kube, "llm")  # as our first status write left it
+    ready = await reconcile_once_ready(runtime, kube)
+    assert ours["status"]["readyReplicas"] == 0  # written over since
+
+    mark = count(cluster)
+    repeated = await reconcile(runtime, ours, logger=LOGGER)
+    assert repeated is not None
+    assert repeated.status == ready.status
+    assert status_writes(cluster, mark) == 0
+    assert (await fresh(kube, "llm"))["status"]["readyReplicas"] == 1
+
+
 async def test_a_status_someone_else_changed_is_put_back(
     cluster: EmulatedCluster, kube: KubeClient, settled: Runtime
 ) -> None:
