@@ -4,7 +4,8 @@ Run with `nim-operator run -m nim_operator.handlers --standalone` (kopf's CLI, s
 nim_operator.startup; `kopf run` works too) or `python -m nim_operator`.
 
 Three ways in, one reconcile:
-* resume/create/update of a NIMService - at once, with kopf's retry semantics;
+* create/update of a NIMService - at once, with kopf's retry semantics; resume (every
+  NIMService, when a new process takes over) - queued in the background;
 * a timer per NIMService - every NIM_OPERATOR_RECONCILE_INTERVAL seconds, to undo hand edits;
 * events of our Deployments, Services, ServiceAccounts and Pods - a deleted or hand-edited child,
   or a pod going into CrashLoopBackOff, re-reconciles its owner within a second, found through
@@ -105,7 +106,6 @@ async def track_nimservices(
         memo.runtime.track(namespace, name, uid, present=type != "DELETED")
 
 
-@kopf.on.resume(*NIMSERVICE)
 @kopf.on.create(*NIMSERVICE)
 @kopf.on.update(*NIMSERVICE)
 async def reconcile_on_change(body: kopf.Body, memo: kopf.Memo, logger: Logger, **_: Any) -> None:
@@ -114,6 +114,28 @@ async def reconcile_on_change(body: kopf.Body, memo: kopf.Memo, logger: Logger, 
     except TransientApiError as e:
         raise kopf.TemporaryError(str(e), delay=API_RETRY_DELAY) from e
     _raise_for(outcome)
+
+
+@kopf.on.resume(*NIMSERVICE)
+async def reconcile_on_resume(
+    body: kopf.Body,
+    namespace: str | None,
+    name: str,
+    uid: str,
+    memo: kopf.Memo,
+    logger: Logger,
+    **_: Any,
+) -> None:
+    """A new process takes over: queue a background run, which reads the NIMService itself.
+
+    A restart resumes every NIMService at once. Run here, each of 1,000 would wait for its
+    turn holding a kopf worker, its handler context and its body for the whole takeover (10-15
+    MiB of the restart's RSS peak, see docs/benchmarks-operator.md). The queued run costs a
+    GET of the NIMService; it reports a failure in the status, and the timer retries it.
+    """
+    if namespace is None or body["metadata"].get("deletionTimestamp"):
+        return
+    reconcile_later(memo.runtime, namespace, name, uid, logger=logger)
 
 
 def _raise_for(outcome: Outcome | None) -> None:
@@ -170,8 +192,8 @@ async def reconcile_owner_of_child(
     if namespace is None or owner_uid is None:
         return  # not (or no longer) a NIMService of ours
     if type is None and not runtime.has_read(owner_uid):
-        # kopf's listing at startup, before any run of the owner has read anything: its resume
-        # handler's run, still to come, reads the Deployment and the pods itself. (Listed
+        # kopf's listing at startup, before any run of the owner has read anything: the run its
+        # resume queues, still to come, reads the Deployment and the pods itself. (Listed
         # Deployments and pods used to queue a second run for each NIMService on a restart.)
         return
     # In the background: kopf's worker for this child is free for its next event at once.

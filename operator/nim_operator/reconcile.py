@@ -623,6 +623,8 @@ def reconcile_later(
 ) -> asyncio.Task[Outcome | None] | None:
     """Start a reconcile of a NIMService shortly, in the background; None if one is waiting.
 
+    For a child event, and for kopf's resume of each NIMService when a new process takes over.
+
     A burst of child events folds into one run: while a run waits (the delay, then the
     NIMService's lock and a turn) it has read nothing yet, so it will see whatever a later
     event was about, and that event starts nothing. The NIMService is read only once the lock
@@ -674,10 +676,10 @@ async def _reconcile_queued(
                 logger = runtime.object_logger(body)
             return await _reconcile_held(runtime, body, logger=logger, periodic=False)
     except TransientApiError as e:
-        logger.warning("Reconcile after a child event postponed: %s", e)
+        logger.warning("Queued reconcile postponed: %s", e)
         return None
     except Exception:  # nobody awaits a background run to see it fail: say it here
-        logger.exception("Reconcile after a child event failed")
+        logger.exception("Queued reconcile failed")
         return None
     finally:
         if waiting:  # cancelled before its turn: let the next event queue a run

@@ -20,7 +20,7 @@ import pytest
 import pytest_asyncio
 
 from nim_operator.events import EventNote
-from nim_operator.handlers import reconcile_owner_of_child
+from nim_operator.handlers import reconcile_on_resume, reconcile_owner_of_child
 from nim_operator.kube import CapabilityCache, KubeClient, ResourceKind
 from nim_operator.pod_cache import PodCache
 from nim_operator.reconcile import APPLY_EVERY_RUNS, Outcome, Runtime, reconcile
@@ -176,12 +176,12 @@ async def test_a_listed_pod_queues_a_run_only_once_a_run_of_its_owner_has_read(
     kube: KubeClient, runtime: Runtime
 ) -> None:
     """kopf's startup listing (events of type None) queues no run of a NIMService that no run
-    has read yet: its resume handler's run, waiting its turn, reads the pods itself. Once a run
+    has read yet: the run its resume queued, waiting its turn, reads the pods itself. Once a run
     has read, a listed pod may say what that run did not see, and queues one."""
     body = await create(kube, "llm", {**CPU_SPEC, "replicas": 1})
     uid = body["metadata"]["uid"]
     runtime.track(NS, "llm", uid, present=True)
-    runtime.slot(uid)  # the resume handler's run has taken its slot and waits for its turn
+    runtime.slot(uid)  # the run its resume queued has taken its slot and waits for its turn
     pod = {"metadata": {"name": "llm-0", "namespace": NS, "labels": {INSTANCE_LABEL: "llm"}}}
     key = f"{NS}/llm"
 
@@ -204,6 +204,36 @@ async def test_a_listed_pod_queues_a_run_only_once_a_run_of_its_owner_has_read(
         assert not runtime.enqueue(key)  # a run is waiting now
     finally:
         await runtime.close()  # cancels the queued run
+
+
+async def test_a_resume_queues_a_run_that_reads_the_nimservice_itself(
+    cluster: EmulatedCluster, kube: KubeClient, runtime: Runtime
+) -> None:
+    """A new process resumes every NIMService at once: the handler returns without waiting for
+    a turn (no kopf worker and body held meanwhile), and the run it queued reads the NIMService
+    when its turn comes."""
+    body = await create(kube, "llm", {**CPU_SPEC, "replicas": 1})
+    mark = count(cluster)
+    await reconcile_on_resume(
+        body=kopf.Body(body),
+        namespace=NS,
+        name="llm",
+        uid=body["metadata"]["uid"],
+        memo=kopf.Memo(runtime=runtime),
+        logger=LOGGER,
+    )
+    try:
+        assert count(cluster) == mark  # returned before any request
+        assert not runtime.enqueue(f"{NS}/llm")  # a run is waiting
+        for _ in range(100):  # without a request of the test's own
+            if runtime.has_read(body["metadata"]["uid"]) and runtime.busy == 0:
+                break
+            await asyncio.sleep(0.1)
+        requests = served(cluster, mark)
+        assert requests[0] == ("GET", "nimservices", "")  # the queued run's own read
+        assert ("PATCH", "nimservices", "status") in requests
+    finally:
+        await runtime.close()
 
 
 async def test_a_timer_tick_takes_the_pods_from_the_watch(
