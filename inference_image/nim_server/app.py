@@ -30,6 +30,7 @@ from nim_server.routes import health_router, management_router, metrics_router, 
 from nim_server.routes.dependencies import ClientDisconnected, Services
 from nim_server.serving import ChatService, CompletionService, ModelService
 from nim_server.serving.common import as_api_error
+from nim_server.serving.tools import ToolSettings
 from nim_server.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -77,7 +78,11 @@ def build_app(
         engine=engine,
         metrics=metrics,
         admission=admission,
-        chat=ChatService(engine, on_stream_error=metrics.request_failures.inc),
+        chat=ChatService(
+            engine,
+            on_stream_error=metrics.request_failures.inc,
+            tools=ToolSettings.from_settings(settings),
+        ),
         completions=CompletionService(engine, on_stream_error=metrics.request_failures.inc),
         models=ModelService(engine),
     )

@@ -17,6 +17,7 @@ from nim_server.app import build_app
 from nim_server.engine import EngineState, VllmEngine
 from nim_server.log_setup import configure_logging
 from nim_server.routes.dependencies import Services
+from nim_server.serving.tools import ToolSettings
 from nim_server.settings import Settings, SettingsError, load_settings
 
 log = logging.getLogger("nim_server")
@@ -32,6 +33,7 @@ KEEP_ALIVE_SECONDS = 75
 def main(argv: list[str] | None = None) -> None:
     try:
         settings = load_settings(sys.argv[1:] if argv is None else argv)
+        ToolSettings.from_settings(settings).check()
     except SettingsError as error:
         print(f"nim-serve: {error}", file=sys.stderr)
         raise SystemExit(2) from None

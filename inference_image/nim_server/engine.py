@@ -120,6 +120,10 @@ class InferenceEngine(ABC):
     ) -> AsyncIterator[RequestOutput]:
         """Stream outputs; closing the iterator early aborts the request in the engine."""
 
+    def tokenizer(self) -> Any:
+        """The engine's tokenizer, for vLLM's tool-call parsers (auto tool choice)."""
+        raise EngineFailure("this engine has no tokenizer for tool-call parsers")
+
     @abstractmethod
     def decode(self, token_ids: Sequence[int]) -> str: ...
 
@@ -138,6 +142,7 @@ class VllmEngine(InferenceEngine):
         self.state = EngineState.LOADING
         self.reason = "the model is loading"
         self._loaded = asyncio.Event()
+        self._chat_template = settings.chat_template_text()
 
     @property
     def model(self) -> ServedModel:
@@ -227,7 +232,11 @@ class VllmEngine(InferenceEngine):
         from vllm.renderers.params import ChatParams, TokenizeParams
 
         params = ChatParams(
-            chat_template_kwargs={**template_kwargs, "add_generation_prompt": add_generation_prompt}
+            chat_template=self._chat_template,
+            chat_template_kwargs={
+                **template_kwargs,
+                "add_generation_prompt": add_generation_prompt,
+            },
         )
         # Length limits are checked by the serving layer, which words the error for clients.
         tokenize = TokenizeParams(max_total_tokens=None, add_special_tokens=False)
@@ -271,6 +280,13 @@ class VllmEngine(InferenceEngine):
                         # a normal end of the answer, whatever the partial text looks like.
                         if self.check_health() is EngineState.DEAD:
                             raise EngineDead(self.reason)
+                        if params.structured_outputs is not None:
+                            # A grammar that passes vLLM's up-front check can still fail to
+                            # compile in the engine core, which then aborts the request alone.
+                            raise EngineRequestError(
+                                "the structured-output constraint could not be compiled: "
+                                "check the grammar, regex or schema"
+                            )
                         raise EngineFailure("the engine aborted the request")
                     yield output
         except VLLMValidationError as error:
@@ -280,6 +296,9 @@ class VllmEngine(InferenceEngine):
         except EngineDeadError:
             self.check_health()
             raise EngineDead(self.reason) from None
+
+    def tokenizer(self) -> TokenizerLike:
+        return self._tokenizer
 
     @property
     def _tokenizer(self) -> TokenizerLike:
@@ -315,6 +334,7 @@ def freeze_startup_heap() -> int:
 
 
 def _create_async_llm(settings: Settings, resolved: ResolvedModel, cache: Path) -> AsyncLLM:
+    from vllm.config import StructuredOutputsConfig
     from vllm.engine.arg_utils import AsyncEngineArgs
     from vllm.platforms import current_platform
     from vllm.v1.engine.async_llm import AsyncLLM
@@ -340,6 +360,9 @@ def _create_async_llm(settings: Settings, resolved: ResolvedModel, cache: Path) 
         enforce_eager=on_cpu,
         distributed_executor_backend="uni" if settings.tensor_parallel_size == 1 else "mp",
         disable_log_stats=False,  # feeds the Prometheus metrics
+        structured_outputs_config=StructuredOutputsConfig(
+            backend=settings.guided_decoding_backend.value
+        ),
     )
     return AsyncLLM.from_engine_args(args)
 

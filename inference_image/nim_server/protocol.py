@@ -2,7 +2,8 @@
 
 Requests validate every bound the server enforces, so one pydantic error becomes one 400 naming
 the parameter. Unknown request fields are ignored (clients such as LangChain send extras), except
-vLLM's removed `guided_*` fields, which are rejected rather than silently dropped.
+the fields that would change the output and that this server does not honour (UNHONOURED): a
+client that sets one gets a 400 naming it, not an answer that silently ignored it.
 """
 
 from __future__ import annotations
@@ -19,13 +20,21 @@ MAX_STOP_SEQUENCES = 16
 MAX_LOGPROBS = 20
 MAX_MESSAGES = 2048
 
-_REMOVED_GUIDED_FIELDS = (
-    "guided_json",
-    "guided_regex",
-    "guided_choice",
-    "guided_grammar",
-    "guided_decoding_backend",
-)
+# Fields some OpenAI-compatible servers take that change what is generated, with the value that
+# changes nothing; any other value is refused with a 400 naming the field.
+UNHONOURED: dict[str, object] = {
+    "use_beam_search": False,
+    "length_penalty": 1.0,
+    "reasoning_effort": None,
+    "allowed_token_ids": None,
+    "bad_words": None,
+    "logits_processors": None,
+    "truncate_prompt_tokens": None,
+    "prediction": None,
+    "guided_decoding_backend": None,
+    # vLLM takes whitespace rules from its engine configuration only.
+    "guided_whitespace_pattern": None,
+}
 
 
 def param_error(param: str, message: str) -> PydanticCustomError:
@@ -36,16 +45,18 @@ def param_error(param: str, message: str) -> PydanticCustomError:
 class RequestModel(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
+
+class TopLevelRequest(RequestModel):
+    """A request body: refuses the output-changing fields it would otherwise ignore."""
+
     @model_validator(mode="before")
     @classmethod
-    def _reject_removed_guided_fields(cls, data: Any) -> Any:
+    def _refuse_unhonoured_fields(cls, data: Any) -> Any:
         if isinstance(data, dict):
-            for name in _REMOVED_GUIDED_FIELDS:
-                if name in data:
+            for name, neutral in UNHONOURED.items():
+                if data.get(name, neutral) != neutral:
                     raise param_error(
-                        name,
-                        f"`{name}` is not supported: use `response_format` "
-                        '({"type": "json_object"} or {"type": "json_schema", ...}) instead',
+                        name, f"`{name}` is not supported by this server; leave it out"
                     )
         return data
 
@@ -66,7 +77,65 @@ class StreamOptions(RequestModel):
     continuous_usage_stats: bool = False
 
 
-class SamplingFields(RequestModel):
+class JsonSchemaFormat(RequestModel):
+    name: str = "response"
+    description: str | None = None
+    schema_: Annotated[dict[str, Any] | None, Field(alias="schema")] = None
+    strict: bool | None = None
+
+
+class ResponseFormat(RequestModel):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+    @model_validator(mode="after")
+    def _schema_given(self) -> ResponseFormat:
+        if self.type == "json_schema" and (
+            self.json_schema is None or self.json_schema.schema_ is None
+        ):
+            raise param_error(
+                "response_format.json_schema.schema",
+                "`json_schema.schema` is required when type is 'json_schema'",
+            )
+        return self
+
+
+class GuidedFields(RequestModel):
+    """NIM 1.x's structured-generation fields, top level or inside `nvext`."""
+
+    guided_json: dict[str, Any] | str | None = None
+    guided_regex: Annotated[str, Field(min_length=1)] | None = None
+    guided_choice: Annotated[list[str], Field(min_length=1)] | None = None
+    guided_grammar: Annotated[str, Field(min_length=1)] | None = None
+
+
+class NvExt(GuidedFields):
+    """NIM's `nvext` extension object: everything in it steers generation, so no key is ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    top_k: Annotated[int, Field(ge=-1)] | None = None
+    repetition_penalty: Annotated[float, Field(gt=0.0, le=2.0)] | None = None
+    ignore_eos: bool | None = None
+
+
+class StructuredOutputs(RequestModel):
+    """vLLM's `structured_outputs`: one constraint.
+
+    Its whitespace options are left out (so refused): vLLM 0.32 reads them from the engine's
+    configuration, not from the request.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    json_: Annotated[dict[str, Any] | str | None, Field(alias="json")] = None
+    regex: Annotated[str, Field(min_length=1)] | None = None
+    choice: Annotated[list[str], Field(min_length=1)] | None = None
+    grammar: Annotated[str, Field(min_length=1)] | None = None
+    json_object: bool | None = None
+
+
+class SamplingFields(TopLevelRequest, GuidedFields):
     """Sampling parameters shared by chat and text completions (OpenAI plus vLLM extras)."""
 
     model: str | None = None
@@ -90,6 +159,10 @@ class SamplingFields(RequestModel):
     stop_token_ids: Annotated[list[int], Field(max_length=MAX_STOP_SEQUENCES)] | None = None
     include_stop_str_in_output: bool = False
     skip_special_tokens: bool = True
+    # Structured outputs, in each shape clients send (serving/structured.py picks the one given).
+    response_format: ResponseFormat | None = None
+    structured_outputs: StructuredOutputs | None = None
+    nvext: NvExt | None = None
 
     @property
     def include_usage(self) -> bool:
@@ -122,27 +195,33 @@ class ChatMessage(RequestModel):
     tool_calls: list[dict[str, Any]] | None = None
 
 
-class JsonSchemaFormat(RequestModel):
-    name: str = "response"
+# OpenAI's limits on function names and on the number of tools in one request.
+FUNCTION_NAME_PATTERN = r"^[a-zA-Z0-9_-]{1,64}$"
+MAX_TOOLS = 128
+
+
+class FunctionDefinition(RequestModel):
+    name: Annotated[str, Field(pattern=FUNCTION_NAME_PATTERN)]
     description: str | None = None
-    schema_: Annotated[dict[str, Any] | None, Field(alias="schema")] = None
+    parameters: dict[str, Any] | None = None
     strict: bool | None = None
 
 
-class ResponseFormat(RequestModel):
-    type: Literal["text", "json_object", "json_schema"]
-    json_schema: JsonSchemaFormat | None = None
+class ChatTool(RequestModel):
+    type: Literal["function"]
+    function: FunctionDefinition
 
-    @model_validator(mode="after")
-    def _schema_given(self) -> ResponseFormat:
-        if self.type == "json_schema" and (
-            self.json_schema is None or self.json_schema.schema_ is None
-        ):
-            raise param_error(
-                "response_format.json_schema.schema",
-                "`json_schema.schema` is required when type is 'json_schema'",
-            )
-        return self
+
+class NamedFunction(RequestModel):
+    name: str
+
+
+class NamedToolChoice(RequestModel):
+    type: Literal["function"]
+    function: NamedFunction
+
+
+ToolChoice = Literal["none", "auto", "required"] | NamedToolChoice
 
 
 class ChatCompletionRequest(SamplingFields):
@@ -151,9 +230,9 @@ class ChatCompletionRequest(SamplingFields):
     max_completion_tokens: Annotated[int, Field(ge=1)] | None = None
     logprobs: bool = False
     top_logprobs: Annotated[int, Field(ge=0, le=MAX_LOGPROBS)] | None = None
-    response_format: ResponseFormat | None = None
-    tools: list[dict[str, Any]] | None = None
-    tool_choice: str | dict[str, Any] | None = None
+    tools: Annotated[list[ChatTool], Field(max_length=MAX_TOOLS)] | None = None
+    tool_choice: ToolChoice | None = None
+    parallel_tool_calls: bool | None = None
     add_generation_prompt: bool = True
     chat_template_kwargs: dict[str, Any] | None = None
 
@@ -183,9 +262,22 @@ class ChatChoiceLogprobs(ResponseModel):
     content: list[ChatTokenLogprob] | None
 
 
+class FunctionCall(ResponseModel):
+    name: str
+    arguments: str  # JSON text, as OpenAI sends it
+
+
+class ToolCall(ResponseModel):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class AssistantMessage(ResponseModel):
     role: Literal["assistant"] = "assistant"
     content: str | None
+    # Present only when the model called tools, as in OpenAI's responses.
+    tool_calls: Annotated[list[ToolCall] | None, Field(exclude_if=lambda v: v is None)] = None
 
 
 class ChatChoice(ResponseModel):
@@ -212,10 +304,25 @@ class ChatCompletionResponse(ResponseModel):
     system_fingerprint: str | None = None
 
 
+class DeltaFunctionCall(ResponseModel):
+    name: Annotated[str | None, Field(exclude_if=lambda v: v is None)] = None
+    arguments: Annotated[str | None, Field(exclude_if=lambda v: v is None)] = None
+
+
+class DeltaToolCall(ResponseModel):
+    """A piece of a streamed tool call: the first of a call has id, type and name."""
+
+    index: int
+    id: Annotated[str | None, Field(exclude_if=lambda v: v is None)] = None
+    type: Annotated[Literal["function"] | None, Field(exclude_if=lambda v: v is None)] = None
+    function: DeltaFunctionCall
+
+
 class DeltaMessage(ResponseModel):
     # Only the first chunk of a choice names the role; later ones leave the key out.
     role: Annotated[Literal["assistant"] | None, Field(exclude_if=lambda v: v is None)] = None
     content: str | None = None
+    tool_calls: Annotated[list[DeltaToolCall] | None, Field(exclude_if=lambda v: v is None)] = None
 
 
 class ChatChunkChoice(ResponseModel):
@@ -253,7 +360,6 @@ class CompletionRequest(SamplingFields):
     logprobs: Annotated[int, Field(ge=0, le=MAX_LOGPROBS)] | None = None
     suffix: str | None = None
     best_of: Annotated[int, Field(ge=1)] | None = None
-    response_format: ResponseFormat | None = None
 
     @property
     def prompt_count(self) -> int:

@@ -10,7 +10,14 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import ByteSize, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    ByteSize,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "NIM_"
@@ -22,6 +29,16 @@ class LogLevel(StrEnum):
     INFO = "INFO"
     WARNING = "WARNING"
     ERROR = "ERROR"
+
+
+class GuidedDecodingBackend(StrEnum):
+    """vLLM's structured-output backends (NIM_GUIDED_DECODING_BACKEND)."""
+
+    AUTO = "auto"
+    XGRAMMAR = "xgrammar"
+    GUIDANCE = "guidance"
+    OUTLINES = "outlines"
+    LM_FORMAT_ENFORCER = "lm-format-enforcer"
 
 
 class Settings(BaseSettings):
@@ -84,6 +101,32 @@ class Settings(BaseSettings):
     max_request_bytes: Annotated[
         ByteSize, Field(ge=1024, description="Largest request body accepted (413 beyond).")
     ] = ByteSize(8 * 1024 * 1024)
+    enable_auto_tool_choice: Annotated[
+        bool,
+        Field(
+            description="Allow tool_choice 'auto' (needs a tool-call parser for the model's "
+            "tool-call format)."
+        ),
+    ] = False
+    tool_call_parser: Annotated[
+        str | None,
+        Field(description="vLLM tool-call parser for 'auto', e.g. llama3_json, hermes, mistral."),
+    ] = None
+    tool_parser_plugin: Annotated[
+        Path | None,
+        Field(description="A Python file registering more tool-call parsers with vLLM."),
+    ] = None
+    chat_template: Annotated[
+        str | None,
+        Field(description="Chat template (a file, or Jinja text) instead of the tokenizer's."),
+    ] = None
+    guided_decoding_backend: Annotated[
+        GuidedDecodingBackend,
+        Field(
+            description="Grammar engine for structured outputs (response_format, guided_*): "
+            "auto lets vLLM choose per request."
+        ),
+    ] = GuidedDecodingBackend.AUTO
     log_level: Annotated[LogLevel, Field(description="Log level.")] = LogLevel.INFO
     jsonl_logging: Annotated[bool, Field(description="Log one JSON object per line.")] = False
     api_key: Annotated[
@@ -91,7 +134,15 @@ class Settings(BaseSettings):
         Field(description="If set, /v1/* (except health and metrics) needs `Bearer <key>`."),
     ] = None
 
-    @field_validator("model_name", "served_model_name", "api_key", mode="before")
+    @field_validator(
+        "model_name",
+        "served_model_name",
+        "api_key",
+        "tool_call_parser",
+        "tool_parser_plugin",
+        "chat_template",
+        mode="before",
+    )
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         # An operator or a shell often exports an empty variable to mean "not set".
@@ -115,6 +166,31 @@ class Settings(BaseSettings):
                 raise ValueError(f"no such file or directory: {path}")
         return value
 
+    @field_validator("tool_parser_plugin")
+    @classmethod
+    def _plugin_exists(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError(f"no such file: {value}")
+        return value
+
+    @model_validator(mode="after")
+    def _auto_tool_choice_needs_a_parser(self) -> Settings:
+        if self.enable_auto_tool_choice and self.tool_call_parser is None:
+            raise ValueError(
+                "NIM_ENABLE_AUTO_TOOL_CHOICE needs NIM_TOOL_CALL_PARSER: the parser for the "
+                "model's tool-call format"
+            )
+        return self
+
+    def chat_template_text(self) -> str | None:
+        """The chat template's text: the file NIM_CHAT_TEMPLATE names, or the value itself."""
+        if self.chat_template is None:
+            return None
+        path = Path(self.chat_template).expanduser()
+        if "{" not in self.chat_template and path.is_file():
+            return path.read_text()
+        return self.chat_template
+
 
 class SettingsError(Exception):
     """Invalid settings, rendered as one line naming the variable and the flag."""
@@ -123,7 +199,10 @@ class SettingsError(Exception):
 def describe_validation_error(error: ValidationError) -> str:
     parts = []
     for item in error.errors():
-        field = str(item["loc"][0]) if item["loc"] else "?"
+        if not item["loc"]:  # a rule across settings: its message names them
+            parts.append(str(item["msg"]).removeprefix("Value error, "))
+            continue
+        field = str(item["loc"][0])
         env = ENV_PREFIX + field.upper()
         flag = "--" + field.replace("_", "-")
         value = item.get("input")

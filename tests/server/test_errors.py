@@ -58,7 +58,20 @@ def assert_error(response: httpx.Response, status: int, param: str | None = None
             {"messages": USER, "response_format": {"type": "json_schema"}},
             "response_format.json_schema.schema",
         ),
-        ({"messages": USER, "guided_json": {"type": "object"}}, "guided_json"),
+        ({"messages": USER, "use_beam_search": True}, "use_beam_search"),
+        ({"messages": USER, "reasoning_effort": "high"}, "reasoning_effort"),
+        ({"messages": USER, "guided_decoding_backend": "outlines"}, "guided_decoding_backend"),
+        ({"messages": USER, "nvext": {"guided_jsonn": {}}}, "nvext.guided_jsonn"),
+        ({"messages": USER, "guided_choice": []}, "guided_choice"),
+        ({"messages": USER, "guided_whitespace_pattern": " "}, "guided_whitespace_pattern"),
+        (
+            {"messages": USER, "structured_outputs": {"regex": "a", "whitespace_pattern": " "}},
+            "structured_outputs.whitespace_pattern",
+        ),
+        (
+            {"messages": USER, "structured_outputs": {"regex": "a", "choice": ["a"]}},
+            "structured_outputs",
+        ),
         ({"messages": USER, "tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
         (
             {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]},

@@ -22,6 +22,11 @@ ALL_VARIABLES = [
     "NIM_LOG_LEVEL",
     "NIM_JSONL_LOGGING",
     "NIM_API_KEY",
+    "NIM_ENABLE_AUTO_TOOL_CHOICE",
+    "NIM_TOOL_CALL_PARSER",
+    "NIM_TOOL_PARSER_PLUGIN",
+    "NIM_CHAT_TEMPLATE",
+    "NIM_GUIDED_DECODING_BACKEND",
 ]
 
 
@@ -130,3 +135,38 @@ def test_help_lists_every_setting() -> None:
     for name in ALL_VARIABLES:
         flag = "--" + name.removeprefix("NIM_").lower().replace("_", "-")
         assert flag in result.stdout, flag
+
+
+def test_tool_and_template_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    template = tmp_path / "template.jinja"
+    template.write_text("{% for m in messages %}{{ m['content'] }}{% endfor %}")
+    plugin = tmp_path / "my_parser.py"
+    plugin.write_text("")
+    monkeypatch.setenv("NIM_ENABLE_AUTO_TOOL_CHOICE", "1")
+    monkeypatch.setenv("NIM_TOOL_CALL_PARSER", "hermes")
+    monkeypatch.setenv("NIM_TOOL_PARSER_PLUGIN", str(plugin))
+    monkeypatch.setenv("NIM_CHAT_TEMPLATE", str(template))
+    monkeypatch.setenv("NIM_GUIDED_DECODING_BACKEND", "xgrammar")
+    settings = load_settings([])
+    assert settings.enable_auto_tool_choice is True
+    assert settings.tool_call_parser == "hermes"
+    assert settings.tool_parser_plugin == plugin
+    assert settings.chat_template_text() == template.read_text()
+    assert settings.guided_decoding_backend == "xgrammar"
+    inline = "{{ messages[0]['content'] }}"
+    assert load_settings(["--chat-template", inline]).chat_template_text() == inline
+
+
+@pytest.mark.parametrize(
+    ("argv", "named"),
+    [
+        (["--enable-auto-tool-choice"], "NIM_TOOL_CALL_PARSER"),
+        (["--tool-parser-plugin", "/no/such/plugin.py"], "NIM_TOOL_PARSER_PLUGIN"),
+        (["--guided-decoding-backend", "regexes"], "NIM_GUIDED_DECODING_BACKEND"),
+    ],
+)
+def test_tool_setting_mistakes_are_one_line(argv: list[str], named: str) -> None:
+    with pytest.raises(SettingsError) as error:
+        load_settings(argv)
+    assert named in str(error.value)
+    assert "\n" not in str(error.value)

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator, Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from nim_server.engine import InferenceEngine
-from nim_server.errors import invalid_request
 from nim_server.protocol import (
     AssistantMessage,
     ChatChoice,
@@ -29,6 +28,7 @@ from nim_server.serving.common import (
     usage,
 )
 from nim_server.serving.sampling import sampling_params
+from nim_server.serving.tools import CallExtractor, ToolPlan, ToolSettings, plan_tools
 
 if TYPE_CHECKING:
     from vllm import CompletionOutput, RequestOutput
@@ -38,27 +38,31 @@ if TYPE_CHECKING:
 
 class ChatService:
     def __init__(
-        self, engine: InferenceEngine, on_stream_error: Callable[[], None] = lambda: None
+        self,
+        engine: InferenceEngine,
+        on_stream_error: Callable[[], None] = lambda: None,
+        tools: ToolSettings | None = None,
     ) -> None:
         self._engine = engine
         self._on_stream_error = on_stream_error  # counts in-band failures in the metrics
+        self._tools = tools or ToolSettings()
 
     async def create(
         self, request: ChatCompletionRequest, request_id: str
     ) -> ChatCompletionResponse | AsyncIterator[str]:
         model = served_model(self._engine, request.model)
-        if request.tools:
-            raise invalid_request(
-                "Tool calling is not supported by this server yet; send the conversation "
-                "without `tools`.",
-                param="tools",
-            )
         messages = [m.model_dump(exclude_none=True) for m in request.messages]
         check_message_content(messages)
+        plan = plan_tools(request, self._tools, self._engine)
+        if plan is not None and plan.keep_special_tokens:
+            request = request.model_copy(update={"skip_special_tokens": False})
         prompt = await self._engine.render_chat(
             messages,
             add_generation_prompt=request.add_generation_prompt,
-            template_kwargs=request.chat_template_kwargs or {},
+            template_kwargs={
+                **(request.chat_template_kwargs or {}),
+                **(plan.template_kwargs if plan is not None else {}),
+            },
         )
         max_tokens = output_budget(
             model, len(prompt.token_ids), request.output_limit, param="messages"
@@ -68,14 +72,15 @@ class ChatService:
             max_tokens=max_tokens,
             vocab_size=model.vocab_size,
             logprobs=(request.top_logprobs or 0) if request.logprobs else None,
-            response_format=request.response_format,
+            constraint=plan.constraint if plan is not None else None,
         )
         outputs = self._engine.generate(prompt, params, request_id)
         outputs = await started(outputs)
+        calls = plan if plan is not None and plan.calls_tools else None
         if request.stream:
-            chunks = self._chunks(request, request_id, model, prompt, outputs)
+            chunks = self._chunks(request, request_id, model, prompt, outputs, calls)
             return framed_stream(chunks, [outputs], self._on_stream_error)
-        return await self._collect(request, request_id, model, prompt, outputs)
+        return await self._collect(request, request_id, model, prompt, outputs, calls)
 
     async def _collect(
         self,
@@ -84,6 +89,7 @@ class ChatService:
         model: ServedModel,
         prompt: EnginePrompt,
         outputs: AsyncIterator[RequestOutput],
+        calls: ToolPlan | None,
     ) -> ChatCompletionResponse:
         choices = [_ChoiceState() for _ in range(request.n)]
         async for output in outputs:
@@ -93,13 +99,7 @@ class ChatService:
             id=request_id,
             model=model.name,
             choices=[
-                ChatChoice(
-                    index=index,
-                    message=AssistantMessage(content="".join(c.text)),
-                    logprobs=ChatChoiceLogprobs(content=c.logprobs) if request.logprobs else None,
-                    finish_reason=c.finish_reason,
-                    stop_reason=c.stop_reason,
-                )
+                _choice(index, c, request, calls.extractor() if calls is not None else None)
                 for index, c in enumerate(choices)
             ],
             usage=usage(len(prompt.token_ids), completion_tokens),
@@ -112,8 +112,10 @@ class ChatService:
         model: ServedModel,
         prompt: EnginePrompt,
         outputs: AsyncIterator[RequestOutput],
+        calls: ToolPlan | None,
     ) -> AsyncIterator[str]:
         created = int(time.time())
+        extractors = [calls.extractor() for _ in range(request.n)] if calls is not None else None
         continuous = (
             request.stream_options is not None and request.stream_options.continuous_usage_stats
         )
@@ -146,12 +148,21 @@ class ChatService:
                     if request.logprobs
                     else None
                 )
+                finish_reason = completion.finish_reason
+                delta: dict[str, Any] | None = {"content": completion.text}
+                if extractors is not None:
+                    extractor = extractors[completion.index]
+                    delta = _tool_delta(extractor, completion)
+                    if finish_reason is not None:
+                        finish_reason = extractor.finish_reason(finish_reason, extractor.called)
+                    if delta is None and finish_reason is None:
+                        continue  # the parser holds the text until it knows what it is
                 choices.append(
                     {
                         "index": completion.index,
-                        "delta": {"content": completion.text},
+                        "delta": delta or {},
                         "logprobs": logprobs,
-                        "finish_reason": completion.finish_reason,
+                        "finish_reason": finish_reason,
                         "stop_reason": completion.stop_reason,
                     }
                 )
@@ -161,6 +172,42 @@ class ChatService:
                 )
         if request.include_usage:
             yield chunk([], usage(prompt_tokens, completion_tokens))
+
+
+def _tool_delta(extractor: CallExtractor, completion: CompletionOutput) -> dict[str, Any] | None:
+    """This output's delta through the extractor, with what it still holds once the choice ends."""
+    delta = extractor.feed(completion.text, completion.token_ids)
+    if completion.finish_reason is None:
+        return delta
+    rest = extractor.flush()
+    if delta is None or rest is None:
+        return delta or rest
+    merged = {**delta, **rest}
+    if "content" in delta and "content" in rest:
+        merged["content"] = delta["content"] + rest["content"]
+    return merged
+
+
+def _choice(
+    index: int,
+    state: _ChoiceState,
+    request: ChatCompletionRequest,
+    extractor: CallExtractor | None,
+) -> ChatChoice:
+    text = "".join(state.text)
+    message = AssistantMessage(content=text)
+    finish_reason = state.finish_reason
+    if extractor is not None:
+        content, tool_calls = extractor.result(text)
+        message = AssistantMessage(content=content, tool_calls=tool_calls)
+        finish_reason = extractor.finish_reason(finish_reason, tool_calls is not None)
+    return ChatChoice(
+        index=index,
+        message=message,
+        logprobs=ChatChoiceLogprobs(content=state.logprobs) if request.logprobs else None,
+        finish_reason=finish_reason,
+        stop_reason=state.stop_reason,
+    )
 
 
 class _ChoiceState:

@@ -83,7 +83,6 @@ class CompletionService:
                 vocab_size=model.vocab_size,
                 logprobs=request.logprobs,
                 prompt_logprobs=request.logprobs if request.echo else None,
-                response_format=request.response_format,
             )
             stream = self._engine.generate(prompt.engine_prompt, params, f"{request_id}-{index}")
             streams.append(await started(stream))

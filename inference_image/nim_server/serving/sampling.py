@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from typing import TYPE_CHECKING
 
 from nim_server.errors import invalid_request
-from nim_server.protocol import ResponseFormat, SamplingFields
+from nim_server.protocol import NvExt, SamplingFields
+from nim_server.serving.structured import structured_outputs
 
 if TYPE_CHECKING:
     from vllm import SamplingParams
@@ -20,8 +20,9 @@ def sampling_params(
     vocab_size: int,
     logprobs: int | None,
     prompt_logprobs: int | None = None,
-    response_format: ResponseFormat | None = None,
+    constraint: StructuredOutputsParams | None = None,
 ) -> SamplingParams:
+    """The engine's parameters; `constraint` replaces the request's own structured output."""
     from vllm import SamplingParams
     from vllm.exceptions import VLLMValidationError
     from vllm.sampling_params import RequestOutputKind
@@ -38,30 +39,36 @@ def sampling_params(
             param="n",
         )
     stop = [request.stop] if isinstance(request.stop, str) else request.stop
+    # NIM 1.x clients send these vLLM extras inside `nvext`; the top-level field wins.
+    nvext = request.nvext or NvExt()
+    top_k = request.top_k if request.top_k is not None else nvext.top_k
+    repetition_penalty = (
+        request.repetition_penalty
+        if request.repetition_penalty is not None
+        else nvext.repetition_penalty
+    )
     try:
         return SamplingParams(
             n=request.n,
             temperature=1.0 if request.temperature is None else request.temperature,
             top_p=1.0 if request.top_p is None else request.top_p,
-            top_k=0 if request.top_k is None else request.top_k,
+            top_k=0 if top_k is None else top_k,
             min_p=0.0 if request.min_p is None else request.min_p,
             presence_penalty=request.presence_penalty or 0.0,
             frequency_penalty=request.frequency_penalty or 0.0,
-            repetition_penalty=1.0
-            if request.repetition_penalty is None
-            else request.repetition_penalty,
+            repetition_penalty=1.0 if repetition_penalty is None else repetition_penalty,
             seed=request.seed,
             stop=stop,
             stop_token_ids=request.stop_token_ids,
             include_stop_str_in_output=request.include_stop_str_in_output,
-            ignore_eos=request.ignore_eos,
+            ignore_eos=request.ignore_eos or bool(nvext.ignore_eos),
             max_tokens=max_tokens,
             min_tokens=min(request.min_tokens, max_tokens),
             logprobs=logprobs,
             prompt_logprobs=prompt_logprobs,
             skip_special_tokens=request.skip_special_tokens,
             logit_bias=_logit_bias(request.logit_bias, vocab_size),
-            structured_outputs=_structured_outputs(response_format),
+            structured_outputs=constraint or structured_outputs(request),
             # Streams take deltas (each output carries only the new tokens); a JSON answer takes
             # the final output alone instead of one Python wake-up per generated token.
             output_kind=RequestOutputKind.DELTA if request.stream else RequestOutputKind.FINAL_ONLY,
@@ -89,16 +96,3 @@ def _logit_bias(bias: dict[str, float] | None, vocab_size: int) -> dict[int, flo
             )
         parsed[token_id] = value
     return parsed
-
-
-def _structured_outputs(response_format: ResponseFormat | None) -> StructuredOutputsParams | None:
-    from vllm.sampling_params import StructuredOutputsParams
-
-    if response_format is None or response_format.type == "text":
-        return None
-    if response_format.type == "json_object":
-        return StructuredOutputsParams(json_object=True)
-    assert response_format.json_schema is not None  # the protocol model guarantees it
-    schema = response_format.json_schema.schema_
-    # Serialised so the engine's grammar compiler sees exactly what the client sent.
-    return StructuredOutputsParams(json=json.dumps(schema))
