@@ -13,11 +13,14 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 import openai
+import pydantic
 import pytest
+from langchain_core.tools import tool
+from langchain_openai import ChatOpenAI
 
 from tests.server.conftest import SERVED_NAME, chat_body, tiny_server_env
 from tests.server.test_errors import assert_error
@@ -262,3 +265,57 @@ def test_unknown_parser_stops_the_server_at_once(tmp_path: Path, tiny_model_dir:
     assert proc.process.wait(120) == 2
     assert "NIM_TOOL_CALL_PARSER" in proc.log()
     assert "pythonic" in proc.log()  # the parsers vLLM has are listed
+
+
+def test_openai_sdk_parse_helpers(oai: openai.OpenAI) -> None:
+    """`parse` with a pydantic response_format, and a pydantic function tool, as SDK users write."""
+
+    answer = oai.chat.completions.parse(
+        model=SERVED_NAME,
+        messages=[{"role": "user", "content": "What is the capital of France?"}],
+        response_format=Capital,
+        max_tokens=40,
+        temperature=0,
+    )
+    assert isinstance(answer.choices[0].message.parsed, Capital)
+
+    class GetWeather(pydantic.BaseModel):
+        city: Literal["Paris", "Rome"]
+
+    called = oai.chat.completions.parse(
+        model=SERVED_NAME,
+        messages=QUESTION,  # type: ignore[arg-type]
+        tools=[openai.pydantic_function_tool(GetWeather, name="get_weather")],
+        tool_choice=WEATHER,  # type: ignore[arg-type]
+        max_tokens=40,
+        temperature=0,
+    )
+    (call,) = called.choices[0].message.tool_calls or []
+    assert isinstance(call.function.parsed_arguments, GetWeather)  # type: ignore[union-attr]
+
+
+@tool
+def get_weather(city: Literal["Paris", "Rome"]) -> str:
+    """Weather in a city."""
+    return "sunny"
+
+
+class Capital(pydantic.BaseModel):
+    city: Literal["Paris", "Rome"]
+
+
+def test_langchain_bind_tools_and_structured_output(server: ServerProcess) -> None:
+    llm = ChatOpenAI(
+        base_url=f"{server.base_url}/v1",
+        api_key=server.api_key,  # type: ignore[arg-type]
+        model=SERVED_NAME,
+        temperature=0,
+        max_tokens=40,  # type: ignore[call-arg]
+        max_retries=0,
+    )
+    message = llm.bind_tools([get_weather], tool_choice="get_weather").invoke("Weather in Paris?")
+    (call,) = message.tool_calls  # type: ignore[attr-defined]
+    assert call["name"] == "get_weather"
+    assert call["args"]["city"] in {"Paris", "Rome"}
+    answer = llm.with_structured_output(Capital).invoke("What is the capital of France?")
+    assert isinstance(answer, Capital)
