@@ -72,7 +72,10 @@ def assert_error(response: httpx.Response, status: int, param: str | None = None
             {"messages": USER, "structured_outputs": {"regex": "a", "choice": ["a"]}},
             "structured_outputs",
         ),
-        ({"messages": USER, "tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
+        (  # auto, the default with tools, is off unless the server enables it
+            {"messages": USER, "tools": [{"type": "function", "function": {"name": "f"}}]},
+            "tool_choice",
+        ),
         (
             {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]},
             "messages.0.content.0",
