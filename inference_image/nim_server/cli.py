@@ -103,7 +103,7 @@ async def serve(settings: Settings) -> int:
         host=settings.server_host,
         port=settings.server_port,
         log_config=None,  # keep the handlers configure_logging installed
-        access_log=settings.log_level == "DEBUG",
+        access_log=settings.log_level.python_level == "DEBUG",
         timeout_graceful_shutdown=UVICORN_GRACE_SECONDS,
         # Idle keep-alive connections must outlive those of the clients and proxies in front
         # (often 60 s), or a request sent on a connection the server is closing gets a reset.

@@ -36,7 +36,7 @@ def configure_logging(settings: Settings) -> None:
     )
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(settings.log_level.value)
+    root.setLevel(settings.log_level.python_level)
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "vllm"):
         logger = logging.getLogger(name)
         logger.handlers.clear()

@@ -25,10 +25,19 @@ DEFAULT_CACHE_PATH = Path("/opt/nim/.cache")
 
 
 class LogLevel(StrEnum):
+    """NIM_LOG_LEVEL: Python's levels plus the names NIM also accepts (TRACE, DEFAULT)."""
+
+    TRACE = "TRACE"  # NIM's most verbose level; Python's DEBUG is the most there is
     DEBUG = "DEBUG"
     INFO = "INFO"
+    DEFAULT = "DEFAULT"  # NIM's name for its default, INFO
     WARNING = "WARNING"
     ERROR = "ERROR"
+    CRITICAL = "CRITICAL"
+
+    @property
+    def python_level(self) -> str:
+        return {LogLevel.TRACE: "DEBUG", LogLevel.DEFAULT: "INFO"}.get(self, self.value)
 
 
 class GuidedDecodingBackend(StrEnum):

@@ -195,3 +195,32 @@ def test_response_format_json_schema_is_obeyed(http: httpx.Client) -> None:
     assert choice["finish_reason"] == "stop"
     parsed = json.loads(choice["message"]["content"])
     assert parsed["answer"] in {"Paris", "Rome"}
+
+
+def test_a_client_request_id_is_honoured_and_echoed(http: httpx.Client) -> None:
+    """Two requests with one X-Request-Id both succeed: the engine's own ids stay unique."""
+    import concurrent.futures
+
+    headers = {"X-Request-Id": "trace-4bf92f3577b34da6"}
+
+    def post(path: str, body: dict[str, object]) -> httpx.Response:
+        return http.post(path, json=body, headers=headers)
+
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        chats = [pool.submit(post, "/v1/chat/completions", chat_body()) for _ in range(2)]
+        texts = [
+            pool.submit(post, "/v1/completions", {"prompt": ["a", "b"], "max_tokens": 4})
+            for _ in range(2)
+        ]
+        for future, prefix in [(f, "chatcmpl") for f in chats] + [(f, "cmpl") for f in texts]:
+            response = future.result()
+            assert response.status_code == 200, response.text
+            assert response.json()["id"] == f"{prefix}-trace-4bf92f3577b34da6"
+            assert response.headers["x-request-id"] == response.json()["id"]
+    for odd in ("a b; c", "x" * 300):  # not a tracing id: the server makes its own
+        response = http.post(
+            "/v1/chat/completions", json=chat_body(), headers={"X-Request-Id": odd}
+        )
+        assert response.status_code == 200
+        assert response.json()["id"].startswith("chatcmpl-")
+        assert odd not in response.json()["id"]

@@ -170,3 +170,11 @@ def test_tool_setting_mistakes_are_one_line(argv: list[str], named: str) -> None
         load_settings(argv)
     assert named in str(error.value)
     assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize(
+    ("given", "python_level"),
+    [("CRITICAL", "CRITICAL"), ("TRACE", "DEBUG"), ("DEFAULT", "INFO"), ("warning", "WARNING")],
+)
+def test_nim_log_levels(given: str, python_level: str) -> None:
+    assert load_settings(["--log-level", given]).log_level.python_level == python_level

@@ -88,7 +88,7 @@ async def _serve_admitted(
 )
 async def chat_completions(request: Request, services: ServicesDep) -> Response:
     body = await parse_body(request, ChatCompletionRequest, services.settings.max_request_bytes)
-    request_id = new_request_id("chatcmpl")
+    request_id = new_request_id("chatcmpl", request.headers.get("x-request-id"))
     return await _serve_admitted(
         request, services, body.n, request_id, lambda: services.chat.create(body, request_id)
     )
@@ -102,7 +102,7 @@ async def chat_completions(request: Request, services: ServicesDep) -> Response:
 )
 async def completions(request: Request, services: ServicesDep) -> Response:
     body = await parse_body(request, CompletionRequest, services.settings.max_request_bytes)
-    request_id = new_request_id("cmpl")
+    request_id = new_request_id("cmpl", request.headers.get("x-request-id"))
     return await _serve_admitted(
         request,
         services,

@@ -19,6 +19,7 @@ from nim_server.protocol import (
 from nim_server.serving.chunks import ChunkEncoder
 from nim_server.serving.common import (
     check_message_content,
+    engine_request_id,
     framed_stream,
     output_budget,
     served_model,
@@ -74,7 +75,7 @@ class ChatService:
             logprobs=(request.top_logprobs or 0) if request.logprobs else None,
             constraint=plan.constraint if plan is not None else None,
         )
-        outputs = self._engine.generate(prompt, params, request_id)
+        outputs = self._engine.generate(prompt, params, engine_request_id(request_id))
         outputs = await started(outputs)
         calls = plan if plan is not None and plan.calls_tools else None
         if request.stream:

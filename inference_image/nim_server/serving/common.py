@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -37,8 +38,23 @@ LOADING_RETRY_AFTER = 5
 T = TypeVar("T")
 
 
-def new_request_id(prefix: str) -> str:
+# What an incoming X-Request-Id may be to be used as is (a tracing id, not arbitrary text).
+_CLIENT_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+
+
+def new_request_id(prefix: str, client_id: str | None = None) -> str:
+    """The id of a response: `<prefix>-<client's X-Request-Id>` when it is a sane one.
+
+    The engine's id for the request stays unique either way (engine_request_id), so two
+    clients that send the same X-Request-Id do not collide in the engine.
+    """
+    if client_id is not None and _CLIENT_REQUEST_ID.fullmatch(client_id):
+        return f"{prefix}-{client_id}"
     return f"{prefix}-{uuid.uuid4().hex}"
+
+
+def engine_request_id(request_id: str) -> str:
+    return f"{request_id}-{uuid.uuid4().hex[:8]}"
 
 
 def served_model(engine: InferenceEngine, requested: str | None) -> ServedModel:

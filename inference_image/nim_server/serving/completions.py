@@ -18,6 +18,7 @@ from nim_server.protocol import (
 )
 from nim_server.serving.chunks import ChunkEncoder
 from nim_server.serving.common import (
+    engine_request_id,
     framed_stream,
     merge_streams,
     output_budget,
@@ -84,7 +85,9 @@ class CompletionService:
                 logprobs=request.logprobs,
                 prompt_logprobs=request.logprobs if request.echo else None,
             )
-            stream = self._engine.generate(prompt.engine_prompt, params, f"{request_id}-{index}")
+            stream = self._engine.generate(
+                prompt.engine_prompt, params, engine_request_id(f"{request_id}-{index}")
+            )
             streams.append(await started(stream))
         if request.stream:
             chunks = self._chunks(request, request_id, model, prompts, streams)
