@@ -23,12 +23,20 @@ from nim_server.metrics import ServerMetrics
 from nim_server.protocol import (
     ChatCompletionRequest,
     CompletionRequest,
+    DetokenizeRequest,
     ErrorBody,
     ErrorResponse,
+    TokenizeRequest,
 )
-from nim_server.routes import health_router, management_router, metrics_router, openai_router
+from nim_server.routes import (
+    health_router,
+    management_router,
+    metrics_router,
+    openai_router,
+    tokenize_router,
+)
 from nim_server.routes.dependencies import ClientDisconnected, Services
-from nim_server.serving import ChatService, CompletionService, ModelService
+from nim_server.serving import ChatService, CompletionService, ModelService, TokenizeService
 from nim_server.serving.common import as_api_error
 from nim_server.serving.tools import ToolSettings
 from nim_server.settings import Settings
@@ -37,7 +45,7 @@ log = logging.getLogger(__name__)
 
 INFERENCE_PATHS = frozenset({"/v1/chat/completions", "/v1/completions"})
 REJECTION_CODES = frozenset({"server_overloaded", "shutting_down"})
-REQUEST_MODELS = (ChatCompletionRequest, CompletionRequest)
+REQUEST_MODELS = (ChatCompletionRequest, CompletionRequest, TokenizeRequest, DetokenizeRequest)
 # Nginx's code for "client closed the request"; nobody reads it, but access logs show it.
 CLIENT_CLOSED_REQUEST = 499
 
@@ -85,8 +93,15 @@ def build_app(
         ),
         completions=CompletionService(engine, on_stream_error=metrics.request_failures.inc),
         models=ModelService(engine),
+        tokenizer=TokenizeService(engine),
     )
-    for router in (openai_router, health_router, metrics_router, management_router):
+    for router in (
+        openai_router,
+        health_router,
+        metrics_router,
+        management_router,
+        tokenize_router,
+    ):
         app.include_router(router)
     _describe_request_bodies(app)
     _install_error_handlers(app, metrics)

@@ -403,6 +403,44 @@ class CompletionResponse(ResponseModel):
     system_fingerprint: str | None = None
 
 
+# ----- tokenize / detokenize (vLLM's shapes) ------------------------------------------------
+
+
+class TokenizeRequest(RequestModel):
+    """A text prompt, or a conversation rendered with the chat template first."""
+
+    model: str | None = None
+    prompt: str | None = None
+    messages: Annotated[list[ChatMessage], Field(min_length=1, max_length=MAX_MESSAGES)] | None = (
+        None
+    )
+    add_special_tokens: bool = True
+    add_generation_prompt: bool = True
+    return_token_strs: bool = False
+
+    @model_validator(mode="after")
+    def _prompt_or_messages(self) -> TokenizeRequest:
+        if (self.prompt is None) == (self.messages is None):
+            raise param_error("prompt", "give exactly one of `prompt` and `messages`")
+        return self
+
+
+class TokenizeResponse(ResponseModel):
+    count: int
+    max_model_len: int
+    tokens: list[int]
+    token_strs: list[str] | None = None
+
+
+class DetokenizeRequest(RequestModel):
+    model: str | None = None
+    tokens: list[Annotated[int, Field(ge=0)]]
+
+
+class DetokenizeResponse(ResponseModel):
+    prompt: str
+
+
 # ----- models, health, management, errors -------------------------------------------------------
 
 

@@ -4,5 +4,12 @@ from nim_server.routes.health import router as health_router
 from nim_server.routes.management import router as management_router
 from nim_server.routes.metrics import router as metrics_router
 from nim_server.routes.openai import router as openai_router
+from nim_server.routes.tokenize import router as tokenize_router
 
-__all__ = ["health_router", "management_router", "metrics_router", "openai_router"]
+__all__ = [
+    "health_router",
+    "management_router",
+    "metrics_router",
+    "openai_router",
+    "tokenize_router",
+]

@@ -15,7 +15,7 @@ from nim_server.admission import Admission
 from nim_server.engine import InferenceEngine
 from nim_server.errors import APIError, from_validation_error, invalid_request
 from nim_server.metrics import ServerMetrics
-from nim_server.serving import ChatService, CompletionService, ModelService
+from nim_server.serving import ChatService, CompletionService, ModelService, TokenizeService
 from nim_server.settings import Settings
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
@@ -31,6 +31,7 @@ class Services:
     chat: ChatService
     completions: CompletionService
     models: ModelService
+    tokenizer: TokenizeService
 
 
 # The dependencies are coroutines although they never await: FastAPI runs a plain function in

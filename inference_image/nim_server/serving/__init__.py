@@ -3,5 +3,6 @@
 from nim_server.serving.chat import ChatService
 from nim_server.serving.completions import CompletionService
 from nim_server.serving.models import ModelService
+from nim_server.serving.tokenize import TokenizeService
 
-__all__ = ["ChatService", "CompletionService", "ModelService"]
+__all__ = ["ChatService", "CompletionService", "ModelService", "TokenizeService"]
