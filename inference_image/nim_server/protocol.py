@@ -288,10 +288,17 @@ class ChatChoice(ResponseModel):
     stop_reason: int | str | None = None
 
 
+class PromptTokensDetails(ResponseModel):
+    cached_tokens: int  # prompt tokens served from the engine's prefix cache
+
+
 class Usage(ResponseModel):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+    prompt_tokens_details: Annotated[
+        PromptTokensDetails | None, Field(exclude_if=lambda v: v is None)
+    ] = None
 
 
 class ChatCompletionResponse(ResponseModel):

@@ -8,6 +8,7 @@ import httpx
 import pytest
 
 from tests.server.conftest import SERVED_NAME, TINY_MAX_MODEL_LEN, chat_body
+from tests.support.sse import json_events
 
 
 def test_chat_completion_shape_and_usage(http: httpx.Client) -> None:
@@ -224,3 +225,23 @@ def test_a_client_request_id_is_honoured_and_echoed(http: httpx.Client) -> None:
         assert response.status_code == 200
         assert response.json()["id"].startswith("chatcmpl-")
         assert odd not in response.json()["id"]
+
+
+def test_cached_prompt_tokens_are_reported(http: httpx.Client) -> None:
+    """A prompt sent again is served from the engine's prefix cache, and usage says how much."""
+    long_prompt = "The capital of France is Paris. " * 40  # several KV-cache blocks
+    body = chat_body(messages=[{"role": "user", "content": long_prompt}], max_tokens=2)
+    http.post("/v1/chat/completions", json=body)
+    again = http.post("/v1/chat/completions", json=body).json()["usage"]
+    cached = again["prompt_tokens_details"]["cached_tokens"]
+    assert 0 < cached <= again["prompt_tokens"]
+    streamed = http.post(
+        "/v1/chat/completions",
+        json={**body, "stream": True, "stream_options": {"include_usage": True}},
+    )
+    last = json_events(streamed.text)[-1]
+    assert last["usage"]["prompt_tokens_details"]["cached_tokens"] == cached
+    text = {"prompt": long_prompt, "max_tokens": 2}
+    http.post("/v1/completions", json=text)
+    completion = http.post("/v1/completions", json=text).json()["usage"]
+    assert completion["prompt_tokens_details"]["cached_tokens"] > 0

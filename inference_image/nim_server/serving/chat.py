@@ -93,8 +93,10 @@ class ChatService:
         calls: ToolPlan | None,
     ) -> ChatCompletionResponse:
         choices = [_ChoiceState() for _ in range(request.n)]
+        cached: int | None = None
         async for output in outputs:
             _absorb(output, choices, request, self._engine)
+            cached = output.num_cached_tokens
         completion_tokens = sum(c.tokens for c in choices)
         return ChatCompletionResponse(
             id=request_id,
@@ -103,7 +105,7 @@ class ChatService:
                 _choice(index, c, request, calls.extractor() if calls is not None else None)
                 for index, c in enumerate(choices)
             ],
-            usage=usage(len(prompt.token_ids), completion_tokens),
+            usage=usage(len(prompt.token_ids), completion_tokens, cached),
         )
 
     async def _chunks(
@@ -138,7 +140,9 @@ class ChatService:
             ],
             usage(prompt_tokens, 0) if continuous else None,
         )
+        cached: int | None = None
         async for output in outputs:
+            cached = output.num_cached_tokens
             choices = []
             for completion in output.outputs:
                 completion_tokens += len(completion.token_ids)
@@ -169,10 +173,11 @@ class ChatService:
                 )
             if choices:
                 yield chunk(
-                    choices, usage(prompt_tokens, completion_tokens) if continuous else None
+                    choices,
+                    usage(prompt_tokens, completion_tokens, cached) if continuous else None,
                 )
         if request.include_usage:
-            yield chunk([], usage(prompt_tokens, completion_tokens))
+            yield chunk([], usage(prompt_tokens, completion_tokens, cached))
 
 
 def _tool_delta(extractor: CallExtractor, completion: CompletionOutput) -> dict[str, Any] | None:

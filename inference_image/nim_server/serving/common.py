@@ -25,7 +25,7 @@ from nim_server.errors import (
     model_not_found,
     service_unavailable,
 )
-from nim_server.protocol import ErrorBody, ErrorResponse, Usage
+from nim_server.protocol import ErrorBody, ErrorResponse, PromptTokensDetails, Usage
 
 if TYPE_CHECKING:
     from vllm.logprobs import Logprob
@@ -210,11 +210,15 @@ async def framed_stream(
     yield DONE
 
 
-def usage(prompt_tokens: int, completion_tokens: int) -> Usage:
+def usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int | None = None) -> Usage:
+    """Token counts; `cached_tokens` (prefix-cache hits) once the engine has reported them."""
     return Usage(
         prompt_tokens=prompt_tokens,
         completion_tokens=completion_tokens,
         total_tokens=prompt_tokens + completion_tokens,
+        prompt_tokens_details=(
+            PromptTokensDetails(cached_tokens=cached_tokens) if cached_tokens is not None else None
+        ),
     )
 
 

@@ -110,13 +110,14 @@ class CompletionService:
         streams: list[AsyncIterator[RequestOutput]],
     ) -> CompletionResponse:
         async def collect_one(
-            prompt: _Prompt, outputs: AsyncIterator[RequestOutput]
+            index: int, prompt: _Prompt, outputs: AsyncIterator[RequestOutput]
         ) -> list[_Choice]:
             choices = [_Choice() for _ in range(request.n)]
             if request.echo:
                 for choice in choices:
                     choice.text.append(prompt.text)
             async for output in outputs:
+                cached[index] = output.num_cached_tokens
                 for completion in output.outputs:
                     choice = choices[completion.index]
                     choice.text.append(completion.text)
@@ -133,8 +134,12 @@ class CompletionService:
                         choice.stop_reason = completion.stop_reason
             return choices
 
+        cached: list[int | None] = [None] * len(prompts)
         per_prompt = await asyncio.gather(
-            *(collect_one(p, outputs) for p, outputs in zip(prompts, streams, strict=True))
+            *(
+                collect_one(index, p, outputs)
+                for index, (p, outputs) in enumerate(zip(prompts, streams, strict=True))
+            )
         )
         choices = [
             CompletionChoice(
@@ -153,7 +158,7 @@ class CompletionService:
             id=request_id,
             model=model.name,
             choices=choices,
-            usage=usage(prompt_tokens, completion_tokens),
+            usage=usage(prompt_tokens, completion_tokens, _total_cached(cached)),
         )
 
     async def _chunks(
@@ -172,7 +177,9 @@ class CompletionService:
 
         chunk = ChunkEncoder(request_id, created, model.name, "text_completion").encode
 
+        cached: list[int | None] = [None] * len(prompts)
         async for p_index, output in merge_streams(streams):
+            cached[p_index] = output.num_cached_tokens
             choices = []
             for completion in output.outputs:
                 completion_tokens += len(completion.token_ids)
@@ -201,7 +208,7 @@ class CompletionService:
             if choices:
                 yield chunk(choices)
         if request.include_usage:
-            yield chunk([], usage(prompt_tokens, completion_tokens))
+            yield chunk([], usage(prompt_tokens, completion_tokens, _total_cached(cached)))
 
 
 def _split_prompts(prompt: str | list[str] | list[int] | list[list[int]]) -> list[str | list[int]]:
@@ -257,3 +264,10 @@ def _extend_logprobs(
         tokens=current.tokens + more.tokens,
         top_logprobs=current.top_logprobs + more.top_logprobs,
     )
+
+
+def _total_cached(per_prompt: list[int | None]) -> int | None:
+    """Prefix-cache hits over all prompts, once the engine has reported them for each."""
+    if any(count is None for count in per_prompt):
+        return None
+    return sum(count for count in per_prompt if count is not None)
