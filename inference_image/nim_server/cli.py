@@ -15,6 +15,7 @@ from sse_starlette.sse import AppStatus
 from nim_server.admission import Admission
 from nim_server.app import build_app
 from nim_server.engine import EngineState, VllmEngine
+from nim_server.engine_args import passthrough_overrides
 from nim_server.log_setup import configure_logging
 from nim_server.routes.dependencies import Services
 from nim_server.serving.tools import ToolSettings
@@ -34,6 +35,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         settings = load_settings(sys.argv[1:] if argv is None else argv)
         ToolSettings.from_settings(settings).check()
+        passthrough_overrides(settings.passthrough_args)  # refused now, not at model load
     except SettingsError as error:
         print(f"nim-serve: {error}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -19,6 +19,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from nim_server.engine_args import passthrough_overrides
 from nim_server.model_source import ResolvedModel, resolve_model
 from nim_server.settings import Settings, default_cache_path
 
@@ -190,7 +191,7 @@ class VllmEngine(InferenceEngine):
         # Everything below blocks for seconds to minutes (imports, conversion, weights);
         # threads keep the event loop, and so the health endpoints, responsive meanwhile.
         resolved = await asyncio.to_thread(
-            resolve_model, settings.model_name, settings.served_model_name, cache
+            resolve_model, settings.model, settings.served_model_name, cache
         )
         self.reason = f"the model {resolved.served_name} is loading"
         log.info("loading %s from %s", resolved.served_name, resolved.path)
@@ -348,14 +349,17 @@ def _create_async_llm(settings: Settings, resolved: ResolvedModel, cache: Path) 
         "max_model_len": settings.max_model_len,
         "kv_cache_memory_bytes": kv_bytes,
         "max_num_seqs": settings.max_num_seqs,
+        "enable_prefix_caching": settings.enable_kv_cache_reuse,
+        "tokenizer_mode": settings.tokenizer_mode,
     }
-    args = AsyncEngineArgs(
+    ours: dict[str, Any] = dict(
         model=resolved.path,
         served_model_name=[resolved.served_name],
         tensor_parallel_size=settings.tensor_parallel_size,
         gpu_memory_utilization=settings.gpu_memory_utilization,
         **{name: value for name, value in optional.items() if value is not None},
         download_dir=str(cache / "hub"),
+        trust_remote_code=settings.trust_custom_code,
         # CUDA graphs buy nothing on CPU and cost start-up time.
         enforce_eager=on_cpu,
         distributed_executor_backend="uni" if settings.tensor_parallel_size == 1 else "mp",
@@ -364,6 +368,8 @@ def _create_async_llm(settings: Settings, resolved: ResolvedModel, cache: Path) 
             backend=settings.guided_decoding_backend.value
         ),
     )
+    # NIM_PASSTHROUGH_ARGS come last and win, as NIM appends them to the engine's arguments.
+    args = AsyncEngineArgs(**{**ours, **passthrough_overrides(settings.passthrough_args)})
     return AsyncLLM.from_engine_args(args)
 
 

@@ -67,6 +67,10 @@ class Settings(BaseSettings):
             "Empty: the embedded SmolLM2-135M-Instruct default.",
         ),
     ] = None
+    model_path: Annotated[
+        str | None,
+        Field(description="NIM 2.x's name for NIM_MODEL_NAME; give one of the two."),
+    ] = None
     served_model_name: Annotated[
         str | None,
         Field(description="Model id clients send in `model` (default: derived from the model)."),
@@ -129,6 +133,23 @@ class Settings(BaseSettings):
         str | None,
         Field(description="Chat template (a file, or Jinja text) instead of the tokenizer's."),
     ] = None
+    enable_kv_cache_reuse: Annotated[
+        bool | None,
+        Field(description="Reuse the KV cache of shared prompt prefixes (default: the engine's)."),
+    ] = None
+    trust_custom_code: Annotated[
+        bool, Field(description="Run the model repository's own Python code (trust_remote_code).")
+    ] = False
+    tokenizer_mode: Annotated[
+        str | None, Field(description="vLLM tokenizer mode: auto, slow, mistral, custom.")
+    ] = None
+    passthrough_args: Annotated[
+        str | None,
+        Field(
+            description="More vLLM engine arguments, as on its command line "
+            "(e.g. '--max-num-batched-tokens 4096'); they win over the settings above."
+        ),
+    ] = None
     guided_decoding_backend: Annotated[
         GuidedDecodingBackend,
         Field(
@@ -145,7 +166,10 @@ class Settings(BaseSettings):
 
     @field_validator(
         "model_name",
+        "model_path",
         "served_model_name",
+        "tokenizer_mode",
+        "passthrough_args",
         "api_key",
         "tool_call_parser",
         "tool_parser_plugin",
@@ -164,7 +188,7 @@ class Settings(BaseSettings):
     def _upper_log_level(cls, value: object) -> object:
         return value.upper() if isinstance(value, str) else value
 
-    @field_validator("model_name")
+    @field_validator("model_name", "model_path")
     @classmethod
     def _local_model_exists(cls, value: str | None) -> str | None:
         # Anything that looks like a path must exist; a bare id (org/name) is left to the
@@ -190,6 +214,19 @@ class Settings(BaseSettings):
                 "model's tool-call format"
             )
         return self
+
+    @model_validator(mode="after")
+    def _one_model(self) -> Settings:
+        if self.model_name and self.model_path and self.model_name != self.model_path:
+            raise ValueError(
+                "NIM_MODEL_NAME and NIM_MODEL_PATH name different models; give one of the two"
+            )
+        return self
+
+    @property
+    def model(self) -> str | None:
+        """The model to serve: NIM_MODEL_NAME (NIM 1.x) or NIM_MODEL_PATH (NIM 2.x)."""
+        return self.model_name or self.model_path
 
     def chat_template_text(self) -> str | None:
         """The chat template's text: the file NIM_CHAT_TEMPLATE names, or the value itself."""

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from nim_server.engine_args import passthrough_overrides
 from nim_server.settings import LogLevel, SettingsError, load_settings
 from tests.support.server_process import nim_serve_command
 
@@ -27,6 +28,11 @@ ALL_VARIABLES = [
     "NIM_TOOL_PARSER_PLUGIN",
     "NIM_CHAT_TEMPLATE",
     "NIM_GUIDED_DECODING_BACKEND",
+    "NIM_MODEL_PATH",
+    "NIM_ENABLE_KV_CACHE_REUSE",
+    "NIM_TRUST_CUSTOM_CODE",
+    "NIM_TOKENIZER_MODE",
+    "NIM_PASSTHROUGH_ARGS",
 ]
 
 
@@ -178,3 +184,39 @@ def test_tool_setting_mistakes_are_one_line(argv: list[str], named: str) -> None
 )
 def test_nim_log_levels(given: str, python_level: str) -> None:
     assert load_settings(["--log-level", given]).log_level.python_level == python_level
+
+
+def test_nim_engine_contract_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("NIM_MODEL_PATH", str(tmp_path))
+    monkeypatch.setenv("NIM_ENABLE_KV_CACHE_REUSE", "0")
+    monkeypatch.setenv("NIM_TRUST_CUSTOM_CODE", "1")
+    monkeypatch.setenv("NIM_TOKENIZER_MODE", "slow")
+    monkeypatch.setenv("NIM_PASSTHROUGH_ARGS", "--max-num-batched-tokens 4096")
+    settings = load_settings([])
+    assert settings.model == str(tmp_path)  # NIM 2.x's name for the model
+    assert settings.enable_kv_cache_reuse is False
+    assert settings.trust_custom_code is True
+    assert settings.tokenizer_mode == "slow"
+    assert passthrough_overrides(settings.passthrough_args) == {"max_num_batched_tokens": 4096}
+    (tmp_path / "other").mkdir()
+    with pytest.raises(SettingsError, match="NIM_MODEL_PATH"):
+        load_settings(["--model-name", str(tmp_path / "other")])
+
+
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [
+        ("--no-such-flag 1", "not vLLM engine arguments: --no-such-flag 1"),
+        ("--max-num-seqs many", "invalid int value: 'many'"),
+        ("--model other", "set NIM_MODEL_NAME instead of --model"),
+        ("--served-model-name x", "set NIM_SERVED_MODEL_NAME"),
+        ("'unclosed", "No closing quotation"),
+    ],
+)
+def test_passthrough_mistakes_are_one_line(text: str, says: str) -> None:
+    with pytest.raises(SettingsError) as error:
+        passthrough_overrides(text)
+    message = str(error.value)
+    assert message.startswith("invalid settings: NIM_PASSTHROUGH_ARGS")
+    assert says in message
+    assert "\n" not in message
