@@ -1,4 +1,5 @@
-"""NIM's engine settings reach vLLM: NIM_PASSTHROUGH_ARGS and NIM_ENABLE_KV_CACHE_REUSE."""
+"""NIM's engine settings reach vLLM: NIM_PASSTHROUGH_ARGS, NIM_ENABLE_KV_CACHE_REUSE and
+NIM_CHAT_TEMPLATE (a file replacing the tokenizer's template)."""
 
 from __future__ import annotations
 
@@ -10,15 +11,17 @@ import httpx
 from tests.server.conftest import chat_body, tiny_server_env
 from tests.support.server_process import start_server
 
+TEMPLATE = "{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n{% endfor %}[assistant]"
 
-def test_passthrough_args_and_kv_cache_reuse_reach_the_engine(
-    tiny_model_dir: Path, tmp_path: Path
-) -> None:
+
+def test_engine_settings_reach_the_engine(tiny_model_dir: Path, tmp_path: Path) -> None:
     env = {
         **tiny_server_env(tiny_model_dir, tmp_path / "cache"),
         "NIM_PASSTHROUGH_ARGS": "--max-num-seqs 3",
         "NIM_ENABLE_KV_CACHE_REUSE": "false",
+        "NIM_CHAT_TEMPLATE": str(tmp_path / "template.jinja"),
     }
+    (tmp_path / "template.jinja").write_text(TEMPLATE)
     server = start_server(tmp_path, env)
     try:
         server.wait_until("/v1/health/ready", 200, timeout=300)
@@ -32,5 +35,10 @@ def test_passthrough_args_and_kv_cache_reuse_reach_the_engine(
             http.post("/v1/chat/completions", json=body)
             again = http.post("/v1/chat/completions", json=body).json()["usage"]
             assert again["prompt_tokens_details"]["cached_tokens"] == 0  # no prefix cache
+            # The conversation is rendered with our template, not the tokenizer's.
+            messages = [{"role": "user", "content": "Hello there"}]
+            rendered = http.post("/tokenize", json={"messages": messages}).json()["tokens"]
+            text = http.post("/detokenize", json={"tokens": rendered}).json()["prompt"]
+            assert text == "[user] Hello there\n[assistant]"
     finally:
         server.stop()
