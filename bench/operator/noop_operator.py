@@ -33,10 +33,14 @@ async def track_nimservices(**_: Any) -> None:
     return None
 
 
-@kopf.on.resume(*NIMSERVICE)
 @kopf.on.create(*NIMSERVICE)
 @kopf.on.update(*NIMSERVICE)
 async def reconcile_on_change(**_: Any) -> None:
+    return None
+
+
+@kopf.on.resume(*NIMSERVICE)
+async def reconcile_on_resume(**_: Any) -> None:
     return None
 
 
