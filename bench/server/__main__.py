@@ -181,7 +181,10 @@ async def one(client: httpx.AsyncClient, workload: Workload, index: int) -> Samp
 
 async def run_workload(server: Server, workload: Workload) -> dict[str, float]:
     semaphore = asyncio.Semaphore(workload.concurrency)
-    limits = httpx.Limits(max_connections=workload.concurrency + 4)
+    # A pooled connection is dropped after 2 s idle: `vllm serve` (uvicorn's default) closes
+    # idle connections after 5 s, and reusing one it is closing fails the request with a reset
+    # (seen once in CI), which measures the race, not either server.
+    limits = httpx.Limits(max_connections=workload.concurrency + 4, keepalive_expiry=2.0)
     async with httpx.AsyncClient(base_url=server.url, timeout=600, limits=limits) as client:
         await one(client, workload, -1)  # warm-up (prefix cache, code paths)
         cpu_before = server.api_cpu_seconds()
