@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import io
 import shlex
 from typing import Any
@@ -21,8 +22,13 @@ _OWNED = {
 
 def passthrough_overrides(text: str | None) -> dict[str, Any]:
     """The engine arguments `text` sets to other than vLLM's defaults; SettingsError if invalid."""
-    if not text:
-        return {}
+    return dict(_parsed(text)) if text else {}
+
+
+# Parsed once per process: `nim-serve` checks the setting at start and applies it at model load,
+# and building vLLM's parser (some 300 arguments) each time would be the same work twice.
+@functools.cache
+def _parsed(text: str) -> dict[str, Any]:
     from vllm.engine.arg_utils import AsyncEngineArgs
     from vllm.utils.argparse_utils import FlexibleArgumentParser
 
