@@ -38,6 +38,7 @@ from nim_server.routes import (
 from nim_server.routes.dependencies import ClientDisconnected, Services
 from nim_server.serving import ChatService, CompletionService, ModelService, TokenizeService
 from nim_server.serving.common import as_api_error
+from nim_server.serving.reasoning import ReasoningSettings
 from nim_server.serving.tools import ToolSettings
 from nim_server.settings import Settings
 
@@ -90,6 +91,7 @@ def build_app(
             engine,
             on_stream_error=metrics.request_failures.inc,
             tools=ToolSettings.from_settings(settings),
+            reasoning=ReasoningSettings.from_settings(settings),
         ),
         completions=CompletionService(engine, on_stream_error=metrics.request_failures.inc),
         models=ModelService(engine),

@@ -18,6 +18,7 @@ from nim_server.engine import EngineState, VllmEngine
 from nim_server.engine_args import passthrough_overrides
 from nim_server.log_setup import configure_logging
 from nim_server.routes.dependencies import Services
+from nim_server.serving.reasoning import ReasoningSettings
 from nim_server.serving.tools import ToolSettings
 from nim_server.settings import Settings, SettingsError, load_settings
 
@@ -35,6 +36,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         settings = load_settings(sys.argv[1:] if argv is None else argv)
         ToolSettings.from_settings(settings).check()
+        ReasoningSettings.from_settings(settings).check()
         passthrough_overrides(settings.passthrough_args)  # refused now, not at model load
     except SettingsError as error:
         print(f"nim-serve: {error}", file=sys.stderr)

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import gc
+import itertools
 import logging
 import time
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -25,6 +27,7 @@ from nim_server.settings import Settings, default_cache_path
 
 if TYPE_CHECKING:
     from vllm import RequestOutput, SamplingParams
+    from vllm.lora.request import LoRARequest
     from vllm.tokenizers import TokenizerLike
     from vllm.v1.engine.async_llm import AsyncLLM
 
@@ -43,6 +46,18 @@ class EngineState(StrEnum):
 
 
 @dataclass(frozen=True)
+class LoraAdapter:
+    """A LoRA adapter as the engine knows it."""
+
+    name: str  # its model id, also its label in the engine's metrics
+    path: str
+    rank: int
+    # Unique per load: an adapter changed on disk is loaded under a new id, so the engine
+    # never answers with weights it cached for the old files.
+    engine_id: int
+
+
+@dataclass(frozen=True)
 class ServedModel:
     name: str  # the id clients send as `model`
     root: str  # what the engine loaded
@@ -51,6 +66,8 @@ class ServedModel:
     vocab_size: int
     max_num_seqs: int
     created: int
+    parent: str | None = None  # a LoRA adapter's base model id
+    lora: LoraAdapter | None = None  # what generate() applies for this model id
 
 
 @dataclass(frozen=True)
@@ -117,9 +134,29 @@ class InferenceEngine(ABC):
 
     @abstractmethod
     def generate(
-        self, prompt: EnginePrompt, params: SamplingParams, request_id: str
+        self,
+        prompt: EnginePrompt,
+        params: SamplingParams,
+        request_id: str,
+        lora: LoraAdapter | None = None,
     ) -> AsyncIterator[RequestOutput]:
         """Stream outputs; closing the iterator early aborts the request in the engine."""
+
+    @property
+    def adapters(self) -> Mapping[str, ServedModel]:
+        """The LoRA adapters served on top of the model, by model id."""
+        return {}
+
+    async def add_adapter(self, name: str, path: str, rank: int) -> ServedModel:
+        """Load (or reload) a LoRA adapter and serve it as model id `name`.
+
+        Raises EngineRequestError when the engine rejects the adapter.
+        """
+        raise EngineRequestError("this engine does not serve LoRA adapters")
+
+    def remove_adapter(self, name: str) -> None:
+        """Stop serving the adapter `name` (requests already running finish)."""
+        raise EngineRequestError("this engine does not serve LoRA adapters")
 
     def tokenizer(self) -> Any:
         """The engine's tokenizer, for vLLM's tool-call parsers (auto tool choice)."""
@@ -144,6 +181,8 @@ class VllmEngine(InferenceEngine):
         self.reason = "the model is loading"
         self._loaded = asyncio.Event()
         self._chat_template = settings.chat_template_text()
+        self._adapters: dict[str, ServedModel] = {}
+        self._adapter_ids = itertools.count(1)  # vLLM's LoRA ids start at 1
 
     @property
     def model(self) -> ServedModel:
@@ -261,17 +300,53 @@ class VllmEngine(InferenceEngine):
         (rendered,) = await llm.renderer.render_cmpl_async([parsed], tokenize)
         return _engine_prompt(rendered)
 
+    @property
+    def adapters(self) -> Mapping[str, ServedModel]:
+        return self._adapters
+
+    async def add_adapter(self, name: str, path: str, rank: int) -> ServedModel:
+        from vllm.v1.engine.exceptions import EngineDeadError
+
+        lora = LoraAdapter(name=name, path=path, rank=rank, engine_id=next(self._adapter_ids))
+        try:
+            # Loading now checks the adapter against the model (target modules, rank, weight
+            # shapes) before any request names it, and warms the engine's adapter cache.
+            await self.llm.add_lora(_lora_request(lora))
+        except EngineDeadError:
+            self.check_health()
+            raise EngineDead(self.reason) from None
+        except Exception as error:  # the engine core reports a failed load as a plain error
+            raise EngineRequestError(str(error)) from None
+        base = self.model
+        served = dataclasses.replace(
+            base, name=name, root=path, parent=base.name, lora=lora, created=int(time.time())
+        )
+        self._adapters[name] = served
+        return served
+
+    def remove_adapter(self, name: str) -> None:
+        # The engine keeps the weights in its LRU cache until they are evicted: unloading them
+        # now would make it re-read the (possibly deleted) directory for requests still running.
+        self._adapters.pop(name, None)
+
     async def generate(
-        self, prompt: EnginePrompt, params: SamplingParams, request_id: str
+        self,
+        prompt: EnginePrompt,
+        params: SamplingParams,
+        request_id: str,
+        lora: LoraAdapter | None = None,
     ) -> AsyncIterator[RequestOutput]:
         from vllm.exceptions import VLLMClientError, VLLMValidationError
         from vllm.v1.engine.exceptions import EngineDeadError
 
+        lora_request = _lora_request(lora) if lora is not None else None
         try:
             # aclosing: if our caller stops early, close vLLM's generator now, which aborts the
             # request in the engine, instead of whenever it is garbage collected.
             async with contextlib.aclosing(
-                self.llm.generate(prompt.engine_input, params, request_id)
+                self.llm.generate(
+                    prompt.engine_input, params, request_id, lora_request=lora_request
+                )
             ) as outputs:
                 async for output in outputs:
                     if output.finished and any(
@@ -351,7 +426,11 @@ def _create_async_llm(settings: Settings, resolved: ResolvedModel, cache: Path) 
         "max_num_seqs": settings.max_num_seqs,
         "enable_prefix_caching": settings.enable_kv_cache_reuse,
         "tokenizer_mode": settings.tokenizer_mode,
+        # Structured outputs then constrain the answer only, after the model's thinking.
+        "reasoning_parser": settings.reasoning_parser,
     }
+    if settings.peft_source is not None:
+        optional |= _lora_engine_args(settings)
     ours: dict[str, Any] = dict(
         model=resolved.path,
         served_model_name=[resolved.served_name],
@@ -371,6 +450,26 @@ def _create_async_llm(settings: Settings, resolved: ResolvedModel, cache: Path) 
     # NIM_PASSTHROUGH_ARGS come last and win, as NIM appends them to the engine's arguments.
     args = AsyncEngineArgs(**{**ours, **passthrough_overrides(settings.passthrough_args)})
     return AsyncLLM.from_engine_args(args)
+
+
+# The ranks vLLM can reserve room for; a NIM_MAX_LORA_RANK in between is rounded up here, and
+# adapters above the setting itself are still refused when they are scanned.
+_ENGINE_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+
+
+def _lora_engine_args(settings: Settings) -> dict[str, Any]:
+    return {
+        "enable_lora": True,
+        "max_lora_rank": next(r for r in _ENGINE_LORA_RANKS if r >= settings.max_lora_rank),
+        "max_loras": settings.max_gpu_loras,
+        "max_cpu_loras": settings.max_cpu_loras,
+    }
+
+
+def _lora_request(lora: LoraAdapter) -> LoRARequest:
+    from vllm.lora.request import LoRARequest
+
+    return LoRARequest(lora_name=lora.name, lora_int_id=lora.engine_id, lora_path=lora.path)
 
 
 def _engine_prompt(rendered: Any) -> EnginePrompt:

@@ -86,6 +86,15 @@ class ServerMetrics:
             "Sequences this server has admitted and not finished (running or waiting).",
             registry=self.registry,
         )
+        # vLLM labels its request metrics with the base model only; this tells the adapters
+        # apart (label values are served model ids, so there are only as many as those).
+        self.model_requests = Counter(
+            "model_requests",
+            "Inference requests accepted, by the model id they named (the base model or a "
+            "LoRA adapter).",
+            ["model"],
+            registry=self.registry,
+        )
         self.rejections = Counter(
             "request_rejected",
             "Requests turned away before reaching the engine (429 at capacity, 503 draining).",

@@ -25,7 +25,7 @@ MAX_MESSAGES = 2048
 UNHONOURED: dict[str, object] = {
     "use_beam_search": False,
     "length_penalty": 1.0,
-    "reasoning_effort": None,
+    "reasoning_effort": None,  # chat takes it when the server has a reasoning parser
     "allowed_token_ids": None,
     "bad_words": None,
     "logits_processors": None,
@@ -54,7 +54,8 @@ class TopLevelRequest(RequestModel):
     def _refuse_unhonoured_fields(cls, data: Any) -> Any:
         if isinstance(data, dict):
             for name, neutral in UNHONOURED.items():
-                if data.get(name, neutral) != neutral:
+                # A request model that declares one of these fields honours it.
+                if name not in cls.model_fields and data.get(name, neutral) != neutral:
                     raise param_error(
                         name, f"`{name}` is not supported by this server; leave it out"
                     )
@@ -222,6 +223,7 @@ class NamedToolChoice(RequestModel):
 
 
 ToolChoice = Literal["none", "auto", "required"] | NamedToolChoice
+ReasoningEffort = Literal["none", "minimal", "low", "medium", "high", "xhigh"]
 
 
 class ChatCompletionRequest(SamplingFields):
@@ -235,6 +237,10 @@ class ChatCompletionRequest(SamplingFields):
     parallel_tool_calls: bool | None = None
     add_generation_prompt: bool = True
     chat_template_kwargs: dict[str, Any] | None = None
+    # Reasoning models (NIM_REASONING_PARSER): the effort goes to the chat template, as in
+    # vLLM; `include_reasoning: false` leaves `reasoning_content` out of the answer.
+    reasoning_effort: ReasoningEffort | None = None
+    include_reasoning: bool = True
 
     @model_validator(mode="after")
     def _top_logprobs_need_logprobs(self) -> ChatCompletionRequest:
@@ -276,6 +282,8 @@ class ToolCall(ResponseModel):
 class AssistantMessage(ResponseModel):
     role: Literal["assistant"] = "assistant"
     content: str | None
+    # What a reasoning model thought before answering (NIM's name for it); only with a parser.
+    reasoning_content: Annotated[str | None, Field(exclude_if=lambda v: v is None)] = None
     # Present only when the model called tools, as in OpenAI's responses.
     tool_calls: Annotated[list[ToolCall] | None, Field(exclude_if=lambda v: v is None)] = None
 
@@ -292,12 +300,19 @@ class PromptTokensDetails(ResponseModel):
     cached_tokens: int  # prompt tokens served from the engine's prefix cache
 
 
+class CompletionTokensDetails(ResponseModel):
+    reasoning_tokens: int  # generated tokens the model spent thinking (reasoning models)
+
+
 class Usage(ResponseModel):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
     prompt_tokens_details: Annotated[
         PromptTokensDetails | None, Field(exclude_if=lambda v: v is None)
+    ] = None
+    completion_tokens_details: Annotated[
+        CompletionTokensDetails | None, Field(exclude_if=lambda v: v is None)
     ] = None
 
 
@@ -329,6 +344,7 @@ class DeltaMessage(ResponseModel):
     # Only the first chunk of a choice names the role; later ones leave the key out.
     role: Annotated[Literal["assistant"] | None, Field(exclude_if=lambda v: v is None)] = None
     content: str | None = None
+    reasoning_content: Annotated[str | None, Field(exclude_if=lambda v: v is None)] = None
     tool_calls: Annotated[list[DeltaToolCall] | None, Field(exclude_if=lambda v: v is None)] = None
 
 

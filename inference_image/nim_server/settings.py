@@ -129,6 +129,13 @@ class Settings(BaseSettings):
         Path | None,
         Field(description="A Python file registering more tool-call parsers with vLLM."),
     ] = None
+    reasoning_parser: Annotated[
+        str | None,
+        Field(
+            description="vLLM reasoning parser for the model's thinking markers, e.g. "
+            "deepseek_r1, qwen3: the thinking goes to `reasoning_content`."
+        ),
+    ] = None
     chat_template: Annotated[
         str | None,
         Field(description="Chat template (a file, or Jinja text) instead of the tokenizer's."),
@@ -173,6 +180,7 @@ class Settings(BaseSettings):
         "api_key",
         "tool_call_parser",
         "tool_parser_plugin",
+        "reasoning_parser",
         "chat_template",
         mode="before",
     )

@@ -16,6 +16,7 @@ from nim_server.engine import InferenceEngine
 from nim_server.errors import APIError, from_validation_error, invalid_request
 from nim_server.metrics import ServerMetrics
 from nim_server.serving import ChatService, CompletionService, ModelService, TokenizeService
+from nim_server.serving.adapters import AdapterRegistry
 from nim_server.settings import Settings
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
@@ -26,6 +27,7 @@ T = TypeVar("T")
 class Services:
     settings: Settings
     engine: InferenceEngine
+    adapters: AdapterRegistry | None  # with NIM_PEFT_SOURCE
     metrics: ServerMetrics
     admission: Admission
     chat: ChatService

@@ -49,4 +49,11 @@ async def ready(services: ServicesDep) -> HealthResponse:
         raise service_unavailable(
             f"Service is not ready: {engine.reason}.", retry_after=retry, code=f"engine_{state}"
         )
+    if services.adapters is not None and not services.adapters.scanned:
+        # Traffic for an adapter sent now would get a 404 it should not.
+        raise service_unavailable(
+            "Service is not ready: the LoRA adapters are loading.",
+            retry_after=1,
+            code="adapters_loading",
+        )
     return HealthResponse(message="Service is ready.", status="ready")

@@ -49,6 +49,7 @@ async def _serve_admitted(
     weight: int,
     request_id: str,
     work: Callable[[], Awaitable[BaseModel | AsyncIterator[str]]],
+    model: str | None = None,
 ) -> Response:
     """Run ``work`` holding an admission ticket until its response (or stream) is finished."""
     admission = services.admission
@@ -58,6 +59,8 @@ async def _serve_admitted(
     except BaseException:
         admission.release(ticket)
         raise
+    # Counted once the service accepted it: `model` is then an id this server serves.
+    services.metrics.model_requests.labels(model=model or services.engine.model.name).inc()
     headers = {"X-Request-Id": request_id, **admission.rate_limit_headers()}
     if isinstance(result, BaseModel):
         admission.release(ticket)
@@ -90,7 +93,12 @@ async def chat_completions(request: Request, services: ServicesDep) -> Response:
     body = await parse_body(request, ChatCompletionRequest, services.settings.max_request_bytes)
     request_id = new_request_id("chatcmpl", request.headers.get("x-request-id"))
     return await _serve_admitted(
-        request, services, body.n, request_id, lambda: services.chat.create(body, request_id)
+        request,
+        services,
+        body.n,
+        request_id,
+        lambda: services.chat.create(body, request_id),
+        body.model,
     )
 
 
@@ -109,6 +117,7 @@ async def completions(request: Request, services: ServicesDep) -> Response:
         body.n * body.prompt_count,
         request_id,
         lambda: services.completions.create(body, request_id),
+        body.model,
     )
 
 

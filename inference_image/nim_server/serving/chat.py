@@ -16,6 +16,7 @@ from nim_server.protocol import (
     ChatLogprob,
     ChatTokenLogprob,
 )
+from nim_server.serving.answer import AnswerParser
 from nim_server.serving.chunks import ChunkEncoder
 from nim_server.serving.common import (
     check_message_content,
@@ -28,8 +29,9 @@ from nim_server.serving.common import (
     top_entries,
     usage,
 )
+from nim_server.serving.reasoning import ReasoningSettings, plan_reasoning
 from nim_server.serving.sampling import sampling_params
-from nim_server.serving.tools import CallExtractor, ToolPlan, ToolSettings, plan_tools
+from nim_server.serving.tools import ToolPlan, ToolSettings, plan_tools
 
 if TYPE_CHECKING:
     from vllm import CompletionOutput, RequestOutput
@@ -43,10 +45,12 @@ class ChatService:
         engine: InferenceEngine,
         on_stream_error: Callable[[], None] = lambda: None,
         tools: ToolSettings | None = None,
+        reasoning: ReasoningSettings | None = None,
     ) -> None:
         self._engine = engine
         self._on_stream_error = on_stream_error  # counts in-band failures in the metrics
         self._tools = tools or ToolSettings()
+        self._reasoning = reasoning or ReasoningSettings()
 
     async def create(
         self, request: ChatCompletionRequest, request_id: str
@@ -54,17 +58,18 @@ class ChatService:
         model = served_model(self._engine, request.model)
         messages = [m.model_dump(exclude_none=True) for m in request.messages]
         check_message_content(messages)
-        plan = plan_tools(request, self._tools, self._engine)
-        if plan is not None and plan.keep_special_tokens:
+        tools = plan_tools(request, self._tools, self._engine)
+        template_kwargs = _template_kwargs(request, tools)
+        thinking = plan_reasoning(request, self._reasoning, self._engine, template_kwargs)
+        if any(plan is not None and plan.keep_special_tokens for plan in (tools, thinking)):
             request = request.model_copy(update={"skip_special_tokens": False})
         prompt = await self._engine.render_chat(
             messages,
             add_generation_prompt=request.add_generation_prompt,
-            template_kwargs={
-                **(request.chat_template_kwargs or {}),
-                **(plan.template_kwargs if plan is not None else {}),
-            },
+            template_kwargs=template_kwargs,
         )
+        if thinking is not None:
+            thinking.read_prompt(prompt.token_ids)
         max_tokens = output_budget(
             model, len(prompt.token_ids), request.output_limit, param="messages"
         )
@@ -73,15 +78,23 @@ class ChatService:
             max_tokens=max_tokens,
             vocab_size=model.vocab_size,
             logprobs=(request.top_logprobs or 0) if request.logprobs else None,
-            constraint=plan.constraint if plan is not None else None,
+            constraint=tools.constraint if tools is not None else None,
         )
-        outputs = self._engine.generate(prompt, params, engine_request_id(request_id))
+        outputs = self._engine.generate(prompt, params, engine_request_id(request_id), model.lora)
         outputs = await started(outputs)
-        calls = plan if plan is not None and plan.calls_tools else None
+        calls = tools if tools is not None and tools.calls_tools else None
+
+        def answer_parser() -> AnswerParser:
+            return AnswerParser(
+                reasoning=thinking.splitter() if thinking is not None else None,
+                calls=calls.extractor() if calls is not None else None,
+                include_reasoning=request.include_reasoning,
+            )
+
         if request.stream:
-            chunks = self._chunks(request, request_id, model, prompt, outputs, calls)
+            chunks = self._chunks(request, request_id, model, prompt, outputs, answer_parser)
             return framed_stream(chunks, [outputs], self._on_stream_error)
-        return await self._collect(request, request_id, model, prompt, outputs, calls)
+        return await self._collect(request, request_id, model, prompt, outputs, answer_parser)
 
     async def _collect(
         self,
@@ -90,22 +103,26 @@ class ChatService:
         model: ServedModel,
         prompt: EnginePrompt,
         outputs: AsyncIterator[RequestOutput],
-        calls: ToolPlan | None,
+        answer_parser: Callable[[], AnswerParser],
     ) -> ChatCompletionResponse:
         choices = [_ChoiceState() for _ in range(request.n)]
         cached: int | None = None
         async for output in outputs:
             _absorb(output, choices, request, self._engine)
             cached = output.num_cached_tokens
-        completion_tokens = sum(c.tokens for c in choices)
+        completion_tokens = sum(len(c.token_ids) for c in choices)
+        parsers = [answer_parser() for _ in choices]
+        response_choices = [
+            _choice(index, state, request, parser)
+            for index, (state, parser) in enumerate(zip(choices, parsers, strict=True))
+        ]
         return ChatCompletionResponse(
             id=request_id,
             model=model.name,
-            choices=[
-                _choice(index, c, request, calls.extractor() if calls is not None else None)
-                for index, c in enumerate(choices)
-            ],
-            usage=usage(len(prompt.token_ids), completion_tokens, cached),
+            choices=response_choices,
+            usage=usage(
+                len(prompt.token_ids), completion_tokens, cached, _reasoning_tokens(parsers)
+            ),
         )
 
     async def _chunks(
@@ -115,10 +132,10 @@ class ChatService:
         model: ServedModel,
         prompt: EnginePrompt,
         outputs: AsyncIterator[RequestOutput],
-        calls: ToolPlan | None,
+        answer_parser: Callable[[], AnswerParser],
     ) -> AsyncIterator[str]:
         created = int(time.time())
-        extractors = [calls.extractor() for _ in range(request.n)] if calls is not None else None
+        parsers = [answer_parser() for _ in range(request.n)]
         continuous = (
             request.stream_options is not None and request.stream_options.continuous_usage_stats
         )
@@ -148,80 +165,76 @@ class ChatService:
                 completion_tokens += len(completion.token_ids)
                 if not completion.text and completion.finish_reason is None:
                     continue  # a token that decodes to nothing yet (partial UTF-8)
+                parser = parsers[completion.index]
+                finished = completion.finish_reason is not None
+                delta = parser.feed(completion.text, completion.token_ids, finished)
+                if delta is None and not finished:
+                    continue  # the parsers hold the text until they know what it is
                 logprobs = (
                     _chat_logprobs(completion, request, self._engine).model_dump()
                     if request.logprobs
                     else None
                 )
-                finish_reason = completion.finish_reason
-                delta: dict[str, Any] | None = {"content": completion.text}
-                if extractors is not None:
-                    extractor = extractors[completion.index]
-                    delta = _tool_delta(extractor, completion)
-                    if finish_reason is not None:
-                        finish_reason = extractor.finish_reason(finish_reason, extractor.called)
-                    if delta is None and finish_reason is None:
-                        continue  # the parser holds the text until it knows what it is
                 choices.append(
                     {
                         "index": completion.index,
                         "delta": delta or {},
                         "logprobs": logprobs,
-                        "finish_reason": finish_reason,
+                        "finish_reason": parser.finish_reason(completion.finish_reason),
                         "stop_reason": completion.stop_reason,
                     }
                 )
             if choices:
                 yield chunk(
                     choices,
-                    usage(prompt_tokens, completion_tokens, cached) if continuous else None,
+                    usage(prompt_tokens, completion_tokens, cached, _reasoning_tokens(parsers))
+                    if continuous
+                    else None,
                 )
         if request.include_usage:
-            yield chunk([], usage(prompt_tokens, completion_tokens, cached))
+            yield chunk(
+                [], usage(prompt_tokens, completion_tokens, cached, _reasoning_tokens(parsers))
+            )
 
 
-def _tool_delta(extractor: CallExtractor, completion: CompletionOutput) -> dict[str, Any] | None:
-    """This output's delta through the extractor, with what it still holds once the choice ends."""
-    delta = extractor.feed(completion.text, completion.token_ids)
-    if completion.finish_reason is None:
-        return delta
-    rest = extractor.flush()
-    if delta is None or rest is None:
-        return delta or rest
-    merged = {**delta, **rest}
-    if "content" in delta and "content" in rest:
-        merged["content"] = delta["content"] + rest["content"]
-    return merged
+def _template_kwargs(request: ChatCompletionRequest, tools: ToolPlan | None) -> dict[str, Any]:
+    """What the chat template is rendered with: the request's own, the tools, the effort."""
+    kwargs = {**(request.chat_template_kwargs or {})}
+    if tools is not None:
+        kwargs.update(tools.template_kwargs)
+    if request.reasoning_effort is not None:
+        kwargs["reasoning_effort"] = request.reasoning_effort  # as vLLM hands it to templates
+    return kwargs
+
+
+def _reasoning_tokens(parsers: list[AnswerParser]) -> int | None:
+    counts = [parser.reasoning_tokens() for parser in parsers]
+    return None if None in counts else sum(c for c in counts if c is not None)
 
 
 def _choice(
-    index: int,
-    state: _ChoiceState,
-    request: ChatCompletionRequest,
-    extractor: CallExtractor | None,
+    index: int, state: _ChoiceState, request: ChatCompletionRequest, parser: AnswerParser
 ) -> ChatChoice:
-    text = "".join(state.text)
-    message = AssistantMessage(content=text)
-    finish_reason = state.finish_reason
-    if extractor is not None:
-        content, tool_calls = extractor.result(text)
-        message = AssistantMessage(content=content, tool_calls=tool_calls)
-        finish_reason = extractor.finish_reason(finish_reason, tool_calls is not None)
+    answer = parser.result("".join(state.text), state.token_ids)
     return ChatChoice(
         index=index,
-        message=message,
+        message=AssistantMessage(
+            content=answer.content,
+            reasoning_content=answer.reasoning,
+            tool_calls=answer.tool_calls,
+        ),
         logprobs=ChatChoiceLogprobs(content=state.logprobs) if request.logprobs else None,
-        finish_reason=finish_reason,
+        finish_reason=parser.finish_reason(state.finish_reason),
         stop_reason=state.stop_reason,
     )
 
 
 class _ChoiceState:
-    __slots__ = ("finish_reason", "logprobs", "stop_reason", "text", "tokens")
+    __slots__ = ("finish_reason", "logprobs", "stop_reason", "text", "token_ids")
 
     def __init__(self) -> None:
         self.text: list[str] = []
-        self.tokens = 0
+        self.token_ids: list[int] = []
         self.logprobs: list[ChatTokenLogprob] = []
         self.finish_reason: str | None = None
         self.stop_reason: int | str | None = None
@@ -236,7 +249,7 @@ def _absorb(
     for completion in output.outputs:
         state = choices[completion.index]
         state.text.append(completion.text)
-        state.tokens += len(completion.token_ids)
+        state.token_ids.extend(completion.token_ids)
         if request.logprobs:
             logprobs = _chat_logprobs(completion, request, engine)
             if logprobs.content:

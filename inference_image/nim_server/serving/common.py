@@ -25,7 +25,13 @@ from nim_server.errors import (
     model_not_found,
     service_unavailable,
 )
-from nim_server.protocol import ErrorBody, ErrorResponse, PromptTokensDetails, Usage
+from nim_server.protocol import (
+    CompletionTokensDetails,
+    ErrorBody,
+    ErrorResponse,
+    PromptTokensDetails,
+    Usage,
+)
 
 if TYPE_CHECKING:
     from vllm.logprobs import Logprob
@@ -76,9 +82,12 @@ def served_model(engine: InferenceEngine, requested: str | None) -> ServedModel:
     if state is not EngineState.READY:  # failed to load, or died: this process cannot serve
         raise engine_failure(f"The server cannot serve requests: {engine.reason}.")
     model = engine.model
-    # `model` omitted or "" (the Nitro client) means the one model this server serves.
+    # `model` omitted or "" (the Nitro client) means the base model this server serves.
     if requested and requested != model.name:
-        raise model_not_found(requested)
+        adapter = engine.adapters.get(requested)
+        if adapter is None:
+            raise model_not_found(requested)
+        return adapter
     return model
 
 
@@ -210,14 +219,25 @@ async def framed_stream(
     yield DONE
 
 
-def usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int | None = None) -> Usage:
-    """Token counts; `cached_tokens` (prefix-cache hits) once the engine has reported them."""
+def usage(
+    prompt_tokens: int,
+    completion_tokens: int,
+    cached_tokens: int | None = None,
+    reasoning_tokens: int | None = None,
+) -> Usage:
+    """Token counts; `cached_tokens` (prefix-cache hits) once the engine has reported them,
+    `reasoning_tokens` when the server has a reasoning parser."""
     return Usage(
         prompt_tokens=prompt_tokens,
         completion_tokens=completion_tokens,
         total_tokens=prompt_tokens + completion_tokens,
         prompt_tokens_details=(
             PromptTokensDetails(cached_tokens=cached_tokens) if cached_tokens is not None else None
+        ),
+        completion_tokens_details=(
+            CompletionTokensDetails(reasoning_tokens=reasoning_tokens)
+            if reasoning_tokens is not None
+            else None
         ),
     )
 

@@ -86,7 +86,10 @@ class CompletionService:
                 prompt_logprobs=request.logprobs if request.echo else None,
             )
             stream = self._engine.generate(
-                prompt.engine_prompt, params, engine_request_id(f"{request_id}-{index}")
+                prompt.engine_prompt,
+                params,
+                engine_request_id(f"{request_id}-{index}"),
+                model.lora,
             )
             streams.append(await started(stream))
         if request.stream:

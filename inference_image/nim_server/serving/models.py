@@ -1,8 +1,8 @@
-"""GET /v1/models and /v1/models/{id}: the one model this server serves."""
+"""GET /v1/models and /v1/models/{id}: the model this server serves and its LoRA adapters."""
 
 from __future__ import annotations
 
-from nim_server.engine import InferenceEngine
+from nim_server.engine import InferenceEngine, ServedModel
 from nim_server.errors import model_not_found
 from nim_server.protocol import ModelCard, ModelList
 from nim_server.serving.common import served_model
@@ -15,20 +15,25 @@ class ModelService:
         self._engine = engine
 
     def card(self) -> ModelCard:
-        model = served_model(self._engine, None)
-        return ModelCard(
-            id=model.name,
-            created=model.created,
-            owned_by=OWNER,
-            root=model.root,
-            max_model_len=model.max_model_len,
-        )
+        return _card(served_model(self._engine, None))
 
     def list(self) -> ModelList:
-        return ModelList(data=[self.card()])
+        base = self.card()
+        adapters = sorted(self._engine.adapters.values(), key=lambda model: model.name)
+        return ModelList(data=[base, *map(_card, adapters)])
 
     def get(self, model_id: str) -> ModelCard:
-        card = self.card()
-        if model_id != card.id:
+        if not model_id:  # served_model would take "" as the base model
             raise model_not_found(model_id)
-        return card
+        return _card(served_model(self._engine, model_id))
+
+
+def _card(model: ServedModel) -> ModelCard:
+    return ModelCard(
+        id=model.name,
+        created=model.created,
+        owned_by=OWNER,
+        root=model.root,
+        parent=model.parent,
+        max_model_len=model.max_model_len,
+    )

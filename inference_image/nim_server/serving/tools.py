@@ -27,6 +27,7 @@ from nim_server.protocol import (
     NamedToolChoice,
     ToolCall,
 )
+from nim_server.serving.engine_request import engine_chat_request
 from nim_server.settings import Settings, SettingsError
 
 if TYPE_CHECKING:
@@ -172,32 +173,11 @@ def _has_structured_output(request: ChatCompletionRequest) -> bool:
     return structured_outputs(request) is not None
 
 
-def _engine_tool_request(request: ChatCompletionRequest) -> Any:
-    """vLLM's own ChatCompletionRequest for these tools: what its parsers and helpers read."""
-    from vllm.entrypoints.openai.chat_completion.protocol import (
-        ChatCompletionRequest as EngineChatRequest,
-    )
-
-    body: dict[str, Any] = {
-        "messages": [{"role": "user", "content": ""}],
-        "tools": [tool.model_dump(exclude_none=True) for tool in request.tools or []],
-        "tool_choice": (
-            request.tool_choice.model_dump()
-            if isinstance(request.tool_choice, NamedToolChoice)
-            else request.tool_choice or "auto"
-        ),
-        "skip_special_tokens": request.skip_special_tokens,
-    }
-    if request.parallel_tool_calls is not None:
-        body["parallel_tool_calls"] = request.parallel_tool_calls
-    return EngineChatRequest.model_validate(body)
-
-
 def _constraint(request: ChatCompletionRequest) -> StructuredOutputsParams:
     from vllm.sampling_params import StructuredOutputsParams
     from vllm.tool_parsers.utils import get_json_schema_from_tools
 
-    engine_request = _engine_tool_request(request)
+    engine_request = engine_chat_request(request, {})
     schema = get_json_schema_from_tools(
         tool_choice=engine_request.tool_choice,
         tools=engine_request.tools,
@@ -222,7 +202,8 @@ def _auto(
     plan.parser = ToolParserManager.get_tool_parser(settings.parser)
     plan.tokenizer = engine.tokenizer()
     parser = plan.parser(plan.tokenizer)
-    plan.engine_request = parser.adjust_request(_engine_tool_request(request))
+    engine_request = engine_chat_request(request, request.chat_template_kwargs or {})
+    plan.engine_request = parser.adjust_request(engine_request)
     # Parsers that look for special tokens (e.g. <tool_call>) ask for them to stay in the text.
     plan.keep_special_tokens = not plan.engine_request.skip_special_tokens
     return plan
