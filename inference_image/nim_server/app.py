@@ -37,6 +37,7 @@ from nim_server.routes import (
 )
 from nim_server.routes.dependencies import ClientDisconnected, Services
 from nim_server.serving import ChatService, CompletionService, ModelService, TokenizeService
+from nim_server.serving.adapters import AdapterRegistry
 from nim_server.serving.common import as_api_error
 from nim_server.serving.reasoning import ReasoningSettings
 from nim_server.serving.tools import ToolSettings
@@ -57,11 +58,20 @@ def build_app(
     metrics = metrics or ServerMetrics()
     admission = Admission(settings.max_queue)
     metrics.admitted_sequences.set_function(lambda: admission.in_flight)
+    adapters = (
+        AdapterRegistry(
+            engine, settings.peft_source, settings.max_lora_rank, settings.peft_refresh_interval
+        )
+        if settings.peft_source is not None
+        else None
+    )
 
     async def load() -> None:
         await engine.start()
         if engine.state is EngineState.READY:
             admission.set_engine_concurrency(engine.model.max_num_seqs)
+            if adapters is not None:
+                await adapters.run()  # until shutdown cancels it, when it rescans
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -85,6 +95,7 @@ def build_app(
     app.state.services = Services(
         settings=settings,
         engine=engine,
+        adapters=adapters,
         metrics=metrics,
         admission=admission,
         chat=ChatService(

@@ -164,6 +164,35 @@ class Settings(BaseSettings):
             "auto lets vLLM choose per request."
         ),
     ] = GuidedDecodingBackend.AUTO
+    peft_source: Annotated[
+        Path | None,
+        Field(
+            description="Directory of LoRA adapters, one sub-directory each (adapter_config.json "
+            "and weights), each served as a model id named after its sub-directory."
+        ),
+    ] = None
+    peft_refresh_interval: Annotated[
+        float | None,
+        Field(
+            gt=0,
+            description="Seconds between rescans of NIM_PEFT_SOURCE for added, changed and "
+            "removed adapters (default: scanned once at start).",
+        ),
+    ] = None
+    max_lora_rank: Annotated[
+        int, Field(ge=1, le=512, description="Highest LoRA rank an adapter may have.")
+    ] = 32
+    max_gpu_loras: Annotated[
+        int, Field(ge=1, description="Most LoRA adapters the engine applies in one batch.")
+    ] = 8
+    max_cpu_loras: Annotated[
+        int,
+        Field(
+            ge=1,
+            description="Most LoRA adapters kept loaded in host memory; the others are read "
+            "from NIM_PEFT_SOURCE again when requested.",
+        ),
+    ] = 16
     log_level: Annotated[LogLevel, Field(description="Log level.")] = LogLevel.INFO
     jsonl_logging: Annotated[bool, Field(description="Log one JSON object per line.")] = False
     api_key: Annotated[
@@ -182,6 +211,8 @@ class Settings(BaseSettings):
         "tool_parser_plugin",
         "reasoning_parser",
         "chat_template",
+        "peft_source",
+        "peft_refresh_interval",
         mode="before",
     )
     @classmethod
@@ -213,6 +244,24 @@ class Settings(BaseSettings):
         if value is not None and not value.is_file():
             raise ValueError(f"no such file: {value}")
         return value
+
+    @field_validator("peft_source")
+    @classmethod
+    def _peft_source_is_a_directory(cls, value: Path | None) -> Path | None:
+        # A mistyped path would otherwise serve no adapters without saying why.
+        if value is not None and not value.is_dir():
+            raise ValueError(f"no such directory: {value}")
+        return value
+
+    @model_validator(mode="after")
+    def _cpu_loras_hold_gpu_loras(self) -> Settings:
+        # Adapters in a batch are also held in host memory: the engine refuses fewer.
+        if self.max_cpu_loras < self.max_gpu_loras:
+            raise ValueError(
+                f"NIM_MAX_CPU_LORAS ({self.max_cpu_loras}) must be at least "
+                f"NIM_MAX_GPU_LORAS ({self.max_gpu_loras})"
+            )
+        return self
 
     @model_validator(mode="after")
     def _auto_tool_choice_needs_a_parser(self) -> Settings:
