@@ -1,4 +1,7 @@
-"""`nim-serve`: start the HTTP server at once, load the model behind it, drain on SIGTERM."""
+"""`nim-serve`: start the HTTP server at once, load the model behind it, drain on SIGTERM.
+
+`nim-serve download` instead fills the model cache and exits (nim_server.download).
+"""
 
 from __future__ import annotations
 
@@ -33,8 +36,14 @@ KEEP_ALIVE_SECONDS = 75
 
 
 def main(argv: list[str] | None = None) -> None:
+    args = sys.argv[1:] if argv is None else argv
+    if args[:1] == ["download"]:
+        # `nim-serve download --help`: fill the model cache and exit (what a NIMCache's Job runs).
+        from nim_server.download import main as download
+
+        sys.exit(download(args[1:]))
     try:
-        settings = load_settings(sys.argv[1:] if argv is None else argv)
+        settings = load_settings(args)
         ToolSettings.from_settings(settings).check()
         ReasoningSettings.from_settings(settings).check()
         passthrough_overrides(settings.passthrough_args)  # refused now, not at model load
