@@ -28,26 +28,41 @@ from nim_server.protocol import (
     ErrorResponse,
     TokenizeRequest,
 )
+from nim_server.protocol_responses import ResponseCreateRequest
 from nim_server.routes import (
     health_router,
     management_router,
     metrics_router,
     openai_router,
+    responses_router,
     tokenize_router,
 )
 from nim_server.routes.dependencies import ClientDisconnected, Services
-from nim_server.serving import ChatService, CompletionService, ModelService, TokenizeService
+from nim_server.serving import (
+    ChatService,
+    CompletionService,
+    ModelService,
+    ResponsesService,
+    TokenizeService,
+)
 from nim_server.serving.adapters import AdapterRegistry
 from nim_server.serving.common import as_api_error
 from nim_server.serving.reasoning import ReasoningSettings
+from nim_server.serving.response_store import ResponseStore
 from nim_server.serving.tools import ToolSettings
 from nim_server.settings import Settings
 
 log = logging.getLogger(__name__)
 
-INFERENCE_PATHS = frozenset({"/v1/chat/completions", "/v1/completions"})
+INFERENCE_PATHS = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/responses"})
 REJECTION_CODES = frozenset({"server_overloaded", "shutting_down"})
-REQUEST_MODELS = (ChatCompletionRequest, CompletionRequest, TokenizeRequest, DetokenizeRequest)
+REQUEST_MODELS = (
+    ChatCompletionRequest,
+    CompletionRequest,
+    ResponseCreateRequest,
+    TokenizeRequest,
+    DetokenizeRequest,
+)
 # Nginx's code for "client closed the request"; nobody reads it, but access logs show it.
 CLIENT_CLOSED_REQUEST = 499
 
@@ -92,24 +107,27 @@ def build_app(
         docs_url="/docs",
         redoc_url=None,
     )
+    chat = ChatService(
+        engine,
+        on_stream_error=metrics.request_failures.inc,
+        tools=ToolSettings.from_settings(settings),
+        reasoning=ReasoningSettings.from_settings(settings),
+    )
     app.state.services = Services(
         settings=settings,
         engine=engine,
         adapters=adapters,
         metrics=metrics,
         admission=admission,
-        chat=ChatService(
-            engine,
-            on_stream_error=metrics.request_failures.inc,
-            tools=ToolSettings.from_settings(settings),
-            reasoning=ReasoningSettings.from_settings(settings),
-        ),
+        chat=chat,
         completions=CompletionService(engine, on_stream_error=metrics.request_failures.inc),
         models=ModelService(engine),
         tokenizer=TokenizeService(engine),
+        responses=ResponsesService(chat, engine, ResponseStore(settings.responses_store_bytes)),
     )
     for router in (
         openai_router,
+        responses_router,
         health_router,
         metrics_router,
         management_router,

@@ -114,6 +114,14 @@ class Settings(BaseSettings):
     max_request_bytes: Annotated[
         ByteSize, Field(ge=1024, description="Largest request body accepted (413 beyond).")
     ] = ByteSize(8 * 1024 * 1024)
+    responses_store_bytes: Annotated[
+        ByteSize,
+        Field(
+            ge=0,
+            description="Memory for responses kept for GET /v1/responses/{id} and "
+            "previous_response_id, per replica; least recently used go first.",
+        ),
+    ] = ByteSize(64 * 1024 * 1024)
     enable_auto_tool_choice: Annotated[
         bool,
         Field(

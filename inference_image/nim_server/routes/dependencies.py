@@ -15,7 +15,13 @@ from nim_server.admission import Admission
 from nim_server.engine import InferenceEngine
 from nim_server.errors import APIError, from_validation_error, invalid_request
 from nim_server.metrics import ServerMetrics
-from nim_server.serving import ChatService, CompletionService, ModelService, TokenizeService
+from nim_server.serving import (
+    ChatService,
+    CompletionService,
+    ModelService,
+    ResponsesService,
+    TokenizeService,
+)
 from nim_server.serving.adapters import AdapterRegistry
 from nim_server.settings import Settings
 
@@ -34,6 +40,7 @@ class Services:
     completions: CompletionService
     models: ModelService
     tokenizer: TokenizeService
+    responses: ResponsesService
 
 
 # The dependencies are coroutines although they never await: FastAPI runs a plain function in

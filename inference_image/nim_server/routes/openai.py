@@ -28,7 +28,7 @@ from nim_server.serving.common import close_stream, new_request_id
 
 router = APIRouter(dependencies=[Depends(require_api_key)])
 
-_ERRORS: dict[int | str, dict[str, Any]] = {
+ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse, "description": text}
     for code, text in {
         400: "Invalid request",
@@ -41,14 +41,15 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 }
 # Seconds between SSE comment lines that keep idle proxies from closing a slow stream.
 SSE_PING_SECONDS = 15
+SSEEvent = dict[str, str]  # {event, data}: a named event, as the Responses API sends them
 
 
-async def _serve_admitted(
+async def serve_admitted(
     request: Request,
     services: Services,
     weight: int,
     request_id: str,
-    work: Callable[[], Awaitable[BaseModel | AsyncIterator[str]]],
+    work: Callable[[], Awaitable[BaseModel | AsyncIterator[str] | AsyncIterator[SSEEvent]]],
     model: str | None = None,
 ) -> Response:
     """Run ``work`` holding an admission ticket until its response (or stream) is finished."""
@@ -66,7 +67,7 @@ async def _serve_admitted(
         admission.release(ticket)
         return Response(result.model_dump_json(), media_type="application/json", headers=headers)
 
-    async def released_at_end() -> AsyncIterator[str]:
+    async def released_at_end() -> AsyncIterator[str | SSEEvent]:
         try:
             async for payload in result:
                 yield payload
@@ -86,13 +87,13 @@ async def _serve_admitted(
 @router.post(
     "/v1/chat/completions",
     openapi_extra=body_schema(ChatCompletionRequest),
-    responses=_ERRORS,
+    responses=ERRORS,
     summary="Create a chat completion (JSON, or SSE when `stream` is true)",
 )
 async def chat_completions(request: Request, services: ServicesDep) -> Response:
     body = await parse_body(request, ChatCompletionRequest, services.settings.max_request_bytes)
     request_id = new_request_id("chatcmpl", request.headers.get("x-request-id"))
-    return await _serve_admitted(
+    return await serve_admitted(
         request,
         services,
         body.n,
@@ -105,13 +106,13 @@ async def chat_completions(request: Request, services: ServicesDep) -> Response:
 @router.post(
     "/v1/completions",
     openapi_extra=body_schema(CompletionRequest),
-    responses=_ERRORS,
+    responses=ERRORS,
     summary="Create a text completion (JSON, or SSE when `stream` is true)",
 )
 async def completions(request: Request, services: ServicesDep) -> Response:
     body = await parse_body(request, CompletionRequest, services.settings.max_request_bytes)
     request_id = new_request_id("cmpl", request.headers.get("x-request-id"))
-    return await _serve_admitted(
+    return await serve_admitted(
         request,
         services,
         body.n * body.prompt_count,
@@ -121,12 +122,12 @@ async def completions(request: Request, services: ServicesDep) -> Response:
     )
 
 
-@router.get("/v1/models", response_model=ModelList, responses=_ERRORS)
+@router.get("/v1/models", response_model=ModelList, responses=ERRORS)
 async def list_models(services: ServicesDep) -> ModelList:
     return services.models.list()
 
 
-@router.get("/v1/models/{model_id:path}", response_model=ModelCard, responses=_ERRORS)
+@router.get("/v1/models/{model_id:path}", response_model=ModelCard, responses=ERRORS)
 async def get_model(model_id: str, services: ServicesDep) -> ModelCard:
     # `:path` because NIM model ids contain slashes (meta/llama-3.1-8b-instruct).
     return services.models.get(model_id)

@@ -3,6 +3,13 @@
 from nim_server.serving.chat import ChatService
 from nim_server.serving.completions import CompletionService
 from nim_server.serving.models import ModelService
+from nim_server.serving.responses import ResponsesService
 from nim_server.serving.tokenize import TokenizeService
 
-__all__ = ["ChatService", "CompletionService", "ModelService", "TokenizeService"]
+__all__ = [
+    "ChatService",
+    "CompletionService",
+    "ModelService",
+    "ResponsesService",
+    "TokenizeService",
+]
