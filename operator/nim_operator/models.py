@@ -32,6 +32,8 @@ __all__ = [
     "QUANTITY_PATTERN",
     "SECRET_ENV_NAMES",
     "APIKeySecret",
+    "AdapterVolume",
+    "AdaptersSpec",
     "AutoscalingSpec",
     "AutoscalingStatus",
     "Condition",
@@ -223,6 +225,19 @@ class PVCStorage(_Model):
         if not self.create and not self.name:
             raise ValueError("storage.pvc needs either name (an existing claim) or create: true")
         return self
+
+
+class AdapterVolume(_Model):
+    name: Annotated[str, Field(min_length=1)]  # an existing claim: adapters are published to it
+    sub_path: str | None = None
+
+
+class AdaptersSpec(_Model):
+    """LoRA adapters (NIM's PEFT source) read from a claim, mounted read-only."""
+
+    pvc: AdapterVolume
+    refresh_interval_seconds: Annotated[int, Field(ge=1)] | None = None
+    max_rank: Annotated[int, Field(ge=1, le=512)] | None = None
 
 
 class EmptyDirStorage(_Model):
@@ -530,6 +545,7 @@ class NIMServiceSpec(_Model):
     resources: ResourceRequirements | None = None
     replicas: Annotated[int, Field(ge=0)] | None = None
     storage: StorageSpec = StorageSpec()
+    adapters: AdaptersSpec | None = None
     expose: ExposeSpec = ExposeSpec()
     liveness_probe: ProbeSpec = ProbeSpec()
     readiness_probe: ProbeSpec = ProbeSpec()

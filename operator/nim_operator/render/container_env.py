@@ -9,10 +9,17 @@ from typing import Any
 
 from nim_operator.models import API_KEY_ENV, NIMServiceSpec
 
-__all__ = ["CONTAINER_PORT", "MODEL_STORE_PATH", "container_env", "container_port"]
+__all__ = [
+    "ADAPTERS_PATH",
+    "CONTAINER_PORT",
+    "MODEL_STORE_PATH",
+    "container_env",
+    "container_port",
+]
 
 CONTAINER_PORT = 8000
 MODEL_STORE_PATH = "/model-store"
+ADAPTERS_PATH = "/lora-adapters"  # where spec.adapters.pvc is mounted: NIM_PEFT_SOURCE
 
 
 def _value(name: str, value: str | int) -> dict[str, Any]:
@@ -39,6 +46,12 @@ def injected_env(owner_name: str, spec: NIMServiceSpec) -> list[dict[str, Any]]:
     if spec.model is not None and spec.model.max_model_len is not None:
         env.append(_value("NIM_MAX_MODEL_LEN", spec.model.max_model_len))
     env.append(_value("NIM_CACHE_PATH", MODEL_STORE_PATH))
+    if spec.adapters is not None:
+        env.append(_value("NIM_PEFT_SOURCE", ADAPTERS_PATH))
+        if spec.adapters.refresh_interval_seconds is not None:
+            env.append(_value("NIM_PEFT_REFRESH_INTERVAL", spec.adapters.refresh_interval_seconds))
+        if spec.adapters.max_rank is not None:
+            env.append(_value("NIM_MAX_LORA_RANK", spec.adapters.max_rank))
     if spec.gpu_count() > 0:
         env.append(_value("NIM_TENSOR_PARALLEL_SIZE", spec.gpu_count()))
     env += [

@@ -7,7 +7,12 @@ from typing import Any
 
 from nim_operator.models import GPU_RESOURCE, NIMServiceSpec
 from nim_operator.render.common import API_PORT_NAME, Owner, object_meta
-from nim_operator.render.container_env import MODEL_STORE_PATH, container_env, container_port
+from nim_operator.render.container_env import (
+    ADAPTERS_PATH,
+    MODEL_STORE_PATH,
+    container_env,
+    container_port,
+)
 from nim_operator.render.labels import child_labels, selector_labels
 from nim_operator.render.probes import container_probes, startup_budget_seconds
 from nim_operator.render.pvc import pvc_name
@@ -21,6 +26,7 @@ __all__ = [
 
 CONTAINER_NAME = "nim"
 MODEL_STORE_VOLUME = "model-store"
+ADAPTERS_VOLUME = "lora-adapters"
 SHM_VOLUME = "dshm"
 TMP_VOLUME = "tmp"
 # Scratch space of the server and its libraries (torch's inductor, vLLM's IPC sockets): the one
@@ -83,6 +89,10 @@ def _shm_volume(spec: NIMServiceSpec) -> dict[str, Any]:
 
 def _volumes(owner: Owner, spec: NIMServiceSpec) -> list[dict[str, Any]]:
     volumes = [_model_store_volume(owner, spec), _shm_volume(spec)]
+    if spec.adapters is not None:
+        # Read-only: the server only reads adapters; whoever publishes them writes the claim.
+        claim = {"claimName": spec.adapters.pvc.name, "readOnly": True}
+        volumes.append({"name": ADAPTERS_VOLUME, "persistentVolumeClaim": claim})
     if spec.read_only_root_filesystem:
         volumes.append({"name": TMP_VOLUME, "emptyDir": {}})
     return volumes
@@ -95,6 +105,15 @@ def _volume_mounts(spec: NIMServiceSpec) -> list[dict[str, Any]]:
     if spec.storage.pvc is not None and spec.storage.pvc.sub_path:
         model_store["subPath"] = spec.storage.pvc.sub_path
     mounts = [model_store, {"name": SHM_VOLUME, "mountPath": SHM_PATH}]
+    if spec.adapters is not None:
+        adapters: dict[str, Any] = {
+            "name": ADAPTERS_VOLUME,
+            "mountPath": ADAPTERS_PATH,
+            "readOnly": True,
+        }
+        if spec.adapters.pvc.sub_path:
+            adapters["subPath"] = spec.adapters.pvc.sub_path
+        mounts.append(adapters)
     if spec.read_only_root_filesystem:
         mounts.append({"name": TMP_VOLUME, "mountPath": TMP_PATH})
     return mounts
