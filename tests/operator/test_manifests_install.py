@@ -35,6 +35,10 @@ EXPECTED_RULES: dict[tuple[str, str], set[str]] = {
     ("policy", "poddisruptionbudgets"): OPTIONAL_CHILD,
     ("monitoring.coreos.com", "servicemonitors"): OPTIONAL_CHILD,
     ("", "pods"): {"list", "watch"},
+    # NIMCaches as NIMServices; their download Jobs are replaced (deleted) when the spec changes.
+    (API_GROUP, "nimcaches"): {"get", "list", "watch", "patch"},
+    (API_GROUP, "nimcaches/status"): {"patch"},
+    ("batch", "jobs"): {"get", "list", "watch", "create", "patch", "delete"},
     # Existence checks of authSecret and apiKeySecret only: never list or watch every Secret.
     ("", "secrets"): {"get"},
     ("", "events"): {"create"},
@@ -70,16 +74,23 @@ class TestKustomization:
             "ClusterRole",
             "ClusterRoleBinding",
             "CustomResourceDefinition",
+            "CustomResourceDefinition",
             "Deployment",
             "Namespace",
             "Role",
             "RoleBinding",
             "ServiceAccount",
         ]
-        crd = one(built, "CustomResourceDefinition")
-        assert crd == yaml.safe_load((REPO / "crds" / "nimservice.yaml").read_text()) | {
-            "metadata": crd["metadata"]
+        crds = {
+            doc["spec"]["names"]["kind"]: doc
+            for doc in built
+            if doc["kind"] == "CustomResourceDefinition"
         }
+        for kind, file in (("NIMService", "nimservice.yaml"), ("NIMCache", "nimcache.yaml")):
+            crd = crds[kind]
+            assert crd == yaml.safe_load((REPO / "crds" / file).read_text()) | {
+                "metadata": crd["metadata"]
+            }
 
     def test_every_object_validates(self, built: list[dict[str, Any]]) -> None:
         for doc in built:
