@@ -55,9 +55,6 @@ OWNED_STATUS_FIELDS = (
 )
 MAX_MESSAGE = 1024
 AS_EXPECTED = "AsExpected"
-# A configuration problem that is a wait, not a failure: the spec's NIMCache is still
-# downloading. Nothing is applied meanwhile, and Failed stays False.
-CACHE_NOT_READY = "NIMCacheNotReady"
 
 ConditionStatus = Literal["True", "False", "Unknown"]
 ServiceState = Literal["Pending", "NotReady", "Ready", "Failed"]
@@ -93,6 +90,8 @@ class Observation:
     deployment: Mapping[str, Any] | None = None
     pods: Sequence[Mapping[str, Any]] = ()
     service_monitor_missing: bool = False
+    # Base URL from outside the cluster (nim_operator.exposure), for status.model.
+    external_endpoint: str | None = None
     # Written after the four conditions above, e.g. the autoscaler's ScalingActive.
     extra_conditions: Sequence[ConditionReport] = ()
 
@@ -297,8 +296,6 @@ def _waiting_reason(pods: Sequence[Mapping[str, Any]], counts: _Counts) -> Probl
 def _conditions(obs: Observation) -> tuple[dict[str, _State], ServiceState]:
     """The four conditions and the summary state."""
     config = obs.config_problem
-    waiting = config if config is not None and config.reason == CACHE_NOT_READY else None
-    config = None if waiting is not None else config
     deployment = obs.deployment
     pod_problem = diagnose_pods(obs.pods)
     rollout = rollout_problem(deployment) if deployment is not None else None
@@ -332,7 +329,7 @@ def _conditions(obs: Observation) -> tuple[dict[str, _State], ServiceState]:
     )
 
     if deployment is None:
-        why = config or waiting or Problem("DeploymentMissing", "the Deployment does not exist yet")
+        why = config or Problem("DeploymentMissing", "the Deployment does not exist yet")
         ready = _State("False", why.reason, why.message)
         progressing = _State("False", why.reason, why.message)
         return _summarised(ready, progressing, degraded, failed, desired=None)
@@ -440,7 +437,11 @@ def compute_status(
         replicas, ready, available = counts.current, counts.ready, counts.available
     endpoint = service_endpoint(obs.owner, obs.spec) if obs.spec is not None else None
     model = (
-        ModelStatus(name=obs.spec.served_model_name(obs.owner.name), cluster_endpoint=endpoint)
+        ModelStatus(
+            name=obs.spec.served_model_name(obs.owner.name),
+            cluster_endpoint=endpoint,
+            external_endpoint=obs.external_endpoint,
+        )
         if obs.spec is not None
         else None
     )

@@ -39,6 +39,8 @@ def _is_warning(condition: Mapping[str, Any]) -> bool:
         return status == "True"
     if kind == "Ready":
         return status == "False" and condition.get("reason") not in _WAITING_REASONS
+    if kind == "Exposed":  # e.g. GatewayAPIMissing: routes asked for cannot be created
+        return status == "False"
     if kind == "ScalingActive":  # the built-in autoscaler lost its metrics
         return status == "False" and condition.get("reason") not in _WAITING_REASONS
     return kind == "Progressing" and condition.get("reason") == "ProgressDeadlineExceeded"

@@ -47,6 +47,8 @@ __all__ = [
     "HPAScalingRules",
     "HPASpec",
     "ImageSpec",
+    "IngressExpose",
+    "IngressSpec",
     "MetricSpec",
     "MetricsSpec",
     "ModelSpec",
@@ -58,6 +60,9 @@ __all__ = [
     "Probe",
     "ProbeSpec",
     "ResourceRequirements",
+    "RouterGateway",
+    "RouterIngress",
+    "RouterSpec",
     "ScaleRecord",
     "ScaleSpec",
     "ServiceMonitorSpec",
@@ -202,19 +207,8 @@ class ResourceRequirements(_Model):
 
 
 class NIMCacheRef(_Model):
-    """A NIMCache in the NIMService's namespace whose claim holds the model (read-only)."""
-
-    name: Annotated[str, Field(min_length=1)]
+    name: str | None = None
     profile: str | None = None
-
-    @model_validator(mode="after")
-    def _no_profile(self) -> NIMCacheRef:
-        if self.profile:
-            raise ValueError(
-                "storage.nimCache.profile is not supported: a NIMCache here holds one model "
-                "(NGC profiles need NVIDIA's NIM images)"
-            )
-        return self
 
 
 class PVCStorage(_Model):
@@ -265,10 +259,10 @@ class StorageSpec(_Model):
 
     @model_validator(mode="after")
     def _one_volume_source(self) -> StorageSpec:
-        if self.nim_cache is not None and (self.pvc or self.empty_dir or self.host_path):
+        if self.nim_cache is not None:
             raise ValueError(
-                "storage.nimCache mounts the NIMCache's claim: leave storage.pvc, "
-                "storage.emptyDir and storage.hostPath unset"
+                "storage.nimCache is not supported (there is no NIMCache controller here); "
+                "use storage.pvc to keep the model cache"
             )
         given = [self.pvc, self.empty_dir, self.host_path]
         if sum(source is not None for source in given) > 1:
@@ -279,15 +273,169 @@ class StorageSpec(_Model):
 # --- exposure, probes ---------------------------------------------------------------------------
 
 
+Port = Annotated[int, Field(ge=1, le=65535)]
+# Gateway API / Ingress host names: lower-case DNS names (NVIDIA's hostDomainName pattern).
+HOST_DOMAIN_PATTERN = r"^(([a-z0-9][a-z0-9\-]*[a-z0-9])|[a-z0-9]+\.)*([a-z]+|xn\-\-[a-z0-9]+)\.?$"
+
+
 class ServiceSpec(_Model):
     type: Literal["ClusterIP", "NodePort", "LoadBalancer"] = "ClusterIP"
-    port: Annotated[int, Field(ge=1, le=65535)] = 8000
+    name: Annotated[str, Field(max_length=63, pattern=DNS1035_LABEL)] | None = None
+    port: Port = 8000
+    grpc_port: Port | None = None
+    metrics_port: Port | None = None
     annotations: StringMap | None = None
     labels: StringMap | None = None
+
+    @model_validator(mode="after")
+    def _distinct_ports(self) -> ServiceSpec:
+        ports = [p for p in (self.port, self.grpc_port, self.metrics_port) if p is not None]
+        if len(set(ports)) != len(ports):
+            raise ValueError("expose.service port, grpcPort and metricsPort must all differ")
+        return self
+
+
+class ServiceBackendPort(_Model):
+    name: str | None = None
+    number: Port | None = None
+
+    @model_validator(mode="after")
+    def _name_or_number(self) -> ServiceBackendPort:
+        if (self.name is None) == (self.number is None):
+            raise ValueError("an Ingress service port needs exactly one of name, number")
+        return self
+
+
+class IngressServiceBackend(_Model):
+    name: Annotated[str, Field(min_length=1)]
+    port: ServiceBackendPort
+
+
+class TypedLocalObjectReference(_Model):
+    kind: str
+    name: str
+    api_group: str | None = None
+
+
+class IngressBackend(_Model):
+    service: IngressServiceBackend | None = None
+    resource: TypedLocalObjectReference | None = None
+
+    @model_validator(mode="after")
+    def _one_target(self) -> IngressBackend:
+        if (self.service is None) == (self.resource is None):
+            raise ValueError("an Ingress backend needs exactly one of service, resource")
+        return self
+
+
+class HTTPIngressPath(_Model):
+    path_type: Literal["Exact", "Prefix", "ImplementationSpecific"]
+    path: str | None = None
+    # nimstack addition: unset means this NIMService's Service, port api.
+    backend: IngressBackend | None = None
+
+
+class HTTPIngressRuleValue(_Model):
+    paths: Annotated[list[HTTPIngressPath], Field(min_length=1)]
+
+
+class IngressRule(_Model):
+    host: str | None = None
+    http: HTTPIngressRuleValue | None = None
+
+
+class IngressTLS(_Model):
+    hosts: list[str] | None = None
+    secret_name: str | None = None
+
+
+class IngressSpec(_Model):
+    """networking.k8s.io/v1 IngressSpec, every field of it."""
+
+    ingress_class_name: str | None = None
+    default_backend: IngressBackend | None = None
+    tls: list[IngressTLS] | None = None
+    rules: list[IngressRule] | None = None
+
+
+class IngressExpose(_Model):
+    """expose.ingress: NVIDIA's original (now deprecated) form, an IngressSpec passed through."""
+
+    enabled: bool = False
+    annotations: StringMap | None = None
+    spec: IngressSpec | None = None
+
+    @model_validator(mode="after")
+    def _spec_when_enabled(self) -> IngressExpose:
+        if self.enabled and (
+            self.spec is None or not (self.spec.rules or self.spec.default_backend)
+        ):
+            raise ValueError(
+                "expose.ingress.spec needs rules or a defaultBackend when expose.ingress.enabled"
+            )
+        return self
+
+
+class RouterIngress(_Model):
+    ingress_class: Annotated[str, Field(min_length=1)]
+    tls_secret_name: str | None = None
+
+
+class RouterGateway(_Model):
+    namespace: Annotated[str, Field(min_length=1)]
+    name: Annotated[str, Field(min_length=1)]
+    http_routes_enabled: bool = True
+    grpc_routes_enabled: bool = False
+
+
+class RouterSpec(_Model):
+    """expose.router: an Ingress or Gateway API routes for `<name>.<namespace>.<hostDomainName>`."""
+
+    host_domain_name: (
+        Annotated[str, Field(min_length=1, max_length=63, pattern=HOST_DOMAIN_PATTERN)] | None
+    ) = None
+    annotations: StringMap | None = None
+    ingress: RouterIngress | None = None
+    gateway: RouterGateway | None = None
+
+    @model_validator(mode="after")
+    def _ingress_or_gateway(self) -> RouterSpec:
+        if self.ingress is not None and self.gateway is not None:
+            raise ValueError("expose.router: ingress and gateway cannot be specified together")
+        return self
+
+    def host(self, name: str, namespace: str) -> str | None:
+        """The host routed to the service, as NVIDIA builds it; None without hostDomainName."""
+        if not self.host_domain_name:
+            return None
+        return f"{name}.{namespace}.{self.host_domain_name.rstrip('.')}"
 
 
 class ExposeSpec(_Model):
     service: ServiceSpec = ServiceSpec()
+    ingress: IngressExpose | None = None
+    router: RouterSpec | None = None
+
+    @model_validator(mode="after")
+    def _one_ingress(self) -> ExposeSpec:
+        if self.ingress_enabled() and self.router is not None and self.router.ingress is not None:
+            raise ValueError(
+                "expose.ingress and expose.router.ingress both make the Ingress of this "
+                "NIMService: set only one (expose.ingress is NVIDIA's deprecated form)"
+            )
+        gateway = self.router.gateway if self.router is not None else None
+        if gateway is not None and gateway.grpc_routes_enabled and self.service.grpc_port is None:
+            raise ValueError(
+                "expose.router.gateway.grpcRoutesEnabled needs expose.service.grpcPort "
+                "(the port the GRPCRoute sends to)"
+            )
+        return self
+
+    def ingress_enabled(self) -> bool:
+        return self.ingress is not None and self.ingress.enabled
+
+    def gateway(self) -> RouterGateway | None:
+        return self.router.gateway if self.router is not None else None
 
 
 class ExecAction(_Model):
@@ -579,11 +727,6 @@ class NIMServiceSpec(_Model):
 
     @model_validator(mode="after")
     def _cross_field_rules(self) -> NIMServiceSpec:
-        if self.storage.nim_cache is not None and self.model is not None and self.model.name:
-            raise ValueError(
-                "model.name and storage.nimCache are mutually exclusive: "
-                "the model is the one the NIMCache holds"
-            )
         if self.replicas is not None and self.scale.enabled:
             raise ValueError(
                 "spec.replicas and spec.scale.enabled are mutually exclusive: "
@@ -658,6 +801,10 @@ class NIMServiceSpec(_Model):
     def service_port(self) -> int:
         return self.expose.service.port
 
+    def service_name(self, owner_name: str) -> str:
+        """The Service's name: expose.service.name, else the NIMService's."""
+        return self.expose.service.name or owner_name
+
     def _resource_gpu_quantity(self) -> Quantity | None:
         if self.resources is None:
             return None
@@ -697,6 +844,7 @@ class Condition(_Model):
 class ModelStatus(_Model):
     name: str | None = None
     cluster_endpoint: str | None = None
+    external_endpoint: str | None = None
 
 
 class ScaleRecord(_Model):

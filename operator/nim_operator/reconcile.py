@@ -29,7 +29,7 @@ from typing import Any, Literal
 
 from pydantic import ValidationError
 
-from nim_operator import API_GROUP, API_VERSION, PLURAL, child_records, events
+from nim_operator import API_GROUP, API_VERSION, PLURAL, child_records, events, exposure
 from nim_operator.conditions import (
     AUTOSCALER_CONDITION_TYPES,
     OWNED_STATUS_FIELDS,
@@ -42,7 +42,6 @@ from nim_operator.conditions import (
 from nim_operator.heap import HeapTrimmer, libc_malloc_trim
 from nim_operator.kube import ApiError, CapabilityCache, KubeClient, ResourceKind, TransientApiError
 from nim_operator.models import NIMServiceSpec, service_name_problem
-from nim_operator.nimcache_mount import cached_model_spec
 from nim_operator.pod_cache import PodCache
 from nim_operator.render import FIELD_MANAGER, ChildRef, Owner, render_children
 from nim_operator.settings import Settings
@@ -64,7 +63,6 @@ PODS = ResourceKind("v1", "pods")
 SECRETS = ResourceKind("v1", "secrets")
 PVCS = ResourceKind("v1", "persistentvolumeclaims")
 SERVICE_MONITORS = ("monitoring.coreos.com/v1", "servicemonitors")
-NIMCACHES = ResourceKind(f"{API_GROUP}/{API_VERSION}", "nimcaches")
 
 # A second field manager that holds Deployment.spec.replicas for the moment between "we stop
 # declaring it" and "the HPA writes it" (see `_hand_over_replicas`).
@@ -330,15 +328,6 @@ async def _missing_dependency(
     return None
 
 
-async def _mount_cache(
-    kube: KubeClient, owner: Owner, spec: NIMServiceSpec
-) -> NIMServiceSpec | Problem:
-    """storage.nimCache: the spec to render, with the NIMCache's claim and model, or why not."""
-    assert spec.storage.nim_cache is not None
-    cache = await kube.get(NIMCACHES, owner.namespace, spec.storage.nim_cache.name)
-    return cached_model_spec(spec, cache, namespace=owner.namespace)
-
-
 def _controlled_by(obj: Mapping[str, Any], owner: Owner) -> bool:
     return any(
         ref.get("uid") == owner.uid and ref.get("controller")
@@ -402,6 +391,8 @@ async def _sync_children(
     spec: NIMServiceSpec,
     *,
     service_monitors: bool,
+    gateway: exposure.GatewaySupport,
+    previous_service: str | None,
 ) -> Mapping[str, Any] | None:
     """Delete what is off, apply the rest; the Deployment as the apply left it (None if none)."""
     kube = runtime.kube
@@ -414,6 +405,9 @@ async def _sync_children(
         spec,
         replicas=spec.desired_replicas(),
         service_monitor_supported=service_monitors,
+        http_routes_supported=gateway.http_routes,
+        grpc_routes_supported=gateway.grpc_routes,
+        previous_service=previous_service,
     )
     # Deletions first: an HPA being switched off must be gone before the Deployment's replica
     # count is enforced again, or it could rescale in between.
@@ -535,6 +529,10 @@ async def _write_status(
     if differs or stale_autoscaling:
         # Merge patch: fields we no longer report are nulled; fields of other writers stay.
         patch = {"status": {**dict.fromkeys(OWNED_STATUS_FIELDS), **status}}
+        # A merge patch merges nested maps too: a model field no longer reported (externalEndpoint
+        # once the Ingress goes) is nulled, or the stored one would stay.
+        if isinstance(stored.get("model"), dict) and status.get("model") is not None:
+            patch["status"]["model"] = {**dict.fromkeys(stored["model"]), **status["model"]}
         if stale_autoscaling:
             patch["status"]["autoscaling"] = None
         written = await runtime.kube.merge_patch(
@@ -591,19 +589,29 @@ async def _reconcile_held(
     spec = parsed if isinstance(parsed, NIMServiceSpec) else None
     problem = parsed if isinstance(parsed, Problem) else None
     monitor_missing = False
+    exposed: tuple[ConditionReport, ...] = ()
+    external_endpoint = None
     rejected = False
     applied = None
     if spec is not None:
         problem = await _missing_dependency(runtime.kube, owner, spec)
-    if spec is not None and problem is None and spec.storage.nim_cache is not None:
-        # Rendered with the cache's claim and model; a cache still downloading is a wait.
-        mounted = await _mount_cache(runtime.kube, owner, spec)
-        spec, problem = (mounted, None) if isinstance(mounted, NIMServiceSpec) else (spec, mounted)
     if spec is not None and problem is None:
         monitors = await runtime.capabilities.has(*SERVICE_MONITORS)
         monitor_missing = spec.metrics_enabled() and not monitors
+        gateway = await exposure.gateway_support(runtime.capabilities)
         try:
-            applied = await _sync_children(runtime, owner, spec, service_monitors=monitors)
+            reported = runtime.slot(owner.uid).last_status or body.get("status") or {}
+            applied = await _sync_children(
+                runtime,
+                owner,
+                spec,
+                service_monitors=monitors,
+                gateway=gateway,
+                previous_service=exposure.previous_service_name(reported),
+            )
+            report = exposure.exposure_report(owner, spec, gateway)
+            exposed = () if report is None else (report,)
+            external_endpoint = exposure.external_endpoint(owner, spec, gateway)
         except TransientApiError:
             raise
         except ApiError as e:
@@ -620,8 +628,10 @@ async def _reconcile_held(
         deployment=deployment,
         pods=pods,
         service_monitor_missing=monitor_missing,
-        extra_conditions=_autoscaler_conditions(
-            runtime.slot(owner.uid), spec, body.get("status") or {}
+        external_endpoint=external_endpoint,
+        extra_conditions=(
+            *_autoscaler_conditions(runtime.slot(owner.uid), spec, body.get("status") or {}),
+            *exposed,
         ),
     )
     status = await _write_status(runtime, body, owner, obs, logger=logger, periodic=periodic)

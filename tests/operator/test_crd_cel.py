@@ -117,6 +117,7 @@ def nimservice(name: str = "llama", **spec: Any) -> dict[str, Any]:
     }
 
 
+INGRESS_BACKEND = {"service": {"name": "llama", "port": {"name": "api"}}}
 INVALID_SPECS = {
     "replicas with autoscaling": (
         {"replicas": 2, "scale": {"enabled": True, "hpa": {"maxReplicas": 3}}},
@@ -159,17 +160,9 @@ INVALID_SPECS = {
         {"storage": {"pvc": {"name": "cache"}, "emptyDir": {}}},
         "set at most one of storage.pvc, storage.emptyDir, storage.hostPath",
     ),
-    "nimCache with a pvc": (
-        {"storage": {"nimCache": {"name": "llama", "profile": ""}, "pvc": {"name": "cache"}}},
-        "storage.nimCache mounts the NIMCache's claim",
-    ),
-    "nimCache profile": (
-        {"storage": {"nimCache": {"name": "llama", "profile": "tensorrt_llm-h100-fp8"}}},
-        "storage.nimCache.profile is not supported",
-    ),
-    "nimCache with model.name": (
-        {"storage": {"nimCache": {"name": "llama"}}, "model": {"name": "org/other"}},
-        "model.name and storage.nimCache are mutually exclusive",
+    "nimCache": (
+        {"storage": {"nimCache": {"name": "llama", "profile": ""}}},
+        "storage.nimCache is not supported",
     ),
     "gpu twice": (
         {"gpu": {"count": 1}, "resources": {"limits": {"nvidia.com/gpu": 1}}},
@@ -202,6 +195,79 @@ INVALID_SPECS = {
     "toleration without key or Exists": (
         {"tolerations": [{"value": "x", "effect": "NoSchedule"}]},
         "a toleration without a key needs operator Exists",
+    ),
+    "router with ingress and gateway": (
+        {
+            "expose": {
+                "router": {
+                    "ingress": {"ingressClass": "nginx"},
+                    "gateway": {"namespace": "gw", "name": "public"},
+                }
+            }
+        },
+        "expose.router: ingress and gateway cannot be specified together",
+    ),
+    "expose.ingress and router.ingress": (
+        {
+            "expose": {
+                "ingress": {"enabled": True, "spec": {"defaultBackend": INGRESS_BACKEND}},
+                "router": {"ingress": {"ingressClass": "nginx"}},
+            }
+        },
+        "expose.ingress and expose.router.ingress both make the Ingress",
+    ),
+    "ingress enabled without rules": (
+        {"expose": {"ingress": {"enabled": True, "spec": {"ingressClassName": "nginx"}}}},
+        "expose.ingress.spec needs rules or a defaultBackend",
+    ),
+    "ingress backend with service and resource": (
+        {
+            "expose": {
+                "ingress": {
+                    "enabled": True,
+                    "spec": {
+                        "defaultBackend": {
+                            **INGRESS_BACKEND,
+                            "resource": {"kind": "Bucket", "name": "b"},
+                        }
+                    },
+                }
+            }
+        },
+        "an Ingress backend needs exactly one of service, resource",
+    ),
+    "ingress port by name and number": (
+        {
+            "expose": {
+                "ingress": {
+                    "enabled": True,
+                    "spec": {
+                        "defaultBackend": {
+                            "service": {"name": "llama", "port": {"name": "api", "number": 80}}
+                        }
+                    },
+                }
+            }
+        },
+        "an Ingress service port needs exactly one of name, number",
+    ),
+    "GRPCRoute without grpcPort": (
+        {
+            "expose": {
+                "router": {
+                    "gateway": {"namespace": "gw", "name": "public", "grpcRoutesEnabled": True}
+                }
+            }
+        },
+        "expose.router.gateway.grpcRoutesEnabled needs expose.service.grpcPort",
+    ),
+    "grpcPort on the API port": (
+        {"expose": {"service": {"grpcPort": 8000}}},
+        "expose.service port, grpcPort and metricsPort must all differ",
+    ),
+    "metricsPort on the grpcPort": (
+        {"expose": {"service": {"grpcPort": 8001, "metricsPort": 8001}}},
+        "expose.service port, grpcPort and metricsPort must all differ",
     ),
     "metric without its source": (
         {
@@ -253,6 +319,52 @@ class TestValidObjects:
         assert spec.gpu_count() == 1
         assert spec.tolerations is not None
         assert spec.tolerations[0].toleration_seconds == 300
+
+    @pytest.mark.parametrize(
+        "expose",
+        [
+            # NVIDIA's documented shapes: service ports, the deprecated expose.ingress, the router.
+            {"service": {"name": "llm", "grpcPort": 8001, "metricsPort": 8002}},
+            {
+                "ingress": {
+                    "enabled": True,
+                    "spec": {
+                        "ingressClassName": "nginx",
+                        "rules": [
+                            {
+                                "host": "llama.example.com",
+                                "http": {
+                                    "paths": [
+                                        {
+                                            "path": "/",
+                                            "pathType": "Prefix",
+                                            "backend": INGRESS_BACKEND,
+                                        }
+                                    ]
+                                },
+                            }
+                        ],
+                    },
+                },
+                "router": {"gateway": {"namespace": "gw", "name": "public"}},
+            },
+            {"router": {"hostDomainName": "example.com", "ingress": {"ingressClass": "nginx"}}},
+            {
+                "service": {"grpcPort": 8001},
+                "router": {
+                    "hostDomainName": "example.com",
+                    "gateway": {"namespace": "gw", "name": "public", "grpcRoutesEnabled": True},
+                },
+            },
+            {"ingress": {"enabled": False}},
+        ],
+    )
+    def test_exposure_specs_pass(self, expose: dict[str, Any]) -> None:
+        assert cel_violations(nimservice(expose=expose)) == []
+        obj = nimservice(expose=expose)
+        stored = apply_defaults(openapi_root(), copy.deepcopy(obj))
+        parsed = NIMServiceSpec.model_validate(stored["spec"])
+        assert parsed == NIMServiceSpec.model_validate(obj["spec"])
 
     @pytest.mark.parametrize(
         "autoscaling",

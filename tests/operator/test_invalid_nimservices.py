@@ -47,12 +47,7 @@ from nim_operator.kube import ApiError, KubeClient, ResourceKind
 from tests.operator.test_crd_cel import apply_defaults, cel_violations, openapi_root
 from tests.operator.test_operator_e2e import DEPLOYMENTS, E2E, NIMSERVICES, condition, cpu_spec
 from tests.support.crd_validation import schema_errors
-from tests.support.kmock_cluster import (
-    DELIBERATELY_INVALID,
-    EmulatedCluster,
-    nimservice_crd,
-    project_crds,
-)
+from tests.support.kmock_cluster import DELIBERATELY_INVALID, EmulatedCluster, project_crds
 from tests.support.kmock_harness import (
     ClusterDriver,
     EmulatedControllers,
@@ -229,16 +224,7 @@ INVALID = [
         "set at most one of storage.pvc",
     ),
     Invalid(
-        "nimCache with a pvc",
-        C,
-        {"storage": {"nimCache": {"name": "llama"}, "pvc": {"name": "cache"}}},
-        "storage.nimCache mounts the NIMCache's claim",
-    ),
-    Invalid(
-        "nimCache profile",
-        C,
-        {"storage": {"nimCache": {"name": "llama", "profile": "vllm-fp16"}}},
-        "nimCache.profile is not supported",
+        "nimCache", C, {"storage": {"nimCache": {"name": "llama"}}}, "nimCache is not supported"
     ),
     Invalid(
         "pvc access mode",
@@ -273,6 +259,59 @@ INVALID = [
     # --- exposure and probes
     Invalid("port 0", S, {"expose": {"service": {"port": 0}}}, "spec.expose.service.port"),
     Invalid("port 70000", S, {"expose": {"service": {"port": 70000}}}, "spec.expose.service.port"),
+    Invalid(
+        "grpcPort 0", S, {"expose": {"service": {"grpcPort": 0}}}, "spec.expose.service.grpcPort"
+    ),
+    Invalid(
+        "Service name not a DNS-1035 label",
+        S,
+        {"expose": {"service": {"name": "Llama_API"}}},
+        "spec.expose.service.name",
+    ),
+    Invalid(
+        "hostDomainName with a scheme",
+        S,
+        {"expose": {"router": {"hostDomainName": "https://example.com"}}},
+        "spec.expose.router.hostDomainName",
+    ),
+    Invalid(
+        "router gateway without a name",
+        S,
+        {"expose": {"router": {"gateway": {"namespace": "gw"}}}},
+        "spec.expose.router.gateway.name",
+    ),
+    Invalid(
+        "ingress path without pathType",
+        S,
+        {
+            "expose": {
+                "ingress": {
+                    "enabled": True,
+                    "spec": {"rules": [{"http": {"paths": [{"path": "/"}]}}]},
+                }
+            }
+        },
+        "spec.expose.ingress.spec.rules[0].http.paths[0].pathType",
+    ),
+    Invalid(
+        "router ingress and gateway",
+        C,
+        {
+            "expose": {
+                "router": {
+                    "ingress": {"ingressClass": "nginx"},
+                    "gateway": {"namespace": "gw", "name": "public"},
+                }
+            }
+        },
+        "ingress and gateway cannot be specified together",
+    ),
+    Invalid(
+        "grpcPort equal to port",
+        C,
+        {"expose": {"service": {"port": 8000, "grpcPort": 8000}}},
+        "port, grpcPort and metricsPort must all differ",
+    ),
     Invalid(
         "port by name", S, {"expose": {"service": {"port": "http"}}}, "spec.expose.service.port"
     ),
@@ -425,10 +464,10 @@ INVALID = [
         "pullpolicy (case typo)", U, {"image": {"pullpolicy": "Always"}}, "spec.image.pullpolicy"
     ),
     Invalid(
-        "expose.router (NVIDIA-only)",
+        "router hostname (hostDomainName spelt as a host)",
         U,
-        {"expose": {"router": {"hostDomainName": "x"}}},
-        "spec.expose.router",
+        {"expose": {"router": {"hostname": "llama.example.com"}}},
+        "spec.expose.router.hostname",
     ),
     Invalid(
         "storageClassName (PVC spelling)",
@@ -536,7 +575,7 @@ async def test_what_passes_the_api_server_ends_failed_with_a_reason(e2e: E2E) ->
 
 def older_crd() -> dict[str, Any]:
     """The NIMService CRD as an older release could have shipped it: its spec is not checked."""
-    crd = copy.deepcopy(nimservice_crd())
+    crd = copy.deepcopy(project_crds()[0])
     for version in crd["spec"]["versions"]:
         root = version["schema"]["openAPIV3Schema"]
         root.pop("x-kubernetes-validations", None)

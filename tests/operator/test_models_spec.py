@@ -42,7 +42,7 @@ class TestSpecParsing:
         "fields",
         [
             {"unknownField": 1},
-            {"expose": {"router": {"hostDomainName": "example.com"}}},
+            {"expose": {"router": {"hostname": "llama.example.com"}}},
             {"image": {**IMAGE, "digest": "sha256:abc"}},
             {"replicas": -1},
             {"expose": {"service": {"port": 70000}}},

@@ -5,8 +5,9 @@ ClusterRole, and the Role for its Lease in its own namespace) for the operator's
 as a real API server would (403 for anything not granted), and records every grant the
 operator's requests used. The real operator then goes through a scenario touching every
 feature: credentials and API-key Secrets, a created PVC that is later dropped, a ServiceMonitor,
-a PodDisruptionBudget, an HPA switched on and off, pods becoming ready, a missing Secret,
-deletion. It does so twice, as both supported deployments run it: the manifest's
+a PodDisruptionBudget, an HPA switched on and off, a renamed Service, an Ingress and Gateway API
+routes switched on and off, pods becoming ready, a missing Secret, deletion. It does so twice,
+as both supported deployments run it: the manifest's
 `nim-operator run -m nim_operator.handlers --all-namespaces` with the manifest's environment
 (leader election on: the Lease is created, read, renewed and released), and
 `python -m nim_operator` watching namespace globs (NIM_OPERATOR_NAMESPACES), which also follows
@@ -32,8 +33,8 @@ import pytest_asyncio
 import yaml
 
 from nim_operator.kube import KubeClient, ResourceKind
-from tests.operator.test_nimcache_e2e import download_ends
 from tests.operator.test_operator_e2e import condition, cpu_spec
+from tests.support.gateway_api import GATEWAY_API_CRDS
 from tests.support.kmock_cluster import EmulatedCluster, project_crds
 from tests.support.kmock_harness import (
     EmulatedControllers,
@@ -54,8 +55,6 @@ OPERATOR_USER = f"system:serviceaccount:{OPERATOR_NAMESPACE}:{OPERATOR_ACCOUNT}"
 CANARY = f"canary-{secrets.token_hex(6)}"
 
 NIMSERVICES = ResourceKind("nimstack.dev/v1alpha1", "nimservices")
-NIMCACHES = ResourceKind("nimstack.dev/v1alpha1", "nimcaches")
-JOBS = ResourceKind("batch/v1", "jobs")
 NAMESPACES = ResourceKind("v1", "namespaces", namespaced=False)
 SECRETS = ResourceKind("v1", "secrets")
 PVCS = ResourceKind("v1", "persistentvolumeclaims")
@@ -63,6 +62,10 @@ DEPLOYMENTS = ResourceKind("apps/v1", "deployments")
 HPAS = ResourceKind("autoscaling/v2", "horizontalpodautoscalers")
 PDBS = ResourceKind("policy/v1", "poddisruptionbudgets")
 SERVICE_MONITORS = ResourceKind("monitoring.coreos.com/v1", "servicemonitors")
+SERVICES = ResourceKind("v1", "services")
+INGRESSES = ResourceKind("networking.k8s.io/v1", "ingresses")
+HTTP_ROUTES = ResourceKind("gateway.networking.k8s.io/v1", "httproutes")
+GRPC_ROUTES = ResourceKind("gateway.networking.k8s.io/v1", "grpcroutes")
 SECRETS_RESOURCE = kmock.resource("", "v1", "secrets")
 
 # The prometheus-operator's CRD, as far as the operator cares: it exists and stores objects.
@@ -153,7 +156,7 @@ def authorizer() -> RbacAuthorizer:
 
 @pytest.fixture(scope="module")
 def cluster(authorizer: RbacAuthorizer) -> Iterator[EmulatedCluster]:
-    crds = [*project_crds(), SERVICE_MONITOR_CRD]
+    crds = [*project_crds(), SERVICE_MONITOR_CRD, *GATEWAY_API_CRDS]
     with EmulatedCluster(crds, authorizer=authorizer) as emulated:
         yield emulated
 
@@ -227,15 +230,47 @@ async def scenario(kube: KubeClient, namespace: str, context: Callable[[], str])
 
     await until(three_replicas, "the autoscaler's minReplicas 3")
 
+    # Exposure: a renamed Service with a gRPC port, an Ingress, and both Gateway API routes.
+    exposed = {
+        "service": {"name": "llm-api", "grpcPort": 8001},
+        "ingress": {
+            "enabled": True,
+            "spec": {"rules": [{"http": {"paths": [{"path": "/", "pathType": "Prefix"}]}}]},
+        },
+        "router": {
+            "hostDomainName": "example.com",
+            "gateway": {"namespace": "gw", "name": "public", "grpcRoutesEnabled": True},
+        },
+    }
+    await kube.merge_patch(NIMSERVICES, namespace, "llm", {"spec": {"expose": exposed}})
+    for kind, name in (
+        (SERVICES, "llm-api"),
+        (INGRESSES, "llm"),
+        (HTTP_ROUTES, "llm"),
+        (GRPC_ROUTES, "llm"),
+    ):
+        await until(exists(kind, name), f"{kind.plural}/{name}")
+    await until(exists(SERVICES, "llm", present=False), "the Service under the old name deleted")
+
     all_off = {
         "replicas": 1,
         "autoscaling": None,
         "scale": {"enabled": False, "hpa": None},
         "metrics": {"enabled": False},
         "storage": {"pvc": {"name": "models-cache", "create": False, "size": None}},
+        "expose": {"service": {"name": None, "grpcPort": None}, "ingress": None, "router": None},
     }
     await kube.merge_patch(NIMSERVICES, namespace, "llm", {"spec": all_off})
-    for kind, name in ((HPAS, "llm"), (PDBS, "llm"), (SERVICE_MONITORS, "llm"), (PVCS, "llm-pvc")):
+    for kind, name in (
+        (HPAS, "llm"),
+        (PDBS, "llm"),
+        (SERVICE_MONITORS, "llm"),
+        (PVCS, "llm-pvc"),
+        (INGRESSES, "llm"),
+        (HTTP_ROUTES, "llm"),
+        (GRPC_ROUTES, "llm"),
+        (SERVICES, "llm-api"),
+    ):
         await until(exists(kind, name, present=False), f"{kind.plural}/{name} deleted")
 
     broken = cpu_spec(authSecret="not-there")
@@ -247,44 +282,7 @@ async def scenario(kube: KubeClient, namespace: str, context: Callable[[], str])
         "SecretNotFound",
     )
 
-    # A NIMCache: its claim and download Job; a spec change replaces the Job; once the Job is
-    # done (played here: there is no Job controller) a NIMService mounts the cache.
-    cache_spec = {
-        "source": {"hf": {"modelPuller": "nimstack/nim-server:0.1.0", "authSecret": "ngc"}},
-        "storage": {"pvc": {"create": True, "size": "1Gi"}},
-    }
-    cache = {"apiVersion": "nimstack.dev/v1alpha1", "kind": "NIMCache"}
-    await kube.create(
-        NIMCACHES, namespace, {**cache, "metadata": {"name": "models"}, "spec": cache_spec}
-    )
-    await until(exists(PVCS, "models-pvc"), "the NIMCache's claim")
-    await until(exists(JOBS, "models-download"), "the download Job")
-    first = await kube.get(JOBS, namespace, "models-download")
-    assert first is not None
-    revision = {"spec": {"source": {"hf": {"revision": "v2"}}}}
-    await kube.merge_patch(NIMCACHES, namespace, "models", revision)
-
-    async def job_replaced() -> bool:
-        job = await kube.get(JOBS, namespace, "models-download")
-        return job is not None and job["metadata"]["uid"] != first["metadata"]["uid"]
-
-    await until(job_replaced, "the download Job replaced")
-    result = '{"model": "m", "path": "converted/m", "sizeBytes": 1}'
-    await download_ends(kube, namespace, "models-download", exit_code=0, message=result)
-    await kube.create(
-        NIMSERVICES,
-        namespace,
-        {
-            **body,
-            "metadata": {"name": "cached"},
-            "spec": cpu_spec(storage={"nimCache": {"name": "models"}}),
-        },
-    )
-    await until(exists(DEPLOYMENTS, "cached"), "the Deployment mounting the NIMCache")
-    await kube.delete(NIMCACHES, namespace, "models")
-    await until(exists(NIMCACHES, "models", present=False), "models deleted (finalizer released)")
-
-    for name in ("llm", "broken", "cached"):
+    for name in ("llm", "broken"):
         await kube.delete(NIMSERVICES, namespace, name)
         await until(
             exists(NIMSERVICES, name, present=False), f"{name} deleted (finalizer released)"

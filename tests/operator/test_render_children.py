@@ -24,8 +24,13 @@ APPLY_ORDER = [
     "Service",
     "HorizontalPodAutoscaler",
     "PodDisruptionBudget",
+    "Ingress",
+    "HTTPRoute",
+    "GRPCRoute",
     "ServiceMonitor",
 ]
+# Kinds kubernetes_validate has no schema for: they come with CRDs.
+CUSTOM_KINDS = {"ServiceMonitor", "HTTPRoute", "GRPCRoute"}
 SPECS: dict[str, dict[str, Any]] = {
     "minimal": {"image": IMAGE},
     "cpu only": {"image": IMAGE, "gpu": {"count": 0}, "storage": {"emptyDir": {}}},
@@ -47,7 +52,31 @@ SPECS: dict[str, dict[str, Any]] = {
             },
             "sharedMemorySizeLimit": "16Gi",
         },
-        "expose": {"service": {"type": "NodePort", "port": 8080, "labels": {"x": "y"}}},
+        "expose": {
+            "service": {
+                "type": "NodePort",
+                "port": 8080,
+                "grpcPort": 8001,
+                "metricsPort": 8002,
+                "labels": {"x": "y"},
+            },
+            "ingress": {
+                "enabled": True,
+                "spec": {
+                    "ingressClassName": "nginx",
+                    "rules": [
+                        {
+                            "host": "llm.example.com",
+                            "http": {"paths": [{"path": "/", "pathType": "Prefix"}]},
+                        }
+                    ],
+                },
+            },
+            "router": {
+                "hostDomainName": "example.com",
+                "gateway": {"namespace": "gw", "name": "public", "grpcRoutesEnabled": True},
+            },
+        },
         "scale": {
             "enabled": True,
             "hpa": {
@@ -96,7 +125,12 @@ def children(
 ) -> list[tuple[ChildRef, dict[str, Any] | None]]:
     spec = NIMServiceSpec.model_validate(body)
     return render_children(
-        OWNER, spec, replicas=spec.desired_replicas(), service_monitor_supported=supported
+        OWNER,
+        spec,
+        replicas=spec.desired_replicas(),
+        service_monitor_supported=supported,
+        http_routes_supported=supported,
+        grpc_routes_supported=supported,
     )
 
 
@@ -136,6 +170,9 @@ class TestRenderChildren:
             "PersistentVolumeClaim",
             "HorizontalPodAutoscaler",
             "PodDisruptionBudget",
+            "Ingress",
+            "HTTPRoute",
+            "GRPCRoute",
             "ServiceMonitor",
         ]
         pvc_ref, _ = rendered["PersistentVolumeClaim"]
@@ -144,6 +181,25 @@ class TestRenderChildren:
     def test_no_service_monitor_entry_without_its_crd(self) -> None:
         kinds = [ref.kind for ref, _ in children(SPECS["everything"], supported=False)]
         assert "ServiceMonitor" not in kinds
+
+    def test_no_route_entries_without_the_gateway_api(self) -> None:
+        kinds = [ref.kind for ref, _ in children(SPECS["everything"], supported=False)]
+        assert "HTTPRoute" not in kinds
+        assert "GRPCRoute" not in kinds
+        assert "Ingress" in kinds  # a built-in kind, always there to apply or delete
+
+    def test_a_renamed_service_deletes_the_one_under_the_nimservice_name(self) -> None:
+        body = {"image": IMAGE, "expose": {"service": {"name": "llama-api"}}}
+        services = [(ref.name, m is not None) for ref, m in children(body) if ref.kind == "Service"]
+        assert services == [("llama-api", True), ("llama", False)]
+
+    def test_a_service_under_the_name_the_status_reported_is_deleted(self) -> None:
+        spec = NIMServiceSpec.model_validate({"image": IMAGE})
+        rendered = render_children(
+            OWNER, spec, replicas=1, service_monitor_supported=False, previous_service="old-api"
+        )
+        services = [(ref.name, m is not None) for ref, m in rendered if ref.kind == "Service"]
+        assert services == [("llama", True), ("old-api", False)]
 
     def test_an_existing_claim_under_the_default_name_is_left_alone(self) -> None:
         body = {"image": IMAGE, "storage": {"pvc": {"name": "llama-pvc"}}}
@@ -158,7 +214,7 @@ class TestRenderChildren:
     @pytest.mark.parametrize("body", all_specs().values(), ids=all_specs().keys())
     def test_built_in_kinds_validate_against_kubernetes(self, body: dict[str, Any]) -> None:
         for ref, manifest in children(body):
-            if manifest is None or ref.kind == "ServiceMonitor":  # not a built-in kind
+            if manifest is None or ref.kind in CUSTOM_KINDS:  # not a built-in kind
                 continue
             kubernetes_validate.validate(manifest, "1.31", strict=True)
 

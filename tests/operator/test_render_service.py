@@ -59,3 +59,21 @@ class TestRenderService:
         assert service_endpoint(OWNER, make_spec()) == "http://llama.models.svc.cluster.local:8000"
         spec = make_spec(expose={"service": {"port": 80}})
         assert service_endpoint(OWNER, spec) == "http://llama.models.svc.cluster.local:80"
+
+    def test_grpc_and_metrics_ports_target_the_same_container_ports(self) -> None:
+        service = render_service(
+            OWNER, make_spec(expose={"service": {"grpcPort": 8001, "metricsPort": 8002}})
+        )
+        assert service["spec"]["ports"] == [
+            {"name": "api", "port": 8000, "targetPort": "api", "protocol": "TCP"},
+            {"name": "grpc", "port": 8001, "targetPort": 8001, "protocol": "TCP"},
+            {"name": "metrics", "port": 8002, "targetPort": 8002, "protocol": "TCP"},
+        ]
+        kubernetes_validate.validate(service, "1.31", strict=True)
+
+    def test_name_override(self) -> None:
+        spec = make_spec(expose={"service": {"name": "llama-api"}})
+        service = render_service(OWNER, spec)
+        assert service["metadata"]["name"] == "llama-api"
+        assert service["spec"]["selector"] == selector_labels("llama")  # still our pods
+        assert service_endpoint(OWNER, spec) == "http://llama-api.models.svc.cluster.local:8000"

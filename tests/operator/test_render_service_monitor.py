@@ -31,6 +31,12 @@ class TestRenderServiceMonitor:
         }
         assert monitor["metadata"]["ownerReferences"][0]["uid"] == OWNER.uid
 
+    def test_a_metrics_port_is_scraped_at_metrics(self) -> None:
+        spec = make_spec(metrics={"enabled": True}, expose={"service": {"metricsPort": 8002}})
+        monitor = render_service_monitor(OWNER, spec)
+        assert monitor is not None
+        assert monitor["spec"]["endpoints"] == [{"port": "metrics", "path": "/metrics"}]
+
     def test_settings(self) -> None:
         metrics = {
             "enabled": True,

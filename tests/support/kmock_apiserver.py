@@ -34,6 +34,7 @@ kmock's storage, discovery and watch bus:
   updating one re-registers its schema;
 * the status (and nulls) a real server gives a new Deployment, Service, Namespace, Pod, PVC,
   HPA, PodDisruptionBudget or Event;
+* no Gateway API kinds until their CRDs are registered (kmock's bundle lists them as built-in);
 * optional RBAC (``authorizer``, see ``kmock_rbac``) and, for fault tests, ``add_fault()``
   (answer the next N matching requests with an error, or delay them), ``drop_watches()`` to cut
   every open watch at once, and ``arrival_times`` of each request.
@@ -181,6 +182,10 @@ class ApiServerEmulator(kmock.KubernetesEmulator):
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
         self.resources.load_bundled()
+        # kmock's bundle lists the Gateway API's kinds, but they are CRDs: a real cluster serves
+        # them only once someone installs those (tests install them with `register_crd`).
+        for resource in [r for r in self.resources if r.group in CRD_ONLY_GROUPS]:
+            del self.resources[resource]
         self._scales[DEPLOYMENTS] = DEPLOYMENT_SCALE
         self._builtin_reactions = len(self._payloads)
 
@@ -865,6 +870,8 @@ class ApiServerEmulator(kmock.KubernetesEmulator):
 
 
 DEPLOYMENTS = kmock.resource("apps", "v1", "deployments")
+# API groups kmock's bundled resource list has although no cluster serves them without CRDs.
+CRD_ONLY_GROUPS = frozenset({"gateway.networking.k8s.io"})
 NAMESPACES = kmock.resource("", "v1", "namespaces")
 PODS = kmock.resource("", "v1", "pods")
 # The status a real API server gives a new object of these kinds (status is null elsewhere; a

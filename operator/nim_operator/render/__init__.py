@@ -12,6 +12,8 @@ from nim_operator.models import NIMServiceSpec
 from nim_operator.render.common import ChildRef, Owner
 from nim_operator.render.deployment import render_deployment
 from nim_operator.render.hpa import render_hpa
+from nim_operator.render.httproute import GATEWAY_API_VERSION, render_grpc_route, render_http_route
+from nim_operator.render.ingress import render_ingress
 from nim_operator.render.labels import FIELD_MANAGER, child_labels, selector_labels
 from nim_operator.render.pdb import render_pdb
 from nim_operator.render.pvc import default_pvc_name, pvc_name, render_pvc
@@ -27,7 +29,10 @@ __all__ = [
     "pvc_name",
     "render_children",
     "render_deployment",
+    "render_grpc_route",
     "render_hpa",
+    "render_http_route",
+    "render_ingress",
     "render_pdb",
     "render_pvc",
     "render_service",
@@ -46,11 +51,17 @@ def render_children(
     *,
     replicas: int | None,
     service_monitor_supported: bool,
+    http_routes_supported: bool = False,
+    grpc_routes_supported: bool = False,
+    previous_service: str | None = None,
 ) -> list[tuple[ChildRef, Manifest | None]]:
     """Every child in apply order; a None manifest means "delete it if we own it".
 
     Left out of the list entirely (neither applied nor deleted):
     - the ServiceMonitor when the cluster has no ServiceMonitor CRD (there can be none to delete);
+    - an HTTPRoute or GRPCRoute when the cluster does not serve that Gateway API kind;
+
+    `previous_service` is the Service name the status last reported: renamed since, it is deleted.
     - the PVC when the spec mounts an existing claim under the default name, which is the user's.
     """
     name = owner.name
@@ -72,7 +83,10 @@ def render_children(
             ChildRef("apps/v1", "Deployment", "deployments", name),
             render_deployment(owner, spec, replicas=replicas),
         ),
-        (ChildRef("v1", "Service", "services", name), render_service(owner, spec)),
+        (
+            ChildRef("v1", "Service", "services", spec.service_name(name)),
+            render_service(owner, spec),
+        ),
         (
             ChildRef("autoscaling/v2", "HorizontalPodAutoscaler", "horizontalpodautoscalers", name),
             render_hpa(owner, spec),
@@ -82,6 +96,31 @@ def render_children(
             render_pdb(owner, spec, replicas=replicas),
         ),
     ]
+    # A Service under an earlier name: the NIMService's own (from before expose.service.name was
+    # set), or the one the status last reported.
+    for old in dict.fromkeys((name, previous_service)):
+        if old and old != spec.service_name(name):
+            children.append((ChildRef("v1", "Service", "services", old), None))
+    children.append(
+        (
+            ChildRef("networking.k8s.io/v1", "Ingress", "ingresses", name),
+            render_ingress(owner, spec),
+        )
+    )
+    if http_routes_supported:
+        children.append(
+            (
+                ChildRef(GATEWAY_API_VERSION, "HTTPRoute", "httproutes", name),
+                render_http_route(owner, spec),
+            )
+        )
+    if grpc_routes_supported:
+        children.append(
+            (
+                ChildRef(GATEWAY_API_VERSION, "GRPCRoute", "grpcroutes", name),
+                render_grpc_route(owner, spec),
+            )
+        )
     if service_monitor_supported:
         children.append(
             (

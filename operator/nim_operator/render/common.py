@@ -7,11 +7,21 @@ from typing import Any
 
 from nim_operator import API_GROUP, API_VERSION, KIND
 
-__all__ = ["API_PORT_NAME", "ChildRef", "Owner", "object_meta"]
+__all__ = [
+    "API_PORT_NAME",
+    "GRPC_PORT_NAME",
+    "METRICS_PORT_NAME",
+    "ChildRef",
+    "Owner",
+    "object_meta",
+]
 
 # The container port and Service port are both named `api`; probes, the Service's targetPort and
 # the ServiceMonitor refer to the name, so the number can change in one place.
 API_PORT_NAME = "api"
+# Service ports added by expose.service.grpcPort and .metricsPort (NVIDIA's names).
+GRPC_PORT_NAME = "grpc"
+METRICS_PORT_NAME = "metrics"
 
 
 @dataclass(frozen=True)
