@@ -43,6 +43,9 @@ def peft_source(adapters: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
     shutil.copytree(adapters / "too-big", source / "too-big")
     shutil.copytree(adapters / "alpha", source / "no-config")
     (source / "no-config" / "adapter_config.json").unlink()
+    # Passes our checks; only the engine, reading the weights, can refuse it.
+    shutil.copytree(adapters / "alpha", source / "broken")
+    (source / "broken" / "adapter_model.safetensors").write_bytes(b"not safetensors")
     return source
 
 
@@ -102,6 +105,7 @@ def test_adapters_are_listed_with_the_base_as_parent(
     log = lora_server.log()
     assert re.search(r"LoRA adapter no-config .* skipped: it has no adapter_config.json", log)
     assert re.search(rf"LoRA adapter too-big .* skipped: its rank 16 .*\({MAX_RANK}\)", log)
+    assert re.search(r"LoRA adapter broken .* skipped: the engine refused it: .+", log)
 
 
 def test_the_adapter_changes_the_answer(http: httpx.Client) -> None:
@@ -117,7 +121,7 @@ def test_the_adapter_changes_the_answer(http: httpx.Client) -> None:
 
 
 def test_unknown_models_are_still_404(http: httpx.Client) -> None:
-    for model in ("gamma", "too-big", "no-config"):
+    for model in ("gamma", "too-big", "no-config", "broken"):
         response = http.post("/v1/chat/completions", json=chat_body(model=model))
         assert response.status_code == 404, response.text
         assert response.json()["error"]["code"] == "model_not_found"
