@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# Build nimstack's two images from the repository root:
+# Build nimstack's images from the repository root:
 #   nimstack/nim-server:<version>-cpu   (inference_image/Dockerfile.cpu)
 #   nimstack/nim-operator:<version>     (operator/Dockerfile)
+#   nimstack/nim-gateway:<version>      (gateway/Dockerfile)
 #
 # Usage: scripts/build-images.sh [--engine docker|podman] [--local-base] [--wheels DIR]
-#                                [server] [operator]
-#   (no image named: both)
+#                                [server] [operator] [gateway]
+#   (no image named: all three)
 #
 # On a normal machine: `scripts/build-images.sh` with Docker (or podman) builds FROM the official
 # python:3.11-slim-bookworm and takes torch's CPU wheel from PyTorch's CPU index.
@@ -25,12 +26,12 @@ while (($#)); do
         --engine) engine="$2"; shift 2 ;;
         --local-base) local_base=true; shift ;;
         --wheels) wheels="$(cd "$2" && pwd)"; shift 2 ;;
-        server|operator) targets+=("$1"); shift ;;
+        server|operator|gateway) targets+=("$1"); shift ;;
         -h|--help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
         *) echo "build-images: unknown argument '$1' (see --help)" >&2; exit 2 ;;
     esac
 done
-((${#targets[@]})) || targets=(server operator)
+((${#targets[@]})) || targets=(server operator gateway)
 if [[ -z "$engine" ]]; then
     if command -v docker >/dev/null && docker info >/dev/null 2>&1; then engine=docker
     elif command -v podman >/dev/null; then engine=podman
@@ -81,6 +82,7 @@ for target in "${targets[@]}"; do
     case "$target" in
         server) dockerfile=inference_image/Dockerfile.cpu; tag="nimstack/nim-server:$version-cpu" ;;
         operator) dockerfile=operator/Dockerfile; tag="nimstack/nim-operator:$version" ;;
+        gateway) dockerfile=gateway/Dockerfile; tag="nimstack/nim-gateway:$version" ;;
     esac
     echo "build-images: $tag from $dockerfile ($engine)"
     "$engine" build "${build_args[@]}" -f "$dockerfile" -t "$tag" .

@@ -1,0 +1,3 @@
+from nim_gateway.cli import main
+
+main()

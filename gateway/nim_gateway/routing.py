@@ -1,0 +1,149 @@
+"""Routing strategies: pure functions of the candidates' loads (no I/O, no clock, no state).
+
+* least-load: the replica with the shortest queue.
+* prefix-affinity: requests that begin alike go to the same replica, whose KV cache already
+  holds that prefix (vLLM's prefix caching then skips recomputing it). A consistent-hash ring
+  keeps the mapping stable when replicas come and go (only ~1/n of prefixes move), and the
+  bounded-load rule of Mirrokni, Thorup and Zadimoghaddam ("Consistent Hashing with Bounded
+  Loads", 2017) caps any replica at ceil(c * average load): a hot prefix spills over to the next
+  replica on the ring instead of queueing behind itself.
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+import math
+import random
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+__all__ = [
+    "HashRing",
+    "affinity_text",
+    "bounded_capacity",
+    "pick_least_load",
+    "pick_prefix_affinity",
+    "stable_hash",
+]
+
+
+def stable_hash(text: str) -> int:
+    """64 bits of BLAKE2b: stable across processes (unlike hash()), so every gateway replica
+    maps a prefix to the same backend."""
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "big")
+
+
+class HashRing:
+    """Nodes placed at `virtual_nodes` points each, so load spreads evenly with few nodes."""
+
+    def __init__(self, nodes: Sequence[str], virtual_nodes: int = 64) -> None:
+        points = sorted(
+            (stable_hash(f"{node}#{i}"), node) for node in set(nodes) for i in range(virtual_nodes)
+        )
+        self._hashes = [h for h, _ in points]
+        self._nodes = [n for _, n in points]
+        self.nodes = frozenset(nodes)
+
+    def walk(self, key_hash: int) -> Iterator[str]:
+        """Distinct nodes clockwise from `key_hash`: the owner first, then where it spills."""
+        if not self._nodes:
+            return
+        start = bisect.bisect_left(self._hashes, key_hash)
+        seen: set[str] = set()
+        for i in range(len(self._nodes)):
+            node = self._nodes[(start + i) % len(self._nodes)]
+            if node not in seen:
+                seen.add(node)
+                yield node
+                if len(seen) == len(self.nodes):
+                    return
+
+
+def bounded_capacity(total_load: float, nodes: int, factor: float) -> int:
+    """The most any node may hold once one more request is placed: ceil(c * (L + 1) / n)."""
+    return math.ceil(factor * (total_load + 1) / nodes)
+
+
+def pick_prefix_affinity(
+    ring: HashRing, key: str, loads: Mapping[str, float], factor: float
+) -> str:
+    """The first node clockwise from hash(key) whose load is below the bounded capacity.
+
+    `loads` holds the candidates (a subset of the ring: replicas in backoff are left out).
+    """
+    candidates = {node: load for node, load in loads.items() if node in ring.nodes}
+    if not candidates:
+        raise ValueError("no candidate is on the ring")
+    capacity = bounded_capacity(sum(candidates.values()), len(candidates), factor)
+    for node in ring.walk(stable_hash(key)):
+        if node in candidates and candidates[node] < capacity:
+            return node
+    # Unreachable while factor > 1 (some node is always below the average), but cheap to keep.
+    return min(candidates, key=lambda node: candidates[node])
+
+
+def pick_least_load(
+    loads: Mapping[str, tuple[float, float]], rng: random.Random | None = None
+) -> str:
+    """The node with the smallest (queue, KV-cache usage); ties broken at random, so equal
+    replicas share the traffic instead of the first one in the list taking it all."""
+    if not loads:
+        raise ValueError("no candidates")
+    best = min(loads.values())
+    tied = sorted(node for node, load in loads.items() if load == best)
+    return (rng or random).choice(tied)
+
+
+def affinity_text(body: Mapping[str, Any], limit: int) -> str:
+    """The model and the first `limit` characters the request's prompt begins with.
+
+    The model is part of the key: the same prefix for two models shares no cache.
+    """
+    pieces: list[str] = []
+    size = 0
+    for piece in _prompt_texts(body):
+        pieces.append(piece)
+        size += len(piece)
+        if size >= limit:
+            break
+    return f"{body.get('model', '')}\x00{''.join(pieces)[:limit]}"
+
+
+def _prompt_texts(body: Mapping[str, Any]) -> Iterator[str]:
+    """The prompt's text pieces in order: chat messages, a completion prompt, a Responses input."""
+    messages = body.get("messages")
+    if isinstance(messages, list):
+        for message in messages:
+            if isinstance(message, Mapping):
+                yield f"{message.get('role', '')}:"
+                yield from _content_texts(message.get("content"))
+        return
+    prompt = body.get("prompt")
+    if isinstance(prompt, str):
+        yield prompt
+        return
+    if isinstance(prompt, list) and prompt:
+        # A batch of prompts, or one prompt as token ids: the first element identifies it.
+        yield prompt[0] if isinstance(prompt[0], str) else ",".join(map(str, prompt))
+        return
+    instructions = body.get("instructions")
+    if isinstance(instructions, str):
+        yield instructions
+    items = body.get("input")
+    if isinstance(items, str):
+        yield items
+    elif isinstance(items, list):
+        for item in items:
+            if isinstance(item, Mapping):
+                yield f"{item.get('role', item.get('type', ''))}:"
+                yield from _content_texts(item.get("content"))
+
+
+def _content_texts(content: object) -> Iterator[str]:
+    if isinstance(content, str):
+        yield content
+    elif isinstance(content, list):
+        for part in content:
+            if isinstance(part, Mapping) and isinstance(part.get("text"), str):
+                yield part["text"]
