@@ -55,6 +55,9 @@ OWNED_STATUS_FIELDS = (
 )
 MAX_MESSAGE = 1024
 AS_EXPECTED = "AsExpected"
+# A configuration problem that is a wait, not a failure: the spec's NIMCache is still
+# downloading. Nothing is applied meanwhile, and Failed stays False.
+CACHE_NOT_READY = "NIMCacheNotReady"
 
 ConditionStatus = Literal["True", "False", "Unknown"]
 ServiceState = Literal["Pending", "NotReady", "Ready", "Failed"]
@@ -296,6 +299,8 @@ def _waiting_reason(pods: Sequence[Mapping[str, Any]], counts: _Counts) -> Probl
 def _conditions(obs: Observation) -> tuple[dict[str, _State], ServiceState]:
     """The four conditions and the summary state."""
     config = obs.config_problem
+    waiting = config if config is not None and config.reason == CACHE_NOT_READY else None
+    config = None if waiting is not None else config
     deployment = obs.deployment
     pod_problem = diagnose_pods(obs.pods)
     rollout = rollout_problem(deployment) if deployment is not None else None
@@ -329,7 +334,7 @@ def _conditions(obs: Observation) -> tuple[dict[str, _State], ServiceState]:
     )
 
     if deployment is None:
-        why = config or Problem("DeploymentMissing", "the Deployment does not exist yet")
+        why = config or waiting or Problem("DeploymentMissing", "the Deployment does not exist yet")
         ready = _State("False", why.reason, why.message)
         progressing = _State("False", why.reason, why.message)
         return _summarised(ready, progressing, degraded, failed, desired=None)

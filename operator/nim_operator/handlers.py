@@ -7,6 +7,8 @@ Three ways in, one reconcile:
 * create/update of a NIMService - at once, with kopf's retry semantics; resume (every
   NIMService, when a new process takes over) - queued in the background;
 * a timer per NIMService - every NIM_OPERATOR_RECONCILE_INTERVAL seconds, to undo hand edits;
+* NIMCaches, their download Jobs, and the NIMServices waiting for one: in
+  nim_operator.handlers_nimcache;
 * events of our Deployments, Services, ServiceAccounts and Pods - a deleted or hand-edited child,
   or a pod going into CrashLoopBackOff, re-reconciles its owner within a second, found through
   an in-memory set of NIMServices. These events also keep what timer ticks read instead of
@@ -27,6 +29,8 @@ from typing import Any, cast
 
 import kopf
 
+# Registers the NIMCache handlers (kopf collects them when the module is imported).
+import nim_operator.handlers_nimcache  # noqa: F401
 from nim_operator import API_GROUP, API_VERSION, PLURAL, leadership
 from nim_operator.autoscaling.scaler import Autoscaler
 from nim_operator.kube import ApiError, TransientApiError

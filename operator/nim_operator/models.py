@@ -207,8 +207,19 @@ class ResourceRequirements(_Model):
 
 
 class NIMCacheRef(_Model):
-    name: str | None = None
+    """A NIMCache in the NIMService's namespace whose claim holds the model (read-only)."""
+
+    name: Annotated[str, Field(min_length=1)]
     profile: str | None = None
+
+    @model_validator(mode="after")
+    def _no_profile(self) -> NIMCacheRef:
+        if self.profile:
+            raise ValueError(
+                "storage.nimCache.profile is not supported: a NIMCache here holds one model "
+                "(NGC profiles need NVIDIA's NIM images)"
+            )
+        return self
 
 
 class PVCStorage(_Model):
@@ -259,10 +270,10 @@ class StorageSpec(_Model):
 
     @model_validator(mode="after")
     def _one_volume_source(self) -> StorageSpec:
-        if self.nim_cache is not None:
+        if self.nim_cache is not None and (self.pvc or self.empty_dir or self.host_path):
             raise ValueError(
-                "storage.nimCache is not supported (there is no NIMCache controller here); "
-                "use storage.pvc to keep the model cache"
+                "storage.nimCache mounts the NIMCache's claim: leave storage.pvc, "
+                "storage.emptyDir and storage.hostPath unset"
             )
         given = [self.pvc, self.empty_dir, self.host_path]
         if sum(source is not None for source in given) > 1:
@@ -727,6 +738,11 @@ class NIMServiceSpec(_Model):
 
     @model_validator(mode="after")
     def _cross_field_rules(self) -> NIMServiceSpec:
+        if self.storage.nim_cache is not None and self.model is not None and self.model.name:
+            raise ValueError(
+                "model.name and storage.nimCache are mutually exclusive: "
+                "the model is the one the NIMCache holds"
+            )
         if self.replicas is not None and self.scale.enabled:
             raise ValueError(
                 "spec.replicas and spec.scale.enabled are mutually exclusive: "

@@ -42,6 +42,7 @@ from nim_operator.conditions import (
 from nim_operator.heap import HeapTrimmer, libc_malloc_trim
 from nim_operator.kube import ApiError, CapabilityCache, KubeClient, ResourceKind, TransientApiError
 from nim_operator.models import NIMServiceSpec, service_name_problem
+from nim_operator.nimcache_mount import cached_model_spec
 from nim_operator.pod_cache import PodCache
 from nim_operator.render import FIELD_MANAGER, ChildRef, Owner, render_children
 from nim_operator.settings import Settings
@@ -63,6 +64,7 @@ PODS = ResourceKind("v1", "pods")
 SECRETS = ResourceKind("v1", "secrets")
 PVCS = ResourceKind("v1", "persistentvolumeclaims")
 SERVICE_MONITORS = ("monitoring.coreos.com/v1", "servicemonitors")
+NIMCACHES = ResourceKind(f"{API_GROUP}/{API_VERSION}", "nimcaches")
 
 # A second field manager that holds Deployment.spec.replicas for the moment between "we stop
 # declaring it" and "the HPA writes it" (see `_hand_over_replicas`).
@@ -326,6 +328,15 @@ async def _missing_dependency(
             "create the claim, or set storage.pvc.create with a size",
         )
     return None
+
+
+async def _mount_cache(
+    kube: KubeClient, owner: Owner, spec: NIMServiceSpec
+) -> NIMServiceSpec | Problem:
+    """storage.nimCache: the spec to render, with the NIMCache's claim and model, or why not."""
+    assert spec.storage.nim_cache is not None
+    cache = await kube.get(NIMCACHES, owner.namespace, spec.storage.nim_cache.name)
+    return cached_model_spec(spec, cache, namespace=owner.namespace)
 
 
 def _controlled_by(obj: Mapping[str, Any], owner: Owner) -> bool:
@@ -595,6 +606,10 @@ async def _reconcile_held(
     applied = None
     if spec is not None:
         problem = await _missing_dependency(runtime.kube, owner, spec)
+    if spec is not None and problem is None and spec.storage.nim_cache is not None:
+        # Rendered with the cache's claim and model; a cache still downloading is a wait.
+        mounted = await _mount_cache(runtime.kube, owner, spec)
+        spec, problem = (mounted, None) if isinstance(mounted, NIMServiceSpec) else (spec, mounted)
     if spec is not None and problem is None:
         monitors = await runtime.capabilities.has(*SERVICE_MONITORS)
         monitor_missing = spec.metrics_enabled() and not monitors

@@ -160,9 +160,17 @@ INVALID_SPECS = {
         {"storage": {"pvc": {"name": "cache"}, "emptyDir": {}}},
         "set at most one of storage.pvc, storage.emptyDir, storage.hostPath",
     ),
-    "nimCache": (
-        {"storage": {"nimCache": {"name": "llama", "profile": ""}}},
-        "storage.nimCache is not supported",
+    "nimCache with a pvc": (
+        {"storage": {"nimCache": {"name": "llama", "profile": ""}, "pvc": {"name": "cache"}}},
+        "storage.nimCache mounts the NIMCache's claim",
+    ),
+    "nimCache profile": (
+        {"storage": {"nimCache": {"name": "llama", "profile": "tensorrt_llm-h100-fp8"}}},
+        "storage.nimCache.profile is not supported",
+    ),
+    "nimCache with model.name": (
+        {"storage": {"nimCache": {"name": "llama"}}, "model": {"name": "org/other"}},
+        "model.name and storage.nimCache are mutually exclusive",
     ),
     "gpu twice": (
         {"gpu": {"count": 1}, "resources": {"limits": {"nvidia.com/gpu": 1}}},

@@ -21,7 +21,7 @@ import pytest
 import pytest_asyncio
 
 from nim_operator.kube import ApiError, KubeClient, ResourceKind
-from tests.support.kmock_cluster import EmulatedCluster, project_crds
+from tests.support.kmock_cluster import EmulatedCluster, nimservice_crd, project_crds
 from tests.support.kmock_harness import eventually
 from tests.support.kmock_strict import Rejection
 
@@ -388,7 +388,7 @@ async def test_new_objects_get_the_status_a_real_server_gives(kube: KubeClient) 
 
 
 async def test_a_new_crd_is_established_after_its_conditions_were_null(kube: KubeClient) -> None:
-    crd = copy.deepcopy(project_crds()[0])
+    crd = copy.deepcopy(nimservice_crd())
     crd["metadata"]["name"] = "llms.example.com"
     crd["spec"]["group"] = "example.com"
     crd["spec"]["names"] = {"kind": "LLM", "plural": "llms", "singular": "llm"}
@@ -415,7 +415,7 @@ async def test_a_new_crd_is_established_after_its_conditions_were_null(kube: Kub
 
 async def test_tightening_a_crd_applies_to_later_writes_only(kube: KubeClient) -> None:
     """An object stored under a looser CRD keeps its status writable (validation ratcheting)."""
-    loose = copy.deepcopy(project_crds()[0])
+    loose = copy.deepcopy(nimservice_crd())
     loose["metadata"]["name"] = "models.example.com"
     loose["spec"]["group"] = "example.com"
     loose["spec"]["names"] = {"kind": "Model", "plural": "models", "singular": "model"}

@@ -47,7 +47,12 @@ from nim_operator.kube import ApiError, KubeClient, ResourceKind
 from tests.operator.test_crd_cel import apply_defaults, cel_violations, openapi_root
 from tests.operator.test_operator_e2e import DEPLOYMENTS, E2E, NIMSERVICES, condition, cpu_spec
 from tests.support.crd_validation import schema_errors
-from tests.support.kmock_cluster import DELIBERATELY_INVALID, EmulatedCluster, project_crds
+from tests.support.kmock_cluster import (
+    DELIBERATELY_INVALID,
+    EmulatedCluster,
+    nimservice_crd,
+    project_crds,
+)
 from tests.support.kmock_harness import (
     ClusterDriver,
     EmulatedControllers,
@@ -224,7 +229,16 @@ INVALID = [
         "set at most one of storage.pvc",
     ),
     Invalid(
-        "nimCache", C, {"storage": {"nimCache": {"name": "llama"}}}, "nimCache is not supported"
+        "nimCache with a pvc",
+        C,
+        {"storage": {"nimCache": {"name": "llama"}, "pvc": {"name": "cache"}}},
+        "storage.nimCache mounts the NIMCache's claim",
+    ),
+    Invalid(
+        "nimCache profile",
+        C,
+        {"storage": {"nimCache": {"name": "llama", "profile": "vllm-fp16"}}},
+        "nimCache.profile is not supported",
     ),
     Invalid(
         "pvc access mode",
@@ -575,7 +589,7 @@ async def test_what_passes_the_api_server_ends_failed_with_a_reason(e2e: E2E) ->
 
 def older_crd() -> dict[str, Any]:
     """The NIMService CRD as an older release could have shipped it: its spec is not checked."""
-    crd = copy.deepcopy(project_crds()[0])
+    crd = copy.deepcopy(nimservice_crd())
     for version in crd["spec"]["versions"]:
         root = version["schema"]["openAPIV3Schema"]
         root.pop("x-kubernetes-validations", None)

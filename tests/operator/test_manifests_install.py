@@ -39,6 +39,10 @@ EXPECTED_RULES: dict[tuple[str, str], set[str]] = {
     ("gateway.networking.k8s.io", "httproutes"): OPTIONAL_CHILD,
     ("gateway.networking.k8s.io", "grpcroutes"): OPTIONAL_CHILD,
     ("", "pods"): {"list", "watch"},
+    # NIMCaches as NIMServices; their download Jobs are replaced (deleted) when the spec changes.
+    (API_GROUP, "nimcaches"): {"get", "list", "watch", "patch"},
+    (API_GROUP, "nimcaches/status"): {"patch"},
+    ("batch", "jobs"): {"get", "list", "watch", "create", "patch", "delete"},
     # Existence checks of authSecret and apiKeySecret only: never list or watch every Secret.
     ("", "secrets"): {"get"},
     ("", "events"): {"create"},
@@ -74,16 +78,23 @@ class TestKustomization:
             "ClusterRole",
             "ClusterRoleBinding",
             "CustomResourceDefinition",
+            "CustomResourceDefinition",
             "Deployment",
             "Namespace",
             "Role",
             "RoleBinding",
             "ServiceAccount",
         ]
-        crd = one(built, "CustomResourceDefinition")
-        assert crd == yaml.safe_load((REPO / "crds" / "nimservice.yaml").read_text()) | {
-            "metadata": crd["metadata"]
+        crds = {
+            doc["spec"]["names"]["kind"]: doc
+            for doc in built
+            if doc["kind"] == "CustomResourceDefinition"
         }
+        for kind, file in (("NIMService", "nimservice.yaml"), ("NIMCache", "nimcache.yaml")):
+            crd = crds[kind]
+            assert crd == yaml.safe_load((REPO / "crds" / file).read_text()) | {
+                "metadata": crd["metadata"]
+            }
 
     def test_every_object_validates(self, built: list[dict[str, Any]]) -> None:
         for doc in built:

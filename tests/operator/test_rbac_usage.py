@@ -33,6 +33,7 @@ import pytest_asyncio
 import yaml
 
 from nim_operator.kube import KubeClient, ResourceKind
+from tests.operator.test_nimcache_e2e import download_ends
 from tests.operator.test_operator_e2e import condition, cpu_spec
 from tests.support.gateway_api import GATEWAY_API_CRDS
 from tests.support.kmock_cluster import EmulatedCluster, project_crds
@@ -55,6 +56,8 @@ OPERATOR_USER = f"system:serviceaccount:{OPERATOR_NAMESPACE}:{OPERATOR_ACCOUNT}"
 CANARY = f"canary-{secrets.token_hex(6)}"
 
 NIMSERVICES = ResourceKind("nimstack.dev/v1alpha1", "nimservices")
+NIMCACHES = ResourceKind("nimstack.dev/v1alpha1", "nimcaches")
+JOBS = ResourceKind("batch/v1", "jobs")
 NAMESPACES = ResourceKind("v1", "namespaces", namespaced=False)
 SECRETS = ResourceKind("v1", "secrets")
 PVCS = ResourceKind("v1", "persistentvolumeclaims")
@@ -282,7 +285,44 @@ async def scenario(kube: KubeClient, namespace: str, context: Callable[[], str])
         "SecretNotFound",
     )
 
-    for name in ("llm", "broken"):
+    # A NIMCache: its claim and download Job; a spec change replaces the Job; once the Job is
+    # done (played here: there is no Job controller) a NIMService mounts the cache.
+    cache_spec = {
+        "source": {"hf": {"modelPuller": "nimstack/nim-server:0.1.0", "authSecret": "ngc"}},
+        "storage": {"pvc": {"create": True, "size": "1Gi"}},
+    }
+    cache = {"apiVersion": "nimstack.dev/v1alpha1", "kind": "NIMCache"}
+    await kube.create(
+        NIMCACHES, namespace, {**cache, "metadata": {"name": "models"}, "spec": cache_spec}
+    )
+    await until(exists(PVCS, "models-pvc"), "the NIMCache's claim")
+    await until(exists(JOBS, "models-download"), "the download Job")
+    first = await kube.get(JOBS, namespace, "models-download")
+    assert first is not None
+    revision = {"spec": {"source": {"hf": {"revision": "v2"}}}}
+    await kube.merge_patch(NIMCACHES, namespace, "models", revision)
+
+    async def job_replaced() -> bool:
+        job = await kube.get(JOBS, namespace, "models-download")
+        return job is not None and job["metadata"]["uid"] != first["metadata"]["uid"]
+
+    await until(job_replaced, "the download Job replaced")
+    result = '{"model": "m", "path": "converted/m", "sizeBytes": 1}'
+    await download_ends(kube, namespace, "models-download", exit_code=0, message=result)
+    await kube.create(
+        NIMSERVICES,
+        namespace,
+        {
+            **body,
+            "metadata": {"name": "cached"},
+            "spec": cpu_spec(storage={"nimCache": {"name": "models"}}),
+        },
+    )
+    await until(exists(DEPLOYMENTS, "cached"), "the Deployment mounting the NIMCache")
+    await kube.delete(NIMCACHES, namespace, "models")
+    await until(exists(NIMCACHES, "models", present=False), "models deleted (finalizer released)")
+
+    for name in ("llm", "broken", "cached"):
         await kube.delete(NIMSERVICES, namespace, name)
         await until(
             exists(NIMSERVICES, name, present=False), f"{name} deleted (finalizer released)"

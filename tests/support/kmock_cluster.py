@@ -169,3 +169,9 @@ def load_crds(directory: Path) -> list[dict[str, Any]]:
 
 def project_crds() -> list[dict[str, Any]]:
     return load_crds(PROJECT_CRDS)
+
+
+def nimservice_crd() -> dict[str, Any]:
+    """The NIMService CRD alone (crds/ also holds the NIMCache's)."""
+    (crd,) = [c for c in project_crds() if c["spec"]["names"]["kind"] == "NIMService"]
+    return crd

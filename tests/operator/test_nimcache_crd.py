@@ -1,0 +1,157 @@
+"""crds/nimcache.yaml and nim_operator.models_nimcache agree, and refuse what cannot work.
+
+The schema and the models are compared field by field (as test_crd_models_sync does for the
+NIMService); every invalid NIMCache below is rejected by the CRD's CEL rules (evaluated with
+cel-python, after the schema's defaults, as the API server does) AND by the model with the same
+message; the sample passes both.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import celpy
+import pytest
+import yaml
+from pydantic import ValidationError
+
+from nim_operator.models import NIMServiceSpec
+from nim_operator.models_nimcache import NIMCacheSpec, NIMCacheStatus
+from tests.operator.test_crd_cel import apply_defaults, compiled, rules
+from tests.operator.test_crd_cel import cel_violations as nimservice_cel_violations
+from tests.operator.test_crd_models_sync import compare_model
+
+REPO = Path(__file__).parents[2]
+CRD = yaml.safe_load((REPO / "crds" / "nimcache.yaml").read_text())
+ROOT: dict[str, Any] = CRD["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+SAMPLE = REPO / "manifests" / "samples" / "nimcache" / "smollm2.yaml"
+
+
+def cel_violations(obj: dict[str, Any]) -> list[str]:
+    defaulted = apply_defaults(ROOT, copy.deepcopy(obj))
+    return [
+        message
+        for rule, message, value in rules(ROOT, defaulted)
+        if not compiled(rule).evaluate({"self": celpy.json_to_cel(value)})  # type: ignore[attr-defined]
+    ]
+
+
+def nimcache(name: str = "llama", **spec: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "source": {"hf": {"modelPuller": "nimstack/nim-server:0.1.0", "modelName": "org/m"}},
+        "storage": {"pvc": {"create": True, "size": "10Gi"}},
+    }
+    base.update(spec)
+    return {
+        "apiVersion": "nimstack.dev/v1alpha1",
+        "kind": "NIMCache",
+        "metadata": {"name": name},
+        "spec": base,
+    }
+
+
+class TestCRDMatchesModels:
+    def test_spec(self) -> None:
+        assert compare_model(NIMCacheSpec, ROOT["properties"]["spec"], "spec") == []
+
+    def test_status(self) -> None:
+        assert compare_model(NIMCacheStatus, ROOT["properties"]["status"], "status") == []
+
+    def test_installed_with_the_other_crds(self) -> None:
+        kustomization = yaml.safe_load((REPO / "crds" / "kustomization.yaml").read_text())
+        assert "nimcache.yaml" in kustomization["resources"]
+
+
+HF = {"modelPuller": "nimstack/nim-server:0.1.0"}
+INVALID = {
+    "no source": (
+        {"source": {}},
+        "spec.source needs exactly one of hf, ngc, dataStore",
+    ),
+    "two sources": (
+        {"source": {"hf": HF, "dataStore": {"endpoint": "http://ds"}}},
+        "spec.source needs exactly one of hf, ngc, dataStore",
+    ),
+    "ngc": (
+        {"source": {"ngc": {"modelPuller": "nvcr.io/nim/meta/llama:1", "model": {"engine": "x"}}}},
+        "spec.source.ngc is not supported",
+    ),
+    "dataStore": (
+        {"source": {"dataStore": {"endpoint": "http://ds", "modelName": "m"}}},
+        "spec.source.dataStore is not supported",
+    ),
+    "dataset": (
+        {"source": {"hf": {**HF, "datasetName": "squad"}}},
+        "spec.source.hf.datasetName is not supported",
+    ),
+    "certConfig": (
+        {"certConfig": {"name": "ca", "mountPath": "/certs"}},
+        "spec.certConfig and spec.proxy.certConfigMap are not supported",
+    ),
+    "proxy certConfigMap": (
+        {"proxy": {"httpsProxy": "http://proxy:3128", "certConfigMap": "ca"}},
+        "spec.certConfig and spec.proxy.certConfigMap are not supported",
+    ),
+    "pvc created without size": (
+        {"storage": {"pvc": {"create": True}}},
+        "storage.pvc.size is required when storage.pvc.create is true",
+    ),
+    "pvc neither named nor created": (
+        {"storage": {"pvc": {"subPath": "m"}}},
+        "storage.pvc needs either name (an existing claim) or create",
+    ),
+}
+
+
+class TestInvalidNIMCaches:
+    @pytest.mark.parametrize(("spec", "message"), INVALID.values(), ids=INVALID.keys())
+    def test_cel_and_model_reject_with_the_same_message(
+        self, spec: dict[str, Any], message: str
+    ) -> None:
+        obj = nimcache(**spec)
+        assert any(v.startswith(message) for v in cel_violations(obj)), cel_violations(obj)
+        stored = apply_defaults(ROOT, copy.deepcopy(obj))
+        with pytest.raises(ValidationError) as refused:
+            NIMCacheSpec.from_body(stored["spec"])
+        assert message in str(refused.value)
+
+    def test_a_long_name_is_refused(self) -> None:
+        violations = cel_violations(nimcache(name="x" * 55))
+        assert violations == [
+            "the NIMCache name must be at most 54 characters because it names the download Job"
+        ]
+
+    def test_the_puller_image_is_required(self) -> None:
+        spec: dict[str, Any] = {"source": {"hf": {"modelName": "org/m"}}}
+        with pytest.raises(ValidationError, match="modelPuller"):
+            NIMCacheSpec.from_body(nimcache(**spec)["spec"])
+        assert (
+            "modelPuller"
+            in ROOT["properties"]["spec"]["properties"]["source"]["properties"]["hf"]["required"]
+        )
+
+
+class TestValidNIMCaches:
+    def test_the_sample_passes_both_crds(self) -> None:
+        cache, service = yaml.safe_load_all(SAMPLE.read_text())
+        assert cel_violations(cache) == []
+        spec = NIMCacheSpec.from_body(apply_defaults(ROOT, copy.deepcopy(cache))["spec"])
+        assert spec.hf.model_id() is None  # the image's embedded model
+        assert nimservice_cel_violations(service) == []
+        served = NIMServiceSpec.model_validate(service["spec"])
+        assert served.storage.nim_cache is not None
+        assert served.storage.nim_cache.name == cache["metadata"]["name"]
+
+    def test_namespace_prefixes_a_hub_model_but_not_a_path(self) -> None:
+        hub: dict[str, Any] = {
+            "source": {"hf": {**HF, "namespace": "meta-llama", "modelName": "Llama-3.1-8B"}}
+        }
+        assert NIMCacheSpec.from_body(nimcache(**hub)["spec"]).hf.model_id() == (
+            "meta-llama/Llama-3.1-8B"
+        )
+        path: dict[str, Any] = {
+            "source": {"hf": {**HF, "namespace": "x", "modelName": "/models/m.gguf"}}
+        }
+        assert NIMCacheSpec.from_body(nimcache(**path)["spec"]).hf.model_id() == "/models/m.gguf"
