@@ -216,7 +216,10 @@ async def test_least_load_spreads_open_streams_and_hanging_up_frees_the_replicas
             )
             served.append(response.headers["x-nimstack-backend"])
         # Each new request went to the replica with fewer open: two each.
-        assert sorted(served) == sorted([r.base_url for r in replicas.values()] * 2)
+        assert sorted(served) == sorted([r.base_url for r in replicas.values()] * 2), (
+            served,
+            await least_load.backends(),
+        )
         for replica in replicas.values():
             assert await running(replica) >= 1
     # All four clients hung up: the gateway closed the upstream requests, and the engines

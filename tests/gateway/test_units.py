@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from nim_gateway.auth import KeySet, bearer_token, keys_from_mapping, keys_from_secret
@@ -16,8 +17,9 @@ from nim_gateway.discovery import (
     services_from_endpoint_slices,
     static_services,
 )
-from nim_gateway.load import parse_load
+from nim_gateway.load import Scraper, parse_load
 from nim_gateway.settings import GatewaySettings
+from tests.support.server_process import free_port
 
 
 def test_importing_the_gateway_imports_neither_vllm_nor_torch() -> None:
@@ -217,6 +219,16 @@ num_requests_running_bucket{le="1"} 99
 """
     assert parse_load(text) == (3.0, 4.0, 0.25)
     assert parse_load("") == (0.0, 0.0, 0.0)
+
+
+async def test_a_refused_scrape_marks_the_replica_unhealthy_at_once() -> None:
+    table = BackendTable()
+    table.sync([ServiceSpec("s", (f"http://127.0.0.1:{free_port()}",), declared_models=("m",))])
+    (endpoint,) = table.endpoints()
+    async with aiohttp.ClientSession() as session:
+        await Scraper(session, table, interval=1, timeout=1).scrape(endpoint)
+    assert endpoint.healthy is False
+    assert endpoint.scrape_failures == 1
 
 
 def test_settings_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
