@@ -108,11 +108,15 @@ async def running_gateway(
     services: list[dict[str, Any]] | None,
     *,
     api_key: str | None = None,
+    key_in_env: bool = True,
     env: Mapping[str, str] | None = None,
 ) -> AsyncIterator[GatewayProcess]:
     """`nim-gateway --backends-file` for `services` (None: from Kubernetes, as `env` says),
     ready and past its first scrape."""
-    gateway = _spawn(work, services, api_key, env or {})
+    # `api_key` is what the harness sends; `key_in_env` also gives it to the gateway
+    # (NIM_GATEWAY_API_KEY), otherwise the gateway must know it from elsewhere.
+    gateway = _spawn(work, services, api_key if key_in_env else None, env or {})
+    gateway.api_key = api_key
     process = gateway.process
 
     async def ready() -> bool:

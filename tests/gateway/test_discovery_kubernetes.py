@@ -8,6 +8,7 @@ here, so the tests write the EndpointSlices the EndpointSlice controller would.
 from __future__ import annotations
 
 import asyncio
+import base64
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -44,6 +45,10 @@ async def kube(cluster: EmulatedCluster) -> AsyncIterator[httpx.AsyncClient]:
     headers = {"Authorization": f"Bearer {TOKEN}"}
     async with httpx.AsyncClient(base_url=cluster.url, headers=headers) as client:
         yield client
+
+
+def b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
 
 
 async def make_namespace(kube: httpx.AsyncClient, name: str) -> str:
@@ -177,15 +182,37 @@ async def test_the_gateway_process_serves_what_kubernetes_says(
     stub = StubReplica(models=[{"id": "served", "object": "model"}])
     await stub.start()
     stubs.append(stub)
-    env = {"KUBECONFIG": str(kubeconfig), "NIM_GATEWAY_NAMESPACES": ns}
+    env = {
+        "KUBECONFIG": str(kubeconfig),
+        "NIM_GATEWAY_NAMESPACES": ns,
+        "NIM_GATEWAY_API_KEY_SECRET": f"{ns}/gateway-keys",
+        "NIM_GATEWAY_SECRET_REFRESH_INTERVAL": "0.3",
+    }
+    keys = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": "gateway-keys"},
+        # `data`, not `stringData`: the emulator does not do the API server's conversion.
+        "data": {"api-key": b64("cluster-key")},
+    }
+    (await kube.post(f"/api/v1/namespaces/{ns}/secrets", json=keys)).raise_for_status()
     service = nimservice("llm")
     service["spec"]["model"] = {"servedName": "served"}
     (await kube.post(NIMSERVICES.format(ns=ns), json=service)).raise_for_status()
     async with (
-        running_gateway(tmp_path, None, env=env) as gateway,
-        httpx.AsyncClient(base_url=gateway.base_url, timeout=30) as client,
+        running_gateway(
+            tmp_path, None, env=env, api_key="cluster-key", key_in_env=False
+        ) as gateway,
+        httpx.AsyncClient(
+            base_url=gateway.base_url, timeout=30, headers={"Authorization": "Bearer cluster-key"}
+        ) as client,
     ):
         body = {"model": "served", "messages": [{"role": "user", "content": "hi"}]}
+        # The only valid key is the Secret's.
+        response = await client.post(
+            "/v1/chat/completions", json=body, headers={"Authorization": "Bearer other"}
+        )
+        assert response.status_code == 401
         response = await client.post("/v1/chat/completions", json=body)
         assert response.status_code == 503
         assert response.headers["retry-after"] == "2"
@@ -201,6 +228,22 @@ async def test_the_gateway_process_serves_what_kubernetes_says(
         assert stub.hits >= 1
         models = (await client.get("/v1/models")).json()["data"]
         assert [m["id"] for m in models] == ["served"]
+
+        # A per-model key added to the Secret is valid after the next read of it.
+        added = {"data": {"models.yaml": b64("served: [team-key]\n")}}
+        response = await kube.patch(
+            f"/api/v1/namespaces/{ns}/secrets/gateway-keys",
+            json=added,
+            headers={"Content-Type": "application/merge-patch+json"},
+        )
+        response.raise_for_status()
+
+        async def team_key_works() -> bool:
+            team = {"Authorization": "Bearer team-key"}
+            answer = await client.post("/v1/chat/completions", json=body, headers=team)
+            return answer.status_code == 200
+
+        await gateway.wait_for(team_key_works, "the Secret's new key accepted")
 
         (await kube.delete(f"{NIMSERVICES.format(ns=ns)}/llm")).raise_for_status()
 
