@@ -29,6 +29,7 @@ __all__ = [
     "DNS1035_LABEL",
     "DURATION_PATTERN",
     "GPU_RESOURCE",
+    "KSERVE_REFUSED",
     "QUANTITY_PATTERN",
     "SECRET_ENV_NAMES",
     "APIKeySecret",
@@ -89,6 +90,11 @@ GPU_RESOURCE = "nvidia.com/gpu"
 # Credentials the operator injects from Secrets (`authSecret`, `apiKeySecret`); they may never be
 # given as literal values.
 SECRET_ENV_NAMES = ("NGC_API_KEY", "HF_TOKEN", "NIM_API_KEY")
+# spec.inferencePlatform: kserve (NVIDIA renders a KServe InferenceService) is not implemented.
+KSERVE_REFUSED = (
+    "inferencePlatform kserve is not supported by this operator; use standalone "
+    "(the server runs as a Deployment, not a KServe InferenceService)"
+)
 # The server's bearer key (nim_server's NIM_API_KEY), and the Secret key it is read from by default.
 API_KEY_ENV = "NIM_API_KEY"
 
@@ -705,6 +711,8 @@ class NIMServiceSpec(_Model):
     """Desired state of a NIMService."""
 
     image: ImageSpec
+    # NVIDIA's field; only standalone (a Deployment) exists here, kserve is refused loudly.
+    inference_platform: Literal["standalone", "kserve"] = "standalone"
     auth_secret: str | None = None
     api_key_secret: APIKeySecret | None = None
     command: list[str] | None = None
@@ -738,6 +746,8 @@ class NIMServiceSpec(_Model):
 
     @model_validator(mode="after")
     def _cross_field_rules(self) -> NIMServiceSpec:
+        if self.inference_platform == "kserve":
+            raise ValueError(KSERVE_REFUSED)
         if self.storage.nim_cache is not None and self.model is not None and self.model.name:
             raise ValueError(
                 "model.name and storage.nimCache are mutually exclusive: "

@@ -259,6 +259,10 @@ INVALID_SPECS = {
         },
         "an Ingress service port needs exactly one of name, number",
     ),
+    "inferencePlatform kserve": (
+        {"inferencePlatform": "kserve"},
+        "inferencePlatform kserve is not supported by this operator; use standalone",
+    ),
     "GRPCRoute without grpcPort": (
         {
             "expose": {
@@ -320,6 +324,11 @@ class TestValidObjects:
         sample = yaml.safe_load(path.read_text())
         assert cel_violations(sample) == []
         NIMServiceSpec.model_validate(sample["spec"])
+
+    def test_standalone_inference_platform_passes(self) -> None:
+        obj = nimservice(inferencePlatform="standalone")
+        assert cel_violations(obj) == []
+        assert NIMServiceSpec.from_body(obj["spec"]).inference_platform == "standalone"
 
     def test_nvidia_style_nimservice_passes(self) -> None:
         assert cel_violations(NVIDIA_STYLE) == []

@@ -235,6 +235,18 @@ INVALID = [
         "storage.nimCache mounts the NIMCache's claim",
     ),
     Invalid(
+        "inferencePlatform kserve",
+        C,
+        {"inferencePlatform": "kserve"},
+        "inferencePlatform kserve is not supported",
+    ),
+    Invalid(
+        "inferencePlatform unknown",
+        S,
+        {"inferencePlatform": "triton"},
+        "spec.inferencePlatform: 'triton' is not one of",
+    ),
+    Invalid(
         "nimCache profile",
         C,
         {"storage": {"nimCache": {"name": "llama", "profile": "vllm-fp16"}}},
