@@ -46,9 +46,9 @@ class Endpoint:
     # Requests this gateway has open on the replica: exact and current, where the scraped
     # numbers are up to one scrape interval old.
     inflight: int = 0
-    # None until the first scrape; False after a refused connection or a run of failed scrapes.
+    # None until the first scrape; False after a refused connection or an error status (a slow
+    # scrape changes nothing).
     healthy: bool | None = None
-    scrape_failures: int = 0
     backoff_until: float = 0.0
 
     def model_ids(self) -> set[str]:

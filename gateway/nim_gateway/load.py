@@ -27,8 +27,6 @@ WAITING = ("num_requests_waiting", "vllm:num_requests_waiting")
 KV_USAGE = ("gpu_cache_usage_perc", "kv_cache_usage_perc", "vllm:kv_cache_usage_perc")
 
 LoadSample = tuple[float, float, float]
-# Failed scrapes in a row (other than a refused connection) before a replica counts as unhealthy.
-FAILURES_BEFORE_UNHEALTHY = 3
 
 
 def parse_load(text: str) -> LoadSample:
@@ -97,19 +95,19 @@ class Scraper:
                 endpoint.running, endpoint.waiting, endpoint.kv_usage = parse_load(
                     await response.text()
                 )
-        except (aiohttp.ClientError, TimeoutError, ValueError) as error:
-            endpoint.scrape_failures += 1
-            # A refused connection is a replica gone; a slow answer is more often a busy replica
-            # on a busy node, which still serves requests: only a run of them counts.
-            refused = isinstance(error, aiohttp.ClientConnectorError)
-            if refused or endpoint.scrape_failures >= FAILURES_BEFORE_UNHEALTHY:
-                if endpoint.healthy is not False:
-                    log.warning("replica %s did not answer: %s", endpoint.url, error)
-                endpoint.healthy = False
+        except TimeoutError:
+            # A slow answer is a busy replica (on CPU, generation starves its event loop), not
+            # a dead one: it keeps its place and its last known load.
+            log.debug("replica %s was slow to answer its scrape", endpoint.url)
+            return
+        except (aiohttp.ClientError, ValueError) as error:
+            # Refused, reset, or an error status (503 while its model loads): not serving now.
+            if endpoint.healthy is not False:
+                log.warning("replica %s did not answer: %s", endpoint.url, error)
+            endpoint.healthy = False
             return
         if cards is not None:
             self._table.record_models(endpoint, cards)
-        endpoint.scrape_failures = 0
         endpoint.healthy = True
 
     async def _models(self, endpoint: Endpoint) -> list[dict[str, Any]] | None:

@@ -179,7 +179,10 @@ class Proxy:
                 finally:
                     # After a full answer this returns the connection to the pool; after a
                     # cancellation (client gone) it closes it, and the replica sees the end.
-                    upstream.release() if upstream.content.at_eof() else upstream.close()
+                    if upstream.content.at_eof():
+                        upstream.release()
+                    else:
+                        upstream.close()
             finally:
                 endpoint.inflight -= 1
         lookup = self.table.lookup(model)
