@@ -95,6 +95,11 @@ KSERVE_REFUSED = (
     "inferencePlatform kserve is not supported by this operator; use standalone "
     "(the server runs as a Deployment, not a KServe InferenceService)"
 )
+# Repository prefix of NVIDIA's NIM images.
+NVIDIA_NIM_REGISTRY = "nvcr.io/nim/"
+# model.name prefixes that say the model does not come from NGC: a Hugging Face repository
+# (NIM's hf:// form) or a path inside the container (absolute, or NIM's file:// form).
+NON_NGC_MODEL_PREFIXES = ("hf://", "file://", "/")
 # The server's bearer key (nim_server's NIM_API_KEY), and the Secret key it is read from by default.
 API_KEY_ENV = "NIM_API_KEY"
 
@@ -140,6 +145,10 @@ class ImageSpec(_Model):
     @property
     def reference(self) -> str:
         return f"{self.repository}:{self.tag}"
+
+    def is_nvidia_nim(self) -> bool:
+        """An NVIDIA NIM image (nvcr.io/nim/...): it names its own served model and uses NGC."""
+        return self.repository.startswith(NVIDIA_NIM_REGISTRY)
 
 
 class SecretKeySelector(_Model):
@@ -238,7 +247,8 @@ class PVCStorage(_Model):
     ] = "ReadWriteOnce"
     sub_path: str | None = None
     annotations: StringMap | None = None
-    retain_policy: Literal["Retain", "Delete"] = "Retain"
+    # Delete, as NVIDIA's operator does (the created claim is owned by the NIMService).
+    retain_policy: Literal["Retain", "Delete"] = "Delete"
 
     @model_validator(mode="after")
     def _name_or_create(self) -> PVCStorage:
@@ -815,6 +825,16 @@ class NIMServiceSpec(_Model):
         if quantity is None:
             return 1
         return int(str(quantity))
+
+    def ngc_key_required(self) -> bool:
+        """Whether NGC_API_KEY must be in the authSecret: not for an hf:// or local model."""
+        name = self.model.name if self.model is not None else None
+        return not (name and name.startswith(NON_NGC_MODEL_PREFIXES))
+
+    def sets_served_model_name(self) -> bool:
+        """The operator sets NIM_SERVED_MODEL_NAME unless an NVIDIA NIM image names its own."""
+        explicit = self.model is not None and bool(self.model.served_name)
+        return explicit or not self.image.is_nvidia_nim()
 
     def served_model_name(self, owner_name: str) -> str:
         if self.model is not None and self.model.served_name:

@@ -424,7 +424,7 @@ async def test_status_tells_why_pods_are_not_serving(e2e: E2E) -> None:
 
 
 async def test_turning_a_feature_off_deletes_only_what_the_operator_owns(e2e: E2E) -> None:
-    retained = {"pvc": {"create": True, "size": "1Gi"}}  # retainPolicy: Retain by default
+    retained = {"pvc": {"create": True, "size": "1Gi", "retainPolicy": "Retain"}}
     await e2e.create("llm", cpu_spec(replicas=2, storage=retained))
     await e2e.child(PDBS, "llm")
     pvc = await e2e.child(PVCS, "llm-pvc")

@@ -80,6 +80,7 @@ class TestRenderDeployment:
 
     def test_injected_env(self) -> None:
         deployment = render(
+            image={"repository": "nimstack/nim-server", "tag": "0.1.0"},
             model={"name": "meta-llama/Llama-3.1-8B-Instruct", "maxModelLen": 8192},
             gpu={"count": 2},
         )
@@ -95,6 +96,37 @@ class TestRenderDeployment:
             "NIM_LOG_LEVEL": "INFO",
             "NIM_SHUTDOWN_TIMEOUT": "30",
         }
+
+    def test_nvidia_nim_image_names_its_own_model(self) -> None:
+        # nvcr.io/nim/... images set their served model id themselves; the operator's default
+        # (the NIMService name) would rename the model clients know.
+        assert "NIM_SERVED_MODEL_NAME" not in env(render())
+        other = render(image={"repository": "ghcr.io/acme/nim-server", "tag": "1"})
+        assert env(other)["NIM_SERVED_MODEL_NAME"]["value"] == "llama"
+
+    def test_explicit_served_name_is_set_even_for_a_nim_image(self) -> None:
+        deployment = render(model={"servedName": "llama-prod"})
+        assert env(deployment)["NIM_SERVED_MODEL_NAME"]["value"] == "llama-prod"
+
+    @pytest.mark.parametrize(
+        "model", ["hf://meta-llama/Llama-3.1-8B-Instruct", "/models/llama", "file:///models/x"]
+    )
+    def test_ngc_key_optional_for_hf_and_local_models(self, model: str) -> None:
+        variables = env(render(authSecret="hf-token", model={"name": model}))
+        assert variables["NGC_API_KEY"]["valueFrom"]["secretKeyRef"] == {
+            "name": "hf-token",
+            "key": "NGC_API_KEY",
+            "optional": True,
+        }
+        assert variables["HF_TOKEN"]["valueFrom"]["secretKeyRef"]["name"] == "hf-token"
+
+    @pytest.mark.parametrize("model", [None, "ngc://nim/meta/llama", "meta/llama3-8b-instruct"])
+    def test_ngc_key_required_otherwise(self, model: str | None) -> None:
+        fields: dict[str, Any] = {"authSecret": "ngc-api"}
+        if model is not None:
+            fields["model"] = {"name": model}
+        reference = env(render(**fields))["NGC_API_KEY"]["valueFrom"]["secretKeyRef"]
+        assert "optional" not in reference
 
     def test_served_name_from_the_model_section(self) -> None:
         deployment = render(model={"servedName": "meta/llama-3.1-8b-instruct"})

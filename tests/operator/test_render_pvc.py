@@ -1,4 +1,4 @@
-"""render_pvc and pvc_name: the model cache claim, kept by default."""
+"""render_pvc and pvc_name: the model cache claim, owned (as NVIDIA's) unless retained."""
 
 from __future__ import annotations
 
@@ -24,25 +24,26 @@ class TestRenderPVC:
     def test_absent_unless_created(self, storage: dict[str, Any]) -> None:
         assert render_pvc(OWNER, make_spec(storage=storage)) is None
 
-    def test_created_claim_is_retained_by_default(self) -> None:
+    def test_created_claim_is_owned_by_default_as_nvidia_does(self) -> None:
         pvc = render_pvc(OWNER, make_spec(storage={"pvc": {"create": True, "size": "50Gi"}}))
         assert pvc is not None
         assert pvc["metadata"]["name"] == "llama-pvc"
-        # No ownerReference: deleting the NIMService must not delete the downloaded model.
-        assert "ownerReferences" not in pvc["metadata"]
+        # NVIDIA's operator sets the NIMService as the claim's controller: deleted with it.
+        (reference,) = pvc["metadata"]["ownerReferences"]
+        assert reference["uid"] == OWNER.uid
+        assert reference["controller"] is True
         assert pvc["spec"] == {
             "accessModes": ["ReadWriteOnce"],
             "resources": {"requests": {"storage": "50Gi"}},
         }
         kubernetes_validate.validate(pvc, "1.31", strict=True)
 
-    def test_delete_policy_makes_it_owned(self) -> None:
-        storage = {"pvc": {"create": True, "size": "50Gi", "retainPolicy": "Delete"}}
+    def test_retain_policy_leaves_it_unowned(self) -> None:
+        storage = {"pvc": {"create": True, "size": "50Gi", "retainPolicy": "Retain"}}
         pvc = render_pvc(OWNER, make_spec(storage=storage))
         assert pvc is not None
-        (reference,) = pvc["metadata"]["ownerReferences"]
-        assert reference["uid"] == OWNER.uid
-        assert reference["controller"] is True
+        # No ownerReference: deleting the NIMService must not delete the downloaded model.
+        assert "ownerReferences" not in pvc["metadata"]
 
     def test_all_settings(self) -> None:
         storage = {

@@ -37,10 +37,9 @@ def _from_secret(
 
 def injected_env(owner_name: str, spec: NIMServiceSpec) -> list[dict[str, Any]]:
     """The NIM_* variables and credentials the operator sets, in a fixed order."""
-    env = [
-        _value("NIM_SERVER_PORT", CONTAINER_PORT),
-        _value("NIM_SERVED_MODEL_NAME", spec.served_model_name(owner_name)),
-    ]
+    env = [_value("NIM_SERVER_PORT", CONTAINER_PORT)]
+    if spec.sets_served_model_name():
+        env.append(_value("NIM_SERVED_MODEL_NAME", spec.served_model_name(owner_name)))
     if spec.model is not None and spec.model.name:
         env.append(_value("NIM_MODEL_NAME", spec.model.name))
     if spec.model is not None and spec.model.max_model_len is not None:
@@ -60,7 +59,10 @@ def injected_env(owner_name: str, spec: NIMServiceSpec) -> list[dict[str, Any]]:
         _value("NIM_SHUTDOWN_TIMEOUT", spec.shutdown_timeout_seconds),
     ]
     if spec.auth_secret:
-        env.append(_from_secret("NGC_API_KEY", spec.auth_secret, optional=False))
+        # Required for NGC models, so a Secret without the key fails loudly at container start;
+        # an hf:// or local model needs only HF_TOKEN (if gated), so the key may be absent.
+        required = spec.ngc_key_required()
+        env.append(_from_secret("NGC_API_KEY", spec.auth_secret, optional=not required))
         # Only gated Hugging Face models need a token; most secrets will not carry one.
         env.append(_from_secret("HF_TOKEN", spec.auth_secret, optional=True))
     if spec.api_key_secret is not None:

@@ -1,7 +1,8 @@
 """PersistentVolumeClaim for the model cache, when `storage.pvc.create` is set.
 
-With `retainPolicy: Retain` (the default) the claim has no ownerReference: deleting the
-NIMService keeps the downloaded weights, and a new NIMService can mount them by name.
+By default (`retainPolicy: Delete`, NVIDIA's behaviour) the claim is owned by the NIMService and
+deleted with it. With `retainPolicy: Retain` it has no ownerReference: deleting the NIMService
+keeps the downloaded weights, and a new NIMService can mount them by name.
 """
 
 from __future__ import annotations
