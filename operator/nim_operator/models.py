@@ -60,6 +60,7 @@ __all__ = [
     "PVCStorage",
     "Probe",
     "ProbeSpec",
+    "ProxySpec",
     "ResourceRequirements",
     "RouterGateway",
     "RouterIngress",
@@ -201,6 +202,16 @@ class APIKeySecret(_Model):
 
     name: Annotated[str, Field(min_length=1)]
     key: Annotated[str, Field(min_length=1)] = API_KEY_ENV
+
+
+class ProxySpec(_Model):
+    """NVIDIA's spec.proxy: the server's outbound proxy and the CA bundle that trusts it."""
+
+    http_proxy: str | None = None
+    https_proxy: str | None = None
+    no_proxy: str | None = None
+    # A ConfigMap whose `ca-bundle.crt` key is the whole CA bundle (mounted read-only).
+    cert_config_map: str | None = None
 
 
 class ModelSpec(_Model):
@@ -725,6 +736,7 @@ class NIMServiceSpec(_Model):
     inference_platform: Literal["standalone", "kserve"] = "standalone"
     auth_secret: str | None = None
     api_key_secret: APIKeySecret | None = None
+    proxy: ProxySpec | None = None
     command: list[str] | None = None
     args: list[str] | None = None
     env: Annotated[list[EnvVar], Field(max_length=256)] | None = None

@@ -330,6 +330,19 @@ class TestValidObjects:
         assert cel_violations(obj) == []
         assert NIMServiceSpec.from_body(obj["spec"]).inference_platform == "standalone"
 
+    def test_nvidia_proxy_section_passes(self) -> None:
+        proxy = {
+            "httpProxy": "http://proxy:3128",
+            "httpsProxy": "http://proxy:3128",
+            "noProxy": "localhost,.svc",
+            "certConfigMap": "corp-ca",
+        }
+        obj = nimservice(proxy=proxy)
+        assert cel_violations(obj) == []
+        spec = NIMServiceSpec.from_body(obj["spec"])
+        assert spec.proxy is not None
+        assert spec.proxy.cert_config_map == "corp-ca"
+
     def test_nvidia_style_nimservice_passes(self) -> None:
         assert cel_violations(NVIDIA_STYLE) == []
         spec = NIMServiceSpec.model_validate(NVIDIA_STYLE["spec"])

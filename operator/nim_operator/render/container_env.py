@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from nim_operator.models import API_KEY_ENV, NIMServiceSpec
+from nim_operator.render.proxy import proxy_env
 
 __all__ = [
     "ADAPTERS_PATH",
@@ -58,6 +59,7 @@ def injected_env(owner_name: str, spec: NIMServiceSpec) -> list[dict[str, Any]]:
         _value("NIM_LOG_LEVEL", "INFO"),
         _value("NIM_SHUTDOWN_TIMEOUT", spec.shutdown_timeout_seconds),
     ]
+    env += proxy_env(spec)
     if spec.auth_secret:
         # Required for NGC models, so a Secret without the key fails loudly at container start;
         # an hf:// or local model needs only HF_TOKEN (if gated), so the key may be absent.

@@ -15,6 +15,7 @@ from nim_operator.render.container_env import (
 )
 from nim_operator.render.labels import child_labels, selector_labels
 from nim_operator.render.probes import container_probes, startup_budget_seconds
+from nim_operator.render.proxy import proxy_volume, proxy_volume_mount
 from nim_operator.render.pvc import pvc_name
 
 __all__ = [
@@ -95,6 +96,9 @@ def _volumes(owner: Owner, spec: NIMServiceSpec) -> list[dict[str, Any]]:
         volumes.append({"name": ADAPTERS_VOLUME, "persistentVolumeClaim": claim})
     if spec.read_only_root_filesystem:
         volumes.append({"name": TMP_VOLUME, "emptyDir": {}})
+    proxy_ca = proxy_volume(spec)
+    if proxy_ca is not None:
+        volumes.append(proxy_ca)
     return volumes
 
 
@@ -116,6 +120,9 @@ def _volume_mounts(spec: NIMServiceSpec) -> list[dict[str, Any]]:
         mounts.append(adapters)
     if spec.read_only_root_filesystem:
         mounts.append({"name": TMP_VOLUME, "mountPath": TMP_PATH})
+    proxy_ca = proxy_volume_mount(spec)
+    if proxy_ca is not None:
+        mounts.append(proxy_ca)
     return mounts
 
 
