@@ -32,6 +32,7 @@ __all__ = [
     "KSERVE_REFUSED",
     "QUANTITY_PATTERN",
     "SECRET_ENV_NAMES",
+    "SERVER_CONTAINER_NAME",
     "APIKeySecret",
     "AdapterVolume",
     "AdaptersSpec",
@@ -42,6 +43,7 @@ __all__ = [
     "EnvVar",
     "EnvVarSource",
     "ExposeSpec",
+    "ExtraContainer",
     "GPUSpec",
     "HPABehavior",
     "HPAScalingPolicy",
@@ -212,6 +214,26 @@ class ProxySpec(_Model):
     no_proxy: str | None = None
     # A ConfigMap whose `ca-bundle.crt` key is the whole CA bundle (mounted read-only).
     cert_config_map: str | None = None
+
+
+# A container name: a DNS-1123 label.
+DNS1123_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+# The server container's name in the pod; extra containers may not take it.
+SERVER_CONTAINER_NAME = "nim"
+
+
+class ExtraContainer(_Model):
+    """An init or sidecar container, in NVIDIA's NIMContainerSpec shape."""
+
+    name: Annotated[str, Field(min_length=1, max_length=63, pattern=DNS1123_LABEL)]
+    image: ImageSpec
+    command: list[str] | None = None
+    args: list[str] | None = None
+    env: Annotated[list[EnvVar], Field(max_length=256)] | None = None
+    working_dir: str | None = None
+
+
+ExtraContainers = Annotated[list[ExtraContainer], Field(max_length=16)]
 
 
 class ModelSpec(_Model):
@@ -737,6 +759,8 @@ class NIMServiceSpec(_Model):
     auth_secret: str | None = None
     api_key_secret: APIKeySecret | None = None
     proxy: ProxySpec | None = None
+    init_containers: ExtraContainers | None = None
+    sidecar_containers: ExtraContainers | None = None
     command: list[str] | None = None
     args: list[str] | None = None
     env: Annotated[list[EnvVar], Field(max_length=256)] | None = None
@@ -770,6 +794,12 @@ class NIMServiceSpec(_Model):
     def _cross_field_rules(self) -> NIMServiceSpec:
         if self.inference_platform == "kserve":
             raise ValueError(KSERVE_REFUSED)
+        extra = [c.name for c in (self.init_containers or []) + (self.sidecar_containers or [])]
+        if SERVER_CONTAINER_NAME in extra or len(set(extra)) != len(extra):
+            raise ValueError(
+                "initContainers and sidecarContainers need names unique across both lists and "
+                "other than nim (the server container)"
+            )
         if self.storage.nim_cache is not None and self.model is not None and self.model.name:
             raise ValueError(
                 "model.name and storage.nimCache are mutually exclusive: "

@@ -259,6 +259,29 @@ INVALID_SPECS = {
         },
         "an Ingress service port needs exactly one of name, number",
     ),
+    "sidecar named like the server": (
+        {"sidecarContainers": [{"name": "nim", "image": {"repository": "busybox", "tag": "1"}}]},
+        "initContainers and sidecarContainers need names unique across both lists",
+    ),
+    "init and sidecar with one name": (
+        {
+            "initContainers": [{"name": "prep", "image": {"repository": "busybox", "tag": "1"}}],
+            "sidecarContainers": [{"name": "prep", "image": {"repository": "busybox", "tag": "1"}}],
+        },
+        "initContainers and sidecarContainers need names unique across both lists",
+    ),
+    "literal HF token in a sidecar": (
+        {
+            "sidecarContainers": [
+                {
+                    "name": "agent",
+                    "image": {"repository": "busybox", "tag": "1"},
+                    "env": [{"name": "HF_TOKEN", "value": "hf_x"}],
+                }
+            ]
+        },
+        "NGC_API_KEY, HF_TOKEN and NIM_API_KEY must come from a Secret",
+    ),
     "inferencePlatform kserve": (
         {"inferencePlatform": "kserve"},
         "inferencePlatform kserve is not supported by this operator; use standalone",
@@ -342,6 +365,14 @@ class TestValidObjects:
         spec = NIMServiceSpec.from_body(obj["spec"])
         assert spec.proxy is not None
         assert spec.proxy.cert_config_map == "corp-ca"
+
+    def test_nvidia_extra_containers_pass(self) -> None:
+        image = {"repository": "busybox", "tag": "1.36", "pullPolicy": "IfNotPresent"}
+        init = {"name": "prep", "image": image, "command": ["sh", "-c"], "workingDir": "/w"}
+        sidecar = {"name": "agent", "image": image, "env": [{"name": "A", "value": "1"}]}
+        obj = nimservice(initContainers=[init], sidecarContainers=[sidecar])
+        assert cel_violations(obj) == []
+        NIMServiceSpec.from_body(obj["spec"])
 
     def test_nvidia_style_nimservice_passes(self) -> None:
         assert cel_violations(NVIDIA_STYLE) == []

@@ -235,6 +235,18 @@ INVALID = [
         "storage.nimCache mounts the NIMCache's claim",
     ),
     Invalid(
+        "sidecar named like the server container",
+        C,
+        {"sidecarContainers": [{"name": "nim", "image": {"repository": "busybox", "tag": "1"}}]},
+        "initContainers and sidecarContainers need names unique",
+    ),
+    Invalid(
+        "init container without an image",
+        S,
+        {"initContainers": [{"name": "prep"}]},
+        "spec.initContainers[0].image",
+    ),
+    Invalid(
         "inferencePlatform kserve",
         C,
         {"inferencePlatform": "kserve"},

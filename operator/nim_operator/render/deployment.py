@@ -1,17 +1,23 @@
-"""Deployment running the NIM server: one container, the model store, and restricted security."""
+"""Deployment running the NIM server (plus any init and sidecar containers), the model store, and
+restricted security."""
 
 from __future__ import annotations
 
 import json
 from typing import Any
 
-from nim_operator.models import GPU_RESOURCE, NIMServiceSpec
+from nim_operator.models import GPU_RESOURCE, SERVER_CONTAINER_NAME, NIMServiceSpec
 from nim_operator.render.common import API_PORT_NAME, Owner, object_meta
 from nim_operator.render.container_env import (
     ADAPTERS_PATH,
     MODEL_STORE_PATH,
     container_env,
     container_port,
+)
+from nim_operator.render.extra_containers import (
+    init_containers,
+    pull_secret_names,
+    sidecar_containers,
 )
 from nim_operator.render.labels import child_labels, selector_labels
 from nim_operator.render.probes import container_probes, startup_budget_seconds
@@ -25,7 +31,7 @@ __all__ = [
     "termination_grace_period_seconds",
 ]
 
-CONTAINER_NAME = "nim"
+CONTAINER_NAME = SERVER_CONTAINER_NAME
 MODEL_STORE_VOLUME = "model-store"
 ADAPTERS_VOLUME = "lora-adapters"
 SHM_VOLUME = "dshm"
@@ -154,6 +160,8 @@ def _container(owner: Owner, spec: NIMServiceSpec) -> dict[str, Any]:
 
 
 def _pod_spec(owner: Owner, spec: NIMServiceSpec) -> dict[str, Any]:
+    # Init and sidecar containers see the model store exactly where the server does.
+    shared_mounts = _volume_mounts(spec)[:1]
     pod: dict[str, Any] = {
         "serviceAccountName": owner.name,
         # The server never talks to the Kubernetes API; no token in the pod.
@@ -166,11 +174,14 @@ def _pod_spec(owner: Owner, spec: NIMServiceSpec) -> dict[str, Any]:
             "seccompProfile": {"type": "RuntimeDefault"},
         },
         "terminationGracePeriodSeconds": termination_grace_period_seconds(spec),
-        "containers": [_container(owner, spec)],
+        "containers": [_container(owner, spec), *sidecar_containers(spec, shared_mounts)],
         "volumes": _volumes(owner, spec),
     }
-    if spec.image.pull_secrets:
-        pod["imagePullSecrets"] = [{"name": name} for name in spec.image.pull_secrets]
+    if spec.init_containers:
+        pod["initContainers"] = init_containers(spec, shared_mounts)
+    pull_secrets = pull_secret_names(spec)
+    if pull_secrets:
+        pod["imagePullSecrets"] = [{"name": name} for name in pull_secrets]
     if spec.node_selector:
         pod["nodeSelector"] = dict(sorted(spec.node_selector.items()))
     if spec.tolerations:
