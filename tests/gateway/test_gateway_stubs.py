@@ -8,6 +8,7 @@ test_gateway_e2e.py does the same against real nim-serve processes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import time
@@ -16,6 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from nim_gateway.routing import HashRing, affinity_text, stable_hash
 from tests.gateway.conftest import StubReplica, running_gateway
 from tests.support.server_process import free_port
 
@@ -232,3 +234,33 @@ async def test_readiness_and_liveness(stubs: list[StubReplica], tmp_path: Path) 
         assert (await client.get("/v1/health/live")).json()["status"] == "alive"
         assert (await client.get("/v1/health/ready")).json()["status"] == "ready"
     _ = asyncio  # the stubs run in this loop while the gateway process is polled
+
+
+async def test_bounded_load_spills_a_hot_prefix_to_the_next_replica(
+    stubs: list[StubReplica], tmp_path: Path
+) -> None:
+    """With c = 1.25 and two idle replicas, the third concurrent request of one prefix spills."""
+    first = await started(stubs, mode="slow", chunk_delay=0.2)
+    second = await started(stubs, mode="slow", chunk_delay=0.2)
+    services = [{"name": "s", "routing": "prefix-affinity", "urls": [first.url, second.url]}]
+    body = {**CHAT, "stream": True}
+    ring = HashRing([first.url, second.url], virtual_nodes=64)
+    owner = next(ring.walk(stable_hash(affinity_text(body, 512))))
+    async with (
+        running_gateway(tmp_path, services) as gateway,
+        httpx.AsyncClient(base_url=gateway.base_url, timeout=30) as client,
+        contextlib.AsyncExitStack() as held,
+    ):
+        served = []
+        # The line iterators are kept: one dropped is finalized, and that closes its stream.
+        readers = []
+        for _ in range(3):
+            response = await held.enter_async_context(
+                client.stream("POST", "/v1/chat/completions", json=body)
+            )
+            readers.append(response.aiter_lines())
+            await anext(readers[-1])
+            served.append(response.headers["x-nimstack-backend"])
+        table = await gateway.backends()
+    assert served[:2] == [owner, owner]
+    assert served[2] != owner, [(e["url"], e["inflight"], e["load"]) for e in table]
