@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import pytest
+import yaml
 
 from nim_operator.kube import ApiError, KubeClient, ResourceKind
 from tests.operator.conftest import NAMESPACE_PREFIX, NAMESPACES, RECONCILE_INTERVAL
@@ -486,3 +487,120 @@ async def test_namespaces_that_come_and_go_at_once_do_not_stall_the_operator(e2e
         await e2e.api.delete(NAMESPACES, None, name)
     await e2e.create("llm", cpu_spec(replicas=1))
     await e2e.child(DEPLOYMENTS, "llm")
+
+
+# A NIMService as NVIDIA's field reference writes one (apps.nvidia.com), using the fields this
+# operator took over from it: inferencePlatform, proxy, initContainers, sidecarContainers, an
+# hf:// model with only HF_TOKEN in the authSecret, and a created PVC.
+NVIDIA_SHAPED = """
+apiVersion: apps.nvidia.com/v1alpha1
+kind: NIMService
+metadata:
+  name: llama-hf
+spec:
+  inferencePlatform: standalone
+  image:
+    repository: nvcr.io/nim/nvidia/llm-nim
+    tag: "1.12.0"
+    pullPolicy: IfNotPresent
+    pullSecrets:
+      - ngc-secret
+  authSecret: hf-api-secret
+  env:
+    - name: NIM_MODEL_NAME
+      value: hf://meta-llama/Llama-3.2-1B-Instruct
+  storage:
+    pvc:
+      create: true
+      size: 1Gi
+      volumeAccessMode: ReadWriteOnce
+  proxy:
+    httpProxy: http://proxy.corp.example:3128
+    httpsProxy: http://proxy.corp.example:3128
+    noProxy: localhost,127.0.0.1,.svc,.cluster.local
+    certConfigMap: corp-ca-bundle
+  initContainers:
+    - name: init-setup
+      image:
+        repository: busybox
+        tag: "1.36"
+      command: ["sh", "-c"]
+      args: ["echo ready"]
+      workingDir: /model-store
+  sidecarContainers:
+    - name: log-shipper
+      image:
+        repository: fluent/fluent-bit
+        tag: "3.1"
+      env:
+        - name: FLUENT_ENV
+          value: production
+  replicas: 1
+  resources:
+    limits:
+      nvidia.com/gpu: 1
+  expose:
+    service:
+      type: ClusterIP
+      port: 8000
+"""
+
+
+async def test_an_nvidia_shaped_nimservice_renders_every_field(e2e: E2E) -> None:
+    body = yaml.safe_load(NVIDIA_SHAPED)
+    body["apiVersion"] = "nimstack.dev/v1alpha1"  # the only change NVIDIA's YAML needs
+    spec = body["spec"]
+    # NVIDIA writes the model as NIM_MODEL_NAME; model.name is the same variable here.
+    spec["model"] = {"name": spec.pop("env")[0]["value"]}
+    secret = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": "hf-api-secret"},
+        "stringData": {"HF_TOKEN": "hf_test"},  # no NGC_API_KEY: the model is on Hugging Face
+    }
+    await e2e.api.create(SECRETS, e2e.namespace, secret)
+    nim = await e2e.create("llama-hf", spec)
+
+    deployment = await e2e.child(DEPLOYMENTS, "llama-hf")
+    pod = deployment["spec"]["template"]["spec"]
+    assert [c["name"] for c in pod["initContainers"]] == ["init-setup"]
+    assert [c["name"] for c in pod["containers"]] == ["nim", "log-shipper"]
+    for container in pod["initContainers"] + pod["containers"]:
+        context = container["securityContext"]
+        assert context["allowPrivilegeEscalation"] is False
+        assert context["capabilities"] == {"drop": ["ALL"]}
+    env = {e["name"]: e for e in pod["containers"][0]["env"]}
+    assert env["HTTPS_PROXY"]["value"] == "http://proxy.corp.example:3128"
+    assert env["no_proxy"]["value"] == "localhost,127.0.0.1,.svc,.cluster.local"
+    assert env["SSL_CERT_FILE"]["value"] == "/etc/nim/proxy-ca/ca-bundle.crt"
+    assert env["NGC_API_KEY"]["valueFrom"]["secretKeyRef"]["optional"] is True
+    assert "NIM_SERVED_MODEL_NAME" not in env  # an nvcr.io/nim image names its own model
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["proxy-ca"]["configMap"]["name"] == "corp-ca-bundle"
+
+    pvc = await e2e.child(PVCS, "llama-hf-pvc")
+    (owner,) = _owner_refs(pvc)  # deleted with the NIMService, as NVIDIA's is
+    assert owner["uid"] == nim["metadata"]["uid"]
+
+
+async def test_an_nvidia_kserve_nimservice_fails_loudly(e2e: E2E) -> None:
+    # The real API server refuses it by CEL; an object stored before that rule (the emulator
+    # runs no CEL) must still not be deployed as something else.
+    refused: ApiError | None = None
+    try:
+        await e2e.create("llama-kserve", cpu_spec(inferencePlatform="kserve"))
+    except ApiError as error:
+        refused = error
+    if refused is not None:
+        assert (refused.status, "inferencePlatform kserve is not supported" in refused.message) == (
+            422,
+            True,
+        )
+        return
+    nim = await e2e.status_where(
+        "llama-kserve",
+        lambda o: condition(o, "Failed").get("status") == "True",
+        "Failed",
+    )
+    assert "inferencePlatform kserve is not supported" in condition(nim, "Failed")["message"]
+    assert await e2e.get(DEPLOYMENTS, "llama-kserve") is None
