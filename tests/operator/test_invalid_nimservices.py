@@ -256,7 +256,7 @@ INVALID = [
         "inferencePlatform unknown",
         S,
         {"inferencePlatform": "triton"},
-        "spec.inferencePlatform: 'triton' is not one of",
+        "spec.inferencePlatform",
     ),
     Invalid(
         "nimCache profile",
