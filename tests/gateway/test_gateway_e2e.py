@@ -212,6 +212,8 @@ async def test_least_load_sends_the_next_request_to_the_idle_replica(
     for _ in range(2):
         for replica in replicas.values():
             await least_load.wait_for(lambda r=replica: _idle(r), "replicas idle", within=60)
+        # ... and the gateway has scraped them so (its view lags by up to a scrape interval).
+        await least_load.wait_for(lambda: _seen_idle(least_load), "gateway sees idle", within=30)
         async with contextlib.AsyncExitStack() as stack:
             client = await stack.enter_async_context(
                 httpx.AsyncClient(base_url=least_load.base_url, timeout=120)
@@ -255,6 +257,10 @@ async def test_hanging_up_stops_the_generation_upstream(
 
 async def _idle(replica: ServerProcess) -> bool:
     return await running(replica) == 0
+
+
+async def _seen_idle(gateway: GatewayProcess) -> bool:
+    return all(e["load"] == 0 for e in await gateway.backends() if SHARED in e["models"])
 
 
 async def _busy(replica: ServerProcess) -> bool:
