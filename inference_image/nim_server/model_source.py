@@ -43,6 +43,7 @@ def resolve_model(model_name: str | None, served_name: str | None, cache: Path) 
             served_name=served_name or EMBEDDED_SERVED_NAME,
             source=f"{EMBEDDED_PACKAGE}/{EMBEDDED_GGUF}",
         )
+    model_name = _without_scheme(model_name)
     path = Path(model_name).expanduser()
     if path.is_file() and path.suffix == ".gguf":
         return ResolvedModel(
@@ -57,6 +58,17 @@ def resolve_model(model_name: str | None, served_name: str | None, cache: Path) 
     # A hub id such as meta-llama/Llama-3.1-8B-Instruct: the engine fetches it in clusters
     # that allow it (NIM_CACHE_PATH holds the download).
     return ResolvedModel(path=model_name, served_name=served_name or model_name, source=model_name)
+
+
+def _without_scheme(model_name: str) -> str:
+    """NIM's URI forms as plain names: `hf://org/model` is the hub id, `file:///dir` the path.
+
+    NVIDIA's NIMService samples write the model this way; the engine knows neither scheme.
+    """
+    for scheme in ("hf://", "file://"):
+        if model_name.startswith(scheme):
+            return model_name.removeprefix(scheme)
+    return model_name
 
 
 def embedded_gguf_path() -> Path:
