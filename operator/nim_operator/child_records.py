@@ -28,6 +28,9 @@ WATCHED_CHILDREN = (
     ("v1", "serviceaccounts"),
     ("v1", "pods"),
 )
+# Children watched for NIMCaches (nim_operator.handlers_nimcache): filtered by the API server
+# like the above, but their applies are not recorded (no watch here invalidates a record).
+WATCHED_CACHE_CHILDREN = (("batch/v1", "jobs"),)
 # Those whose applies are recorded here (pods are not applied; nim_operator.pod_cache has them).
 WATCHED_PLURALS = frozenset(plural for _, plural in WATCHED_CHILDREN if plural != "pods")
 

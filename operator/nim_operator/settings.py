@@ -16,7 +16,7 @@ from pydantic import Field, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from nim_operator import API_GROUP
-from nim_operator.child_records import WATCHED_CHILDREN
+from nim_operator.child_records import WATCHED_CACHE_CHILDREN, WATCHED_CHILDREN
 from nim_operator.render.labels import FIELD_MANAGER, MANAGED_BY_LABEL
 
 __all__ = [
@@ -179,7 +179,7 @@ def configure_kopf(kopf_settings: kopf.OperatorSettings, settings: Settings) -> 
     watching.connect_timeout = settings.api_timeout
     # Children are watched only to re-reconcile their owner: let the API server filter them, so
     # the operator never streams every Pod (or Service) of the cluster.
-    for resource in WATCHED_CHILDREN:
+    for resource in (*WATCHED_CHILDREN, *WATCHED_CACHE_CHILDREN):
         watching.label_selectors[resource] = managed_children_selector()
 
     # kopf keeps one worker per object for this long after its last event, holding that event's

@@ -11,7 +11,7 @@ from pathlib import Path
 import kopf
 import pytest
 
-from nim_operator.child_records import WATCHED_CHILDREN
+from nim_operator.child_records import WATCHED_CACHE_CHILDREN, WATCHED_CHILDREN
 from nim_operator.settings import FINALIZER, WORKER_IDLE_TIMEOUT, Settings, configure_kopf
 from tests.support.kmock_cluster import EmulatedCluster, project_crds
 from tests.support.kmock_harness import OperatorProcess
@@ -76,6 +76,7 @@ def test_kopf_keeps_its_state_under_our_api_group() -> None:
         ("", "services"): managed,
         ("", "serviceaccounts"): managed,
         ("", "pods"): managed,
+        ("batch", "jobs"): managed,  # NIMCache download Jobs
     }
     assert kopf_settings.posting.loggers is False  # Events only on condition transitions
     assert kopf_settings.posting.level == logging.INFO
@@ -95,7 +96,10 @@ def test_every_child_watch_is_filtered_by_the_api_server() -> None:
         for h in kopf.get_default_registry()._watching.get_all_handlers()
         if h.labels
     }
-    filtered = {(v.partition("/")[0] if "/" in v else "", p) for v, p in WATCHED_CHILDREN}
+    filtered = {
+        (v.partition("/")[0] if "/" in v else "", p)
+        for v, p in (*WATCHED_CHILDREN, *WATCHED_CACHE_CHILDREN)
+    }
     assert watched == filtered
 
 
