@@ -254,7 +254,9 @@ class LeaderElector:
             else:
                 failure = ""
                 holder = holder_of(self.lease)
-                if holder != announced:
+                # No holder yet means another candidate's create beat ours (409) before we read
+                # its Lease: say who holds it once a read shows it.
+                if holder and holder != announced:
                     spec = (self.lease or {}).get("spec") or {}
                     logger.info(
                         "Leader election: standing by as %s; the Lease %s is held by %s "
