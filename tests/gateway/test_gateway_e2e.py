@@ -102,7 +102,8 @@ def chat(model: str, text: str = "Hello", **extra: object) -> dict[str, object]:
 
 
 async def metrics(replica: ServerProcess) -> dict[str, float]:
-    async with httpx.AsyncClient() as client:
+    # A replica busy with 16 long samples on this 2-core machine can take seconds to answer.
+    async with httpx.AsyncClient(timeout=60) as client:
         text = (await client.get(replica.base_url + "/metrics")).text
     samples: dict[str, float] = {}
     for family in text_string_to_metric_families(text):
@@ -282,6 +283,11 @@ async def test_prefix_affinity_keeps_a_prefix_on_one_replica(
         owner(p): p for p in (f"{i:03d} " + "You are a helpful assistant. " * 3 for i in range(40))
     }
     assert set(prefixes) == set(urls)
+    # Bounded load sends a prefix past a replica still busy with an earlier test's long
+    # requests: start once both are idle and this gateway has scraped them so.
+    for replica in replicas.values():
+        await affinity.wait_for(lambda r=replica: _idle(r), "replicas idle", within=60)
+    await affinity.wait_for(lambda: _seen_idle(affinity), "gateway sees idle", within=30)
 
     headers = {"Authorization": f"Bearer {KEY}"}
     async with httpx.AsyncClient(base_url=affinity.base_url, timeout=120, headers=headers) as c:
