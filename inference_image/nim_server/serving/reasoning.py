@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from nim_server.errors import invalid_request
 from nim_server.protocol import ChatCompletionRequest
 from nim_server.serving.engine_request import engine_chat_request
+from nim_server.serving.streamed_text import StreamedText
 from nim_server.settings import Settings, SettingsError
 
 if TYPE_CHECKING:
@@ -116,8 +117,7 @@ class ReasoningSplitter:
     engine_request: Any
     thinks: bool  # False when the prompt already closed the thinking
     ended: bool = False
-    _text: str = ""
-    _token_ids: list[int] = field(default_factory=list)
+    _seen: StreamedText = field(default_factory=StreamedText)
 
     def __post_init__(self) -> None:
         self.ended = not self.thinks
@@ -131,15 +131,14 @@ class ReasoningSplitter:
         """(reasoning, answer) of one delta; the answer part is "" while the model thinks."""
         if self.ended:
             return None, delta_text
-        previous_text, previous_ids = self._text, list(self._token_ids)
-        self._text += delta_text
-        self._token_ids.extend(delta_token_ids)
+        seen = self._seen
+        seen.advance(delta_text, delta_token_ids)
         message = self.parser.extract_reasoning_streaming(
-            previous_text,
-            self._text,
+            seen.previous_text,
+            seen.text,
             delta_text,
-            previous_ids,
-            self._token_ids,
+            seen.previous_token_ids,
+            seen.token_ids,
             delta_token_ids,
         )
         reasoning = message.reasoning if message is not None else None
@@ -155,7 +154,7 @@ class ReasoningSplitter:
     def _reasoning_ended(self, delta_token_ids: Sequence[int]) -> bool:
         if self.parser.engine_based_streaming:
             return self.parser.has_engine_confirmed_reasoning_end()
-        return self.parser.is_reasoning_end_streaming(self._token_ids, delta_token_ids)
+        return self.parser.is_reasoning_end_streaming(self._seen.token_ids, delta_token_ids)
 
     def reasoning_tokens(self, token_ids: Sequence[int]) -> int:
         if not self.thinks:

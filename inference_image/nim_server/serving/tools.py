@@ -28,6 +28,7 @@ from nim_server.protocol import (
     ToolCall,
 )
 from nim_server.serving.engine_request import engine_chat_request
+from nim_server.serving.streamed_text import StreamedText
 from nim_server.settings import Settings, SettingsError
 
 if TYPE_CHECKING:
@@ -308,8 +309,7 @@ class ParsedCalls(CallExtractor):
 
     parser: ToolParser
     engine_request: Any
-    _text: str = ""
-    _token_ids: list[int] = field(default_factory=list)
+    _seen: StreamedText = field(default_factory=StreamedText)
 
     def result(self, text: str) -> tuple[str | None, list[ToolCall] | None]:
         extracted = self.parser.extract_tool_calls(text, self.engine_request)
@@ -325,15 +325,14 @@ class ParsedCalls(CallExtractor):
         return extracted.content or None, calls
 
     def feed(self, delta_text: str, delta_token_ids: Sequence[int]) -> Delta | None:
-        previous_text, previous_ids = self._text, list(self._token_ids)
-        self._text += delta_text
-        self._token_ids.extend(delta_token_ids)
+        seen = self._seen
+        seen.advance(delta_text, delta_token_ids)
         message = self.parser.extract_tool_calls_streaming(
-            previous_text,
-            self._text,
+            seen.previous_text,
+            seen.text,
             delta_text,
-            previous_ids,
-            self._token_ids,
+            seen.previous_token_ids,
+            seen.token_ids,
             delta_token_ids,
             self.engine_request,
         )
