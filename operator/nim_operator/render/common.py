@@ -31,12 +31,13 @@ class Owner:
     name: str
     namespace: str
     uid: str
+    kind: str = KIND  # a NIMCache's children have the same kind of owner
 
     def reference(self) -> dict[str, Any]:
-        """ownerReference making the NIMService the controller: deletion cascades to the child."""
+        """ownerReference making the owner the controller: deletion cascades to the child."""
         return {
             "apiVersion": f"{API_GROUP}/{API_VERSION}",
-            "kind": KIND,
+            "kind": self.kind,
             "name": self.name,
             "uid": self.uid,
             "controller": True,

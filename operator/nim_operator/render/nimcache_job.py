@@ -13,8 +13,9 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from nim_operator import API_GROUP, API_VERSION
+from nim_operator import API_GROUP
 from nim_operator.models_nimcache import NIMCacheSpec
+from nim_operator.render.common import Owner
 from nim_operator.render.container_env import MODEL_STORE_PATH
 from nim_operator.render.labels import (
     FIELD_MANAGER,
@@ -55,22 +56,10 @@ TMP_PATH = "/tmp"  # noqa: S108 (an emptyDir: the root filesystem is read-only)
 
 
 @dataclass(frozen=True)
-class CacheOwner:
+class CacheOwner(Owner):
     """The NIMCache being rendered."""
 
-    name: str
-    namespace: str
-    uid: str
-
-    def reference(self) -> dict[str, Any]:
-        return {
-            "apiVersion": f"{API_GROUP}/{API_VERSION}",
-            "kind": CACHE_KIND,
-            "name": self.name,
-            "uid": self.uid,
-            "controller": True,
-            "blockOwnerDeletion": True,
-        }
+    kind: str = CACHE_KIND
 
 
 def job_name(cache_name: str) -> str:
