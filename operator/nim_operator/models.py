@@ -38,6 +38,7 @@ __all__ = [
     "AdaptersSpec",
     "AutoscalingSpec",
     "AutoscalingStatus",
+    "ClaimSpec",
     "Condition",
     "EmptyDirStorage",
     "EnvVar",
@@ -270,7 +271,9 @@ class NIMCacheRef(_Model):
         return self
 
 
-class PVCStorage(_Model):
+class ClaimSpec(_Model):
+    """storage.pvc as a NIMCache has it: an existing claim, or one to create."""
+
     create: bool = False
     name: str | None = None
     storage_class: str | None = None
@@ -279,17 +282,22 @@ class PVCStorage(_Model):
         "ReadWriteOnce", "ReadOnlyMany", "ReadWriteMany", "ReadWriteOncePod"
     ] = "ReadWriteOnce"
     sub_path: str | None = None
-    annotations: StringMap | None = None
-    # Delete, as NVIDIA's operator does (the created claim is owned by the NIMService).
-    retain_policy: Literal["Retain", "Delete"] = "Delete"
 
     @model_validator(mode="after")
-    def _name_or_create(self) -> PVCStorage:
+    def _name_or_create(self) -> ClaimSpec:
         if self.create and self.size is None:
             raise ValueError("storage.pvc.size is required when storage.pvc.create is true")
         if not self.create and not self.name:
             raise ValueError("storage.pvc needs either name (an existing claim) or create: true")
         return self
+
+
+class PVCStorage(ClaimSpec):
+    """A NIMService's storage.pvc: a NIMCache's, plus the claim's annotations and fate."""
+
+    annotations: StringMap | None = None
+    # Delete, as NVIDIA's operator does (the created claim is owned by the NIMService).
+    retain_policy: Literal["Retain", "Delete"] = "Delete"
 
 
 class AdapterVolume(_Model):

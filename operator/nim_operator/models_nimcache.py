@@ -13,8 +13,8 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, model_validator
 
 from nim_operator.models import (
+    ClaimSpec,
     Condition,
-    Quantity,
     ResourceRequirements,
     StringMap,
     Toleration,
@@ -94,23 +94,7 @@ class CacheSource(_Model):
         return self
 
 
-class CachePVC(_Model):
-    create: bool = False
-    name: str | None = None
-    storage_class: str | None = None
-    size: Quantity | None = None
-    volume_access_mode: Literal[
-        "ReadWriteOnce", "ReadOnlyMany", "ReadWriteMany", "ReadWriteOncePod"
-    ] = "ReadWriteOnce"
-    sub_path: str | None = None
-
-    @model_validator(mode="after")
-    def _name_or_create(self) -> CachePVC:
-        if self.create and self.size is None:
-            raise ValueError("storage.pvc.size is required when storage.pvc.create is true")
-        if not self.create and not self.name:
-            raise ValueError("storage.pvc needs either name (an existing claim) or create: true")
-        return self
+CachePVC = ClaimSpec  # the same fields and rules as a NIMService's, less annotations
 
 
 class CacheStorage(_Model):
