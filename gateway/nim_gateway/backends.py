@@ -155,11 +155,19 @@ class BackendTable:
         return Lookup(known, routing, tuple(healthy or serving))
 
     def model_cards(self) -> list[dict[str, Any]]:
-        """Every model some replica serves now, once each (the first replica's card wins)."""
+        """Every model some replica serves now, once each (the first replica's card wins).
+
+        A replica not yet scraped serves its declared models (requests for them are routed to
+        it), so they are listed too, with a plain card until a replica's own card replaces it.
+        """
         cards: dict[str, dict[str, Any]] = {}
         for endpoint in self.endpoints():
             for card in endpoint.cards or []:
                 cards.setdefault(str(card.get("id")), card)
+        for endpoint in self.endpoints():
+            if endpoint.cards is None:
+                for model in endpoint.declared_models:
+                    cards.setdefault(model, _declared_card(model))
         return [cards[key] for key in sorted(cards)]
 
     def describe(self) -> list[dict[str, Any]]:
@@ -175,3 +183,8 @@ class BackendTable:
 
     def services(self) -> Mapping[str, ServiceSpec]:
         return {name: service.spec for name, service in self._services.items()}
+
+
+def _declared_card(model: str) -> dict[str, Any]:
+    # The fields OpenAI's Model object requires; `created` is unknown until the replica says.
+    return {"id": model, "object": "model", "created": 0, "owned_by": "nimstack"}

@@ -46,9 +46,12 @@ class TestBackendTable:
         table.sync([ServiceSpec("ns/a", ("http://a:1",), declared_models=("a",))])
         (endpoint,) = table.endpoints()
         assert table.lookup("a").candidates == (endpoint,)
+        # Before the first scrape /v1/models agrees with routing: the declared model is listed.
+        assert [c["id"] for c in table.model_cards()] == ["a"]
         table.record_models(endpoint, [{"id": "a"}, {"id": "a-lora", "parent": "a"}])
         assert table.lookup("a-lora").candidates == (endpoint,)
         assert [c["id"] for c in table.model_cards()] == ["a", "a-lora"]
+        assert table.model_cards()[1]["parent"] == "a"
 
     def test_a_model_without_replicas_is_known_but_has_no_candidates(self) -> None:
         table = BackendTable()

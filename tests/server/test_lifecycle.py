@@ -16,11 +16,24 @@ import pytest
 
 from tests.server.conftest import SERVED_NAME, chat_body, tiny_server_env
 from tests.support.server_process import ServerProcess, start_server
+from tests.support.tiny_model import build_tiny_model
+
+# Long enough that a stream cannot finish between its first chunk and the engine's kill even on
+# a loaded machine (the tiny model writes ~600 tokens/s on a quiet one; 4,000 once did finish).
+LONG_CONTEXT = 32768
+
+
+@pytest.fixture(scope="module")
+def long_context_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    directory = tmp_path_factory.mktemp("tiny-llama-long")
+    return build_tiny_model(directory, max_position_embeddings=LONG_CONTEXT)
 
 
 @pytest.fixture
-def fresh_server(tiny_model_dir: Path, tmp_path: Path) -> ServerProcess:
-    proc = start_server(tmp_path, tiny_server_env(tiny_model_dir, tmp_path / "cache"))
+def fresh_server(long_context_model: Path, tmp_path: Path) -> ServerProcess:
+    env = tiny_server_env(long_context_model, tmp_path / "cache")
+    env["NIM_MAX_MODEL_LEN"] = str(LONG_CONTEXT)
+    proc = start_server(tmp_path, env)
     yield proc
     proc.stop()
 
@@ -62,7 +75,7 @@ def test_loading_then_ready_then_engine_death(fresh_server: ServerProcess) -> No
     # ends with an in-band error and [DONE]; readiness and liveness say so; new requests fail
     # with a clear 500 instead of hanging.
     (core,) = engine_core_processes(server)
-    long_stream = chat_body(stream=True, max_tokens=4000, ignore_eos=True)
+    long_stream = chat_body(stream=True, max_tokens=LONG_CONTEXT - 100, ignore_eos=True)
     with httpx.stream(
         "POST", server.base_url + "/v1/chat/completions", json=long_stream, timeout=60
     ) as response:
