@@ -876,9 +876,17 @@ class NIMServiceSpec(_Model):
             return 1
         return int(str(quantity))
 
+    def model_name(self) -> str | None:
+        """The NIM_MODEL_NAME the server gets: the user's own env entry (which replaces the
+        injected one, and is how NVIDIA's samples name an hf:// model), else model.name."""
+        for entry in self.env or ():
+            if entry.name == "NIM_MODEL_NAME" and entry.value_from is None:
+                return entry.value
+        return self.model.name if self.model is not None else None
+
     def ngc_key_required(self) -> bool:
         """Whether NGC_API_KEY must be in the authSecret: not for an hf:// or local model."""
-        name = self.model.name if self.model is not None else None
+        name = self.model_name()
         return not (name and name.startswith(NON_NGC_MODEL_PREFIXES))
 
     def sets_served_model_name(self) -> bool:

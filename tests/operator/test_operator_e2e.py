@@ -550,8 +550,6 @@ async def test_an_nvidia_shaped_nimservice_renders_every_field(e2e: E2E) -> None
     body = yaml.safe_load(NVIDIA_SHAPED)
     body["apiVersion"] = "nimstack.dev/v1alpha1"  # the only change NVIDIA's YAML needs
     spec = body["spec"]
-    # NVIDIA writes the model as NIM_MODEL_NAME; model.name is the same variable here.
-    spec["model"] = {"name": spec.pop("env")[0]["value"]}
     secret = {
         "apiVersion": "v1",
         "kind": "Secret",
@@ -573,6 +571,8 @@ async def test_an_nvidia_shaped_nimservice_renders_every_field(e2e: E2E) -> None
     assert env["HTTPS_PROXY"]["value"] == "http://proxy.corp.example:3128"
     assert env["no_proxy"]["value"] == "localhost,127.0.0.1,.svc,.cluster.local"
     assert env["SSL_CERT_FILE"]["value"] == "/etc/nim/proxy-ca/ca-bundle.crt"
+    # NVIDIA's samples name the model in env: an hf:// one there needs no NGC_API_KEY either.
+    assert env["NIM_MODEL_NAME"]["value"] == "hf://meta-llama/Llama-3.2-1B-Instruct"
     assert env["NGC_API_KEY"]["valueFrom"]["secretKeyRef"]["optional"] is True
     assert "NIM_SERVED_MODEL_NAME" not in env  # an nvcr.io/nim image names its own model
     volumes = {v["name"]: v for v in pod["volumes"]}

@@ -120,6 +120,17 @@ class TestRenderDeployment:
         }
         assert variables["HF_TOKEN"]["valueFrom"]["secretKeyRef"]["name"] == "hf-token"
 
+    def test_ngc_key_optional_when_nvidia_style_env_names_an_hf_model(self) -> None:
+        # NVIDIA's samples set NIM_MODEL_NAME in env; it replaces model.name in the container,
+        # so it decides whether the model comes from NGC.
+        hf_env = [{"name": "NIM_MODEL_NAME", "value": "hf://org/model"}]
+        variables = env(render(authSecret="hf-token", env=hf_env, model={"name": "meta/x"}))
+        assert variables["NIM_MODEL_NAME"]["value"] == "hf://org/model"
+        assert variables["NGC_API_KEY"]["valueFrom"]["secretKeyRef"]["optional"] is True
+        ngc_env = [{"name": "NIM_MODEL_NAME", "value": "meta/llama3-8b-instruct"}]
+        variables = env(render(authSecret="ngc", env=ngc_env, model={"name": "hf://org/m"}))
+        assert "optional" not in variables["NGC_API_KEY"]["valueFrom"]["secretKeyRef"]
+
     @pytest.mark.parametrize("model", [None, "ngc://nim/meta/llama", "meta/llama3-8b-instruct"])
     def test_ngc_key_required_otherwise(self, model: str | None) -> None:
         fields: dict[str, Any] = {"authSecret": "ngc-api"}
