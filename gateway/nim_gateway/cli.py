@@ -6,12 +6,12 @@ import argparse
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import uvicorn
 
 from nim_gateway.app import build_app
-from nim_gateway.settings import GatewaySettings
+from nim_gateway.settings import GatewaySettings, RoutingName
 
 __all__ = ["main"]
 
@@ -35,7 +35,7 @@ def parse_args(argv: Sequence[str] | None = None) -> dict[str, Any]:
     )
     parser.add_argument("--namespaces", help="comma-separated; empty: every namespace")
     parser.add_argument("--api-keys-file", type=Path)
-    parser.add_argument("--default-routing", choices=["least-load", "prefix-affinity"])
+    parser.add_argument("--default-routing", choices=get_args(RoutingName))
     parser.add_argument("--scrape-interval", type=float)
     parser.add_argument("--log-level")
     args = parser.parse_args(argv)

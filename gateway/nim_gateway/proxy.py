@@ -8,6 +8,7 @@ replica learns to abort the generation (nim-serve aborts on disconnect).
 
 from __future__ import annotations
 
+import itertools
 import logging
 import random
 import time
@@ -27,6 +28,7 @@ from nim_gateway.routing import (
     affinity_text,
     pick_least_load,
     pick_prefix_affinity,
+    pick_round_robin,
 )
 from nim_gateway.settings import GatewaySettings
 
@@ -70,6 +72,9 @@ class Router:
         self._rng = rng or random.Random()  # noqa: S311  # spreading load, not secrecy
         # Rings by membership: rebuilt only when the set of replicas changes.
         self._rings: OrderedDict[frozenset[str], HashRing] = OrderedDict()
+        # One counter for every model: with several models each still visits its replicas in
+        # turn over time, if not strictly alternately.
+        self._turns = itertools.count()
 
     def choose(
         self, lookup: Lookup, body: Mapping[str, Any], exclude: Sequence[Endpoint] = ()
@@ -87,6 +92,8 @@ class Router:
             url = pick_prefix_affinity(
                 self._ring(by_url), key, loads, self._settings.prefix_load_factor
             )
+        elif routing == "round-robin":
+            url = pick_round_robin(by_url, next(self._turns))
         else:
             samples = {url: (e.load(), e.kv_usage) for url, e in by_url.items()}
             url = pick_least_load(samples, self._rng)

@@ -1,6 +1,9 @@
 """Routing strategies: pure functions of the candidates' loads (no I/O, no clock, no state).
 
 * least-load: the replica with the shortest queue.
+* round-robin: each replica in turn, blind to load and prompt: what a plain Kubernetes Service
+  gives (kube-proxy spreads connections, not requests, but the effect is the same), kept as the
+  baseline the other two are measured against (bench/gateway).
 * prefix-affinity: requests that begin alike go to the same replica, whose KV cache already
   holds that prefix (vLLM's prefix caching then skips recomputing it). A consistent-hash ring
   keeps the mapping stable when replicas come and go (only ~1/n of prefixes move), and the
@@ -15,7 +18,7 @@ import bisect
 import hashlib
 import math
 import random
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 __all__ = [
@@ -24,6 +27,7 @@ __all__ = [
     "bounded_capacity",
     "pick_least_load",
     "pick_prefix_affinity",
+    "pick_round_robin",
     "stable_hash",
 ]
 
@@ -93,6 +97,18 @@ def pick_least_load(
     best = min(loads.values())
     tied = sorted(node for node, load in loads.items() if load == best)
     return (rng or random).choice(tied)
+
+
+def pick_round_robin(nodes: Iterable[str], turn: int) -> str:
+    """The `turn`-th node (modulo their number) in sorted order.
+
+    The caller keeps the counter; sorting makes the order independent of how the candidates
+    were listed, so consecutive turns visit every node once before any node twice.
+    """
+    ordered = sorted(set(nodes))
+    if not ordered:
+        raise ValueError("no candidates")
+    return ordered[turn % len(ordered)]
 
 
 def affinity_text(body: Mapping[str, Any], limit: int) -> str:

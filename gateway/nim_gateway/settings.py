@@ -10,7 +10,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = ["GatewaySettings", "RoutingName"]
 
-RoutingName = Literal["least-load", "prefix-affinity"]
+RoutingName = Literal["least-load", "prefix-affinity", "round-robin"]
 
 
 class GatewaySettings(BaseSettings):

@@ -1,4 +1,5 @@
-"""The routing strategies, as pure functions: the ring, bounded load, least load, prefix keys."""
+"""The routing strategies, as pure functions: the ring, bounded load, least load, round robin,
+prefix keys."""
 
 from __future__ import annotations
 
@@ -7,14 +8,18 @@ from collections import Counter
 
 import pytest
 
+from nim_gateway.backends import Endpoint, Lookup
+from nim_gateway.proxy import Router
 from nim_gateway.routing import (
     HashRing,
     affinity_text,
     bounded_capacity,
     pick_least_load,
     pick_prefix_affinity,
+    pick_round_robin,
     stable_hash,
 )
+from nim_gateway.settings import GatewaySettings
 
 NODES = [f"http://10.0.0.{i}:8000" for i in range(1, 6)]
 
@@ -100,6 +105,30 @@ class TestLeastLoad:
         )
         assert picks["a"] > 50
         assert picks["b"] > 50
+
+
+class TestRoundRobin:
+    def test_turns_visit_every_node_once_before_any_twice(self) -> None:
+        picks = [pick_round_robin(["b", "c", "a"], turn) for turn in range(6)]
+        assert picks == ["a", "b", "c", "a", "b", "c"]
+
+    def test_the_order_does_not_depend_on_how_candidates_are_listed(self) -> None:
+        assert pick_round_robin(["b", "a"], 1) == pick_round_robin(["a", "b"], 1) == "b"
+
+    def test_no_candidates_is_an_error(self) -> None:
+        with pytest.raises(ValueError, match="no candidates"):
+            pick_round_robin([], 0)
+
+    def test_the_router_alternates_whatever_the_loads_and_prompt(self) -> None:
+        router = Router(GatewaySettings(default_routing="round-robin"))
+        busy, idle = Endpoint(NODES[0], "svc"), Endpoint(NODES[1], "svc")
+        busy.inflight = 9
+        lookup = Lookup(known=True, routing=None, candidates=(busy, idle))
+        body = {"model": "m", "prompt": "the same prompt every time"}
+        picks = [router.choose(lookup, body) for _ in range(4)]
+        assert picks == [busy, idle, busy, idle]
+        # A replica left out (tried already) is skipped, not waited for.
+        assert {router.choose(lookup, body, exclude=[busy]) for _ in range(3)} == {idle}
 
 
 class TestAffinityText:

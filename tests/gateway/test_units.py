@@ -154,7 +154,8 @@ class TestKubernetesTranslation:
 
     def test_routing_annotation_values(self) -> None:
         assert routing_from_annotations({"nimstack.dev/routing": "least-load"}) == "least-load"
-        assert routing_from_annotations({"nimstack.dev/routing": "round-robin"}) is None
+        assert routing_from_annotations({"nimstack.dev/routing": "round-robin"}) == "round-robin"
+        assert routing_from_annotations({"nimstack.dev/routing": "random"}) is None
         assert routing_from_annotations(None) is None
 
 
