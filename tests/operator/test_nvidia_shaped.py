@@ -1,0 +1,321 @@
+"""NVIDIA-shaped YAML, applied with only `apiVersion` changed, does what its fields say.
+
+tests/operator/nvidia_shaped/ holds NIMServices and NIMCaches written by us the way NVIDIA's
+k8s-nim-operator field reference writes them (`apps.nvidia.com/v1alpha1`), one file per feature.
+Every object must pass our CRDs as the API server checks them (strict field validation, so no
+field is pruned; defaults; CEL) and our pydantic models; then the real operator process
+reconciles each file on the API-server emulator and the test reads the children it rendered.
+(The proxy / initContainers / sidecarContainers / hf:// sample is test_operator_e2e's
+NVIDIA_SHAPED; multiNode and draResources have their own e2e modules.)
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Callable, Coroutine
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import celpy
+import pytest
+import yaml
+
+from nim_operator.kube import KubeClient, ResourceKind
+from nim_operator.models import NIMServiceSpec
+from nim_operator.models_nimcache import NIMCacheSpec
+from tests.operator.test_crd_cel import apply_defaults, compiled, rules
+from tests.operator.test_nimcache_e2e import JOBS, NIMCACHES, download_ends
+from tests.operator.test_operator_e2e import (
+    DEPLOYMENTS,
+    E2E,
+    HPAS,
+    NIMSERVICES,
+    PVCS,
+    SECRETS,
+    SERVICES,
+    condition,
+)
+from tests.support.crd_validation import schema_errors
+from tests.support.gateway_api import GATEWAY_API_CRDS
+from tests.support.kmock_harness import ClusterDriver, OperatorProcess, install_crds
+
+REPO = Path(__file__).parents[2]
+SAMPLES = Path(__file__).with_name("nvidia_shaped")
+OURS = "nimstack.dev/v1alpha1"
+INGRESSES = ResourceKind("networking.k8s.io/v1", "ingresses")
+HTTP_ROUTES = ResourceKind("gateway.networking.k8s.io/v1", "httproutes")
+GRPC_ROUTES = ResourceKind("gateway.networking.k8s.io/v1", "grpcroutes")
+KINDS = {"NIMService": NIMSERVICES, "NIMCache": NIMCACHES}
+
+
+def load(name: str) -> list[dict[str, Any]]:
+    """The file's objects, with NVIDIA's apiVersion replaced by ours: the only edit allowed."""
+    documents = [d for d in yaml.safe_load_all((SAMPLES / name).read_text()) if d]
+    for document in documents:
+        assert document["apiVersion"] == "apps.nvidia.com/v1alpha1", name
+        document["apiVersion"] = OURS
+    return documents
+
+
+@cache
+def openapi_root(kind: str) -> dict[str, Any]:
+    crd = yaml.safe_load((REPO / "crds" / f"{kind.lower()}.yaml").read_text())
+    root: dict[str, Any] = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    return root
+
+
+def api_server_verdict(obj: dict[str, Any]) -> list[str]:
+    """What kube-apiserver would say on a strict create: unknown fields, schema, then CEL."""
+    root = openapi_root(obj["kind"])
+    defaulted = apply_defaults(root, copy.deepcopy(obj))
+    errors = schema_errors(root, defaulted, strict=True)
+    return errors + [
+        message
+        for rule, message, value in rules(root, defaulted)
+        if not compiled(rule).evaluate({"self": celpy.json_to_cel(value)})  # type: ignore[attr-defined]
+    ]
+
+
+FILES = sorted(path.name for path in SAMPLES.glob("*.yaml"))
+
+
+@pytest.mark.parametrize("name", FILES)
+def test_the_api_server_and_our_models_accept_every_object(name: str) -> None:
+    for obj in load(name):
+        assert api_server_verdict(obj) == [], (name, obj["metadata"]["name"])
+        defaulted = apply_defaults(openapi_root(obj["kind"]), copy.deepcopy(obj))
+        if obj["kind"] == "NIMService":
+            NIMServiceSpec.model_validate(defaulted["spec"])
+        else:
+            NIMCacheSpec.from_body(defaulted["spec"])
+
+
+def test_every_file_is_exercised_on_the_emulator() -> None:
+    assert set(FILES) == set(SCENARIOS)
+
+
+# --- on the emulator, with the real operator -------------------------------------------------
+
+
+@pytest.fixture
+def e2e(
+    api: KubeClient, namespace: str, driver: ClusterDriver, operator_process: OperatorProcess
+) -> E2E:
+    if not driver.emulated:
+        pytest.skip("images, GPUs and NGC credentials of NVIDIA's samples are not on this cluster")
+    return E2E(api, namespace, driver, operator_process)
+
+
+async def apply(e2e: E2E, name: str) -> dict[str, dict[str, Any]]:
+    """Create the file's objects in order; returns them by name as the API server stored them.
+
+    NVIDIA's samples assume the NGC key Secret exists; so does this.
+    """
+    await secret(e2e, "ngc-api-secret", NGC_API_KEY="nvapi-test")
+    created = {}
+    for obj in load(name):
+        kind = KINDS[obj["kind"]]
+        created[obj["metadata"]["name"]] = await e2e.api.create(kind, e2e.namespace, obj)
+    return created
+
+
+async def secret(e2e: E2E, name: str, **keys: str) -> None:
+    body = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name}, "stringData": keys}
+    await e2e.api.create(SECRETS, e2e.namespace, body)
+
+
+def server(deployment: dict[str, Any]) -> dict[str, Any]:
+    containers: list[dict[str, Any]] = deployment["spec"]["template"]["spec"]["containers"]
+    return containers[0]
+
+
+def env_of(deployment: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {entry["name"]: entry for entry in server(deployment).get("env", [])}
+
+
+async def ngc_pvc(e2e: E2E) -> None:
+    await apply(e2e, "llm-ngc-pvc.yaml")
+    name = "meta-llama3-8b-instruct"
+    deployment = await e2e.child(DEPLOYMENTS, name)
+    container = server(deployment)
+    assert container["image"] == "nvcr.io/nim/meta/llama3-8b-instruct:1.0.3"
+    assert container["imagePullPolicy"] == "IfNotPresent"
+    assert container["resources"]["limits"]["nvidia.com/gpu"] in (1, "1")
+    pod = deployment["spec"]["template"]["spec"]
+    assert pod["imagePullSecrets"] == [{"name": "ngc-secret"}]
+    env = env_of(deployment)
+    # An NGC model: the key is required, so a Secret without it fails at container start.
+    assert env["NGC_API_KEY"]["valueFrom"]["secretKeyRef"] == {
+        "name": "ngc-api-secret",
+        "key": "NGC_API_KEY",
+    }
+    assert env["NIM_CACHE_PATH"]["value"] == "/model-store"
+    assert "NIM_SERVED_MODEL_NAME" not in env  # the NIM image names its own model
+    probes = {
+        kind: container[kind]["httpGet"]["path"] for kind in ("livenessProbe", "readinessProbe")
+    }
+    assert probes == {"livenessProbe": "/v1/health/live", "readinessProbe": "/v1/health/ready"}
+    claim = await e2e.child(PVCS, f"{name}-pvc")
+    assert claim["spec"]["storageClassName"] == "local-path"
+    assert claim["spec"]["accessModes"] == ["ReadWriteOnce"]
+    assert claim["spec"]["resources"]["requests"]["storage"] == "50Gi"
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert {"claimName": f"{name}-pvc"}.items() <= volumes["model-store"][
+        "persistentVolumeClaim"
+    ].items()
+    service = await e2e.child(SERVICES, name)
+    assert service["spec"]["type"] == "ClusterIP"
+    assert [p["port"] for p in service["spec"]["ports"]] == [8000]
+
+
+async def nimcache(e2e: E2E) -> None:
+    await secret(e2e, "hf-api-secret", HF_TOKEN="hf_test")
+    await apply(e2e, "llm-nimcache.yaml")
+    job = await e2e.child(JOBS, "smollm2-cache-download")
+    download = job["spec"]["template"]["spec"]["containers"][0]
+    assert download["image"] == "nimstack/nim-server:0.1.0"
+    assert download["resources"]["limits"]["memory"] == "4Gi"
+    job_env = {e["name"]: e for e in download.get("env", [])}
+    assert job_env["HF_ENDPOINT"]["value"] == "https://huggingface.co"
+    assert job_env["HF_TOKEN"]["valueFrom"]["secretKeyRef"]["name"] == "hf-api-secret"
+    assert "HuggingFaceTB/SmolLM2-135M-Instruct" in download["args"]
+    assert job["spec"]["template"]["spec"]["imagePullSecrets"] == [{"name": "ngc-secret"}]
+    # The NIMService waits for the cache, saying so, before it renders a Deployment.
+    await e2e.status_where(
+        "smollm2",
+        lambda o: condition(o, "Ready").get("reason") == "NIMCacheNotReady",
+        "waiting for its NIMCache",
+    )
+    assert await e2e.get(DEPLOYMENTS, "smollm2") is None
+    message = {
+        "model": "HuggingFaceTB/SmolLM2-135M-Instruct",
+        "servedName": "HuggingFaceTB/SmolLM2-135M-Instruct",
+        "path": "models/HuggingFaceTB--SmolLM2-135M-Instruct",
+        "sizeBytes": 269060381,
+    }
+    await download_ends(
+        e2e.api, e2e.namespace, "smollm2-cache-download", exit_code=0, message=json.dumps(message)
+    )
+    deployment = await e2e.child(DEPLOYMENTS, "smollm2")
+    pod = deployment["spec"]["template"]["spec"]
+    claim = {v["name"]: v for v in pod["volumes"]}["model-store"]["persistentVolumeClaim"]
+    assert claim == {"claimName": "smollm2-cache-pvc", "readOnly": True}
+    model = env_of(deployment)["NIM_MODEL_NAME"]["value"]
+    assert model.endswith("models/HuggingFaceTB--SmolLM2-135M-Instruct")
+
+
+async def ingress(e2e: E2E) -> None:
+    await apply(e2e, "llm-ingress.yaml")
+    created = await e2e.child(INGRESSES, "llama-ingress")
+    assert created["spec"]["ingressClassName"] == "nginx"
+    (rule,) = created["spec"]["rules"]
+    assert rule["host"] == "llama.example.com"
+    (path,) = rule["http"]["paths"]
+    assert path["path"] == "/v1/chat/completions"
+    assert path["backend"]["service"] == {"name": "llama-ingress", "port": {"number": 8000}}
+    nim = await e2e.status_where(
+        "llama-ingress",
+        lambda o: bool(((o.get("status") or {}).get("model") or {}).get("externalEndpoint")),
+        "externalEndpoint",
+    )
+    assert nim["status"]["model"]["externalEndpoint"] == "http://llama.example.com"
+
+
+async def router(e2e: E2E) -> None:
+    if not await e2e.api.has_resource("gateway.networking.k8s.io/v1", "httproutes"):
+        await install_crds(e2e.api, GATEWAY_API_CRDS, field_manager="nimstack-e2e")
+    await apply(e2e, "llm-router.yaml")
+    service = await e2e.child(SERVICES, "llama-api")
+    ports = {p["name"]: p["port"] for p in service["spec"]["ports"]}
+    assert ports["api"] == 8000
+    assert 8001 in ports.values()
+    assert 8002 in ports.values()
+    http = await e2e.child(HTTP_ROUTES, "llama-router")
+    (parent,) = http["spec"]["parentRefs"]
+    assert (parent["namespace"], parent["name"]) == ("nim-gateway", "istio-gateway")
+    assert http["spec"]["hostnames"] == [f"llama-router.{e2e.namespace}.example.com"]
+    (backend,) = http["spec"]["rules"][0]["backendRefs"]
+    assert (backend["name"], backend["port"]) == ("llama-api", 8000)
+    grpc = await e2e.child(GRPC_ROUTES, "llama-router")
+    assert grpc["spec"]["rules"][0]["backendRefs"][0]["port"] == 8001
+
+
+async def hpa(e2e: E2E) -> None:
+    await apply(e2e, "llm-hpa.yaml")
+    created = await e2e.child(HPAS, "llama-hpa")
+    spec = created["spec"]
+    assert spec["scaleTargetRef"] == {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "name": "llama-hpa",
+    }
+    assert (spec["minReplicas"], spec["maxReplicas"]) == (1, 3)
+    (metric,) = spec["metrics"]
+    assert metric["object"]["metric"]["name"] == "gpu_cache_usage_perc"
+    assert spec["behavior"]["scaleDown"]["stabilizationWindowSeconds"] == 600
+    deployment = await e2e.child(DEPLOYMENTS, "llama-hpa")
+    # The HPA owns the replica count: the operator's Deployment leaves it alone.
+    assert "replicas" not in deployment["spec"] or deployment["spec"]["replicas"] >= 1
+
+
+async def pod_settings(e2e: E2E) -> None:
+    await apply(e2e, "llm-pod-settings.yaml")
+    deployment = await e2e.child(DEPLOYMENTS, "llama-pod")
+    assert deployment["spec"]["replicas"] == 2
+    pod = deployment["spec"]["template"]["spec"]
+    assert pod["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}
+    # tolerationSeconds survives (NVIDIA's text templates once dropped it).
+    assert pod["tolerations"][0]["tolerationSeconds"] == 300
+    anti = pod["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
+    assert anti[0]["podAffinityTerm"]["topologyKey"] == "kubernetes.io/hostname"
+    assert (pod["runtimeClassName"], pod["priorityClassName"], pod["schedulerName"]) == (
+        "nvidia",
+        "inference-high",
+        "default-scheduler",
+    )
+    assert (pod["securityContext"]["runAsUser"], pod["securityContext"]["runAsGroup"]) == (
+        1000,
+        2000,
+    )
+    shm = {v["name"]: v for v in pod["volumes"]}["dshm"]["emptyDir"]
+    assert shm == {"medium": "Memory", "sizeLimit": "8Gi"}
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert labels["team"] == "search"
+    assert deployment["spec"]["template"]["metadata"]["annotations"]["cost-center"] == "42"
+    container = server(deployment)
+    assert container["command"] == ["/opt/nim/start_server.sh"]
+    assert container["args"] == ["--verbose"]
+    env = env_of(deployment)
+    # The user's env replaces what the operator injects, as at NVIDIA.
+    assert env["NIM_LOG_LEVEL"]["value"] == "DEBUG"
+    assert env["NIM_MAX_MODEL_LEN"]["value"] == "8192"
+    assert container["resources"]["requests"] == {"cpu": "4", "memory": "32Gi"}
+    assert container["resources"]["limits"]["memory"] == "64Gi"
+    assert "livenessProbe" not in container
+    assert container["startupProbe"]["failureThreshold"] == 360
+    service = await e2e.child(SERVICES, "llama-pod")
+    assert service["metadata"]["annotations"]["service.kubernetes.io/topology-mode"] == "Auto"
+    # metrics.enabled: a ServiceMonitor where the CRD exists, else a condition naming it.
+    if not await e2e.api.has_resource("monitoring.coreos.com/v1", "servicemonitors"):
+        await e2e.status_where(
+            "llama-pod",
+            lambda o: condition(o, "Degraded").get("reason") == "ServiceMonitorCRDMissing",
+            "Degraded ServiceMonitorCRDMissing",
+        )
+
+
+SCENARIOS: dict[str, Callable[[E2E], Coroutine[Any, Any, None]]] = {
+    "llm-ngc-pvc.yaml": ngc_pvc,
+    "llm-nimcache.yaml": nimcache,
+    "llm-ingress.yaml": ingress,
+    "llm-router.yaml": router,
+    "llm-hpa.yaml": hpa,
+    "llm-pod-settings.yaml": pod_settings,
+}
+
+
+@pytest.mark.parametrize("name", FILES)
+async def test_the_operator_renders_what_the_fields_say(e2e: E2E, name: str) -> None:
+    await SCENARIOS[name](e2e)
