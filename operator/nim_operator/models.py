@@ -27,6 +27,9 @@ __all__ = [
     "API_KEY_ENV",
     "DEFAULT_AUTOSCALING_TARGETS",
     "DNS1035_LABEL",
+    "DRA_CLAIMS_UNDECLARED",
+    "DRA_REQUESTS_REFUSED",
+    "DRA_SOURCE_REFUSED",
     "DURATION_PATTERN",
     "GPU_RESOURCE",
     "KSERVE_REFUSED",
@@ -40,6 +43,13 @@ __all__ = [
     "AutoscalingStatus",
     "ClaimSpec",
     "Condition",
+    "ContainerClaim",
+    "DRAAttributeSelector",
+    "DRAAttributeValue",
+    "DRACapacitySelector",
+    "DRAClaimCreationSpec",
+    "DRADevice",
+    "DRAResource",
     "EmptyDirStorage",
     "EnvVar",
     "EnvVarSource",
@@ -74,6 +84,7 @@ __all__ = [
     "ServiceSpec",
     "StorageSpec",
     "Toleration",
+    "dra_pod_claim_name",
     "service_name_problem",
 ]
 
@@ -247,9 +258,178 @@ class GPUSpec(_Model):
     count: Annotated[int, Field(ge=0, le=64)]
 
 
+# --- dynamic resource allocation (NVIDIA's draResources) -----------------------------------------
+
+# The pod claim of draResources[i] is named `dra-<i>` (resources.claims refers to it), so at most
+# ten keep the names one digit long, which is what the CRD's CEL rule checks.
+MAX_DRA_RESOURCES = 10
+DRA_POD_CLAIM_PREFIX = "dra-"
+DNS1123_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+# A device attribute or capacity name, optionally qualified by a domain: `productName`,
+# `gpu.nvidia.com/productName`. Rendered into a CEL expression, so nothing else may pass.
+DRA_KEY_PATTERN = (
+    r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z_][A-Za-z0-9_]*$"
+)
+SEMVER_PATTERN = (
+    r"^(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)"
+    r"(-[0-9A-Za-z-]+(\.[0-9A-Za-z-]+)*)?(\+[0-9A-Za-z-]+(\.[0-9A-Za-z-]+)*)?$"
+)
+# Kubernetes allows 32 selectors per device request; the driver's own selector is one of them.
+MAX_DEVICE_SELECTORS = 31
+NVIDIA_GPU_DEVICE_CLASS = "gpu.nvidia.com"
+DRA_REQUESTS_REFUSED = (
+    "draResources[].requests names at most one request: the container's resources.claims are "
+    "keyed by claim name, so it takes the whole claim or one request of it"
+)
+DRA_SOURCE_REFUSED = (
+    "draResources[] needs exactly one of resourceClaimName, resourceClaimTemplateName, "
+    "claimCreationSpec"
+)
+DRA_CLAIMS_UNDECLARED = (
+    "resources.claims names the pod claims of draResources: dra-0 for the first entry, dra-1 "
+    "for the second, and so on; a name without its draResources entry is not declared"
+)
+SelectorOp = Literal[
+    "Equal", "NotEqual", "GreaterThan", "GreaterThanOrEqual", "LessThan", "LessThanOrEqual"
+]
+DRAKey = Annotated[str, Field(min_length=1, max_length=64, pattern=DRA_KEY_PATTERN)]
+ObjectName = Annotated[str, Field(min_length=1, max_length=253, pattern=DNS1123_SUBDOMAIN)]
+
+
+class ContainerClaim(_Model):
+    """corev1.ResourceClaim: the server container uses a pod claim (`dra-<i>`), or one request."""
+
+    name: Annotated[str, Field(min_length=1, max_length=63, pattern=DNS1123_LABEL)]
+    request: Annotated[str, Field(min_length=1, max_length=63, pattern=DNS1123_LABEL)] | None = None
+
+
 class ResourceRequirements(_Model):
     limits: dict[str, Quantity] | None = None
     requests: dict[str, Quantity] | None = None
+    claims: Annotated[list[ContainerClaim], Field(max_length=MAX_DRA_RESOURCES)] | None = None
+
+    @field_validator("claims")
+    @classmethod
+    def _claims_once(cls, claims: list[ContainerClaim] | None) -> list[ContainerClaim] | None:
+        # The container's claims are a list keyed by name (server-side apply keeps one per name).
+        names = [claim.name for claim in claims or []]
+        if len(set(names)) != len(names):
+            raise ValueError("resources.claims must not name a claim twice")
+        return claims
+
+
+class DRAAttributeValue(_Model):
+    """The value an attribute is compared with: exactly one of the four."""
+
+    bool_value: bool | None = None
+    int_value: Annotated[int, Field(ge=-(2**31), le=2**31 - 1)] | None = None
+    string_value: Annotated[str, Field(max_length=64)] | None = None
+    version_value: Annotated[str, Field(max_length=64, pattern=SEMVER_PATTERN)] | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> DRAAttributeValue:
+        given = (self.bool_value, self.int_value, self.string_value, self.version_value)
+        if sum(value is not None for value in given) != 1:
+            raise ValueError(
+                "an attribute selector value needs exactly one of boolValue, intValue, "
+                "stringValue, versionValue"
+            )
+        return self
+
+
+class DRAAttributeSelector(_Model):
+    key: DRAKey
+    op: SelectorOp = "Equal"
+    value: DRAAttributeValue
+
+
+class DRACapacitySelector(_Model):
+    key: DRAKey
+    op: SelectorOp = "Equal"
+    value: Quantity
+
+
+class DRADevice(_Model):
+    """One device request of a generated ResourceClaimTemplate."""
+
+    name: Annotated[str, Field(min_length=1, max_length=63, pattern=DNS1123_LABEL)]
+    count: Annotated[int, Field(ge=1)] = 1
+    device_class_name: ObjectName = NVIDIA_GPU_DEVICE_CLASS
+    driver_name: ObjectName = NVIDIA_GPU_DEVICE_CLASS
+    attribute_selectors: Annotated[list[DRAAttributeSelector], Field(max_length=20)] | None = None
+    capacity_selectors: Annotated[list[DRACapacitySelector], Field(max_length=12)] | None = None
+    cel_expressions: (
+        Annotated[
+            list[Annotated[str, Field(min_length=1, max_length=10240)]],
+            Field(max_length=MAX_DEVICE_SELECTORS),
+        ]
+        | None
+    ) = None
+
+    @model_validator(mode="after")
+    def _selectors(self) -> DRADevice:
+        attributes = len(self.attribute_selectors or [])
+        capacities = len(self.capacity_selectors or [])
+        if self.cel_expressions and (attributes or capacities):
+            raise ValueError(
+                "celExpressions must not be set if attributeSelectors or capacitySelectors are set"
+            )
+        if attributes + capacities > MAX_DEVICE_SELECTORS:
+            raise ValueError(
+                "attributeSelectors and capacitySelectors together allow at most 31 selectors "
+                "(Kubernetes allows 32 per device request, one selects the driver)"
+            )
+        return self
+
+
+class DRAClaimCreationSpec(_Model):
+    """A ResourceClaimTemplate the operator creates, owned by the NIMService."""
+
+    generate_name: (
+        Annotated[str, Field(min_length=1, max_length=16, pattern=DNS1123_LABEL)] | None
+    ) = None
+    devices: Annotated[list[DRADevice], Field(min_length=1, max_length=32)]
+
+    @field_validator("devices")
+    @classmethod
+    def _device_names_once(cls, devices: list[DRADevice]) -> list[DRADevice]:
+        names = [device.name for device in devices]
+        if len(set(names)) != len(names):
+            raise ValueError("claimCreationSpec.devices need distinct names (request names)")
+        return devices
+
+
+class DRAResource(_Model):
+    """NVIDIA's DRAResource: one pod claim from a ResourceClaim, a template, or a generated one."""
+
+    resource_claim_name: ObjectName | None = None
+    resource_claim_template_name: ObjectName | None = None
+    claim_creation_spec: DRAClaimCreationSpec | None = None
+    requests: (
+        Annotated[
+            list[Annotated[str, Field(min_length=1, max_length=63, pattern=DNS1123_LABEL)]],
+            Field(max_length=8),
+        ]
+        | None
+    ) = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> DRAResource:
+        if self.requests is not None and len(self.requests) > 1:
+            raise ValueError(DRA_REQUESTS_REFUSED)
+        sources = (
+            self.resource_claim_name,
+            self.resource_claim_template_name,
+            self.claim_creation_spec,
+        )
+        if sum(source is not None for source in sources) != 1:
+            raise ValueError(DRA_SOURCE_REFUSED)
+        return self
+
+
+def dra_pod_claim_name(index: int) -> str:
+    """The pod's name for draResources[index], which resources.claims refers to."""
+    return f"{DRA_POD_CLAIM_PREFIX}{index}"
 
 
 # --- storage ------------------------------------------------------------------------------------
@@ -775,6 +955,7 @@ class NIMServiceSpec(_Model):
     model: ModelSpec | None = None
     gpu: GPUSpec | None = None
     resources: ResourceRequirements | None = None
+    dra_resources: Annotated[list[DRAResource], Field(max_length=MAX_DRA_RESOURCES)] | None = None
     replicas: Annotated[int, Field(ge=0)] | None = None
     storage: StorageSpec = StorageSpec()
     adapters: AdaptersSpec | None = None
@@ -828,6 +1009,7 @@ class NIMServiceSpec(_Model):
                 "spec.autoscaling and spec.scale.enabled are mutually exclusive: "
                 "use either the built-in autoscaler or an HPA"
             )
+        self._check_dra_claims()
         gpu_quantity = self._resource_gpu_quantity()
         if self.gpu is not None and gpu_quantity is not None:
             raise ValueError(
@@ -838,6 +1020,12 @@ class NIMServiceSpec(_Model):
             # Kubernetes would refuse the pod later; say so now, where the spec is.
             raise ValueError("resources nvidia.com/gpu must be a whole number of GPUs")
         return self
+
+    def _check_dra_claims(self) -> None:
+        declared = {dra_pod_claim_name(i) for i in range(len(self.dra_resources or []))}
+        claims = self.resources.claims if self.resources is not None else None
+        if any(claim.name not in declared for claim in claims or []):
+            raise ValueError(DRA_CLAIMS_UNDECLARED)
 
     @classmethod
     def from_body(cls, spec: dict[str, Any]) -> NIMServiceSpec:
@@ -873,7 +1061,9 @@ class NIMServiceSpec(_Model):
             return self.gpu.count
         quantity = self._resource_gpu_quantity()
         if quantity is None:
-            return 1
+            # With draResources the devices come from the claims: a device-plugin GPU on top
+            # would be a second, unwanted one.
+            return 0 if self.dra_resources else 1
         return int(str(quantity))
 
     def model_name(self) -> str | None:

@@ -39,6 +39,13 @@ from nim_operator.conditions import (
     compute_status,
     label_selector,
 )
+from nim_operator.dra import (
+    CLAIM_TEMPLATES,
+    claim_template_children,
+    delete_unwanted_claim_templates,
+    dra_served,
+    dra_unavailable,
+)
 from nim_operator.heap import HeapTrimmer, libc_malloc_trim
 from nim_operator.kube import ApiError, CapabilityCache, KubeClient, ResourceKind, TransientApiError
 from nim_operator.models import NIMServiceSpec, service_name_problem
@@ -404,6 +411,7 @@ async def _sync_children(
     service_monitors: bool,
     gateway: exposure.GatewaySupport,
     previous_service: str | None,
+    claim_templates: bool = False,
 ) -> Mapping[str, Any] | None:
     """Delete what is off, apply the rest; the Deployment as the apply left it (None if none)."""
     kube = runtime.kube
@@ -420,6 +428,9 @@ async def _sync_children(
         grpc_routes_supported=gateway.grpc_routes,
         previous_service=previous_service,
     )
+    if claim_templates:
+        # spec.draResources' generated ResourceClaimTemplates, before the pods that use them.
+        children = [*claim_template_children(owner, spec), *children]
     # Deletions first: an HPA being switched off must be gone before the Deployment's replica
     # count is enforced again, or it could rescale in between.
     for ref, manifest in children:
@@ -450,6 +461,9 @@ async def _sync_children(
             slot.records[ref] = child
         if ref.kind == "Deployment":
             deployment = live
+    if claim_templates:
+        wanted = {ref.name for ref, _ in children if ref.plural == CLAIM_TEMPLATES.plural}
+        await delete_unwanted_claim_templates(kube, owner, wanted, absent)
     return deployment
 
 
@@ -606,6 +620,10 @@ async def _reconcile_held(
     applied = None
     if spec is not None:
         problem = await _missing_dependency(runtime.kube, owner, spec)
+    dra_api = False
+    if spec is not None and problem is None:
+        dra_api = await dra_served(runtime.capabilities)
+        problem = dra_unavailable(spec, dra_api)
     if spec is not None and problem is None and spec.storage.nim_cache is not None:
         # Rendered with the cache's claim and model; a cache still downloading is a wait.
         mounted = await _mount_cache(runtime.kube, owner, spec)
@@ -623,6 +641,7 @@ async def _reconcile_held(
                 service_monitors=monitors,
                 gateway=gateway,
                 previous_service=exposure.previous_service_name(reported),
+                claim_templates=dra_api,
             )
             report = exposure.exposure_report(owner, spec, gateway)
             exposed = () if report is None else (report,)

@@ -23,6 +23,7 @@ from nim_operator.render.labels import child_labels, selector_labels
 from nim_operator.render.probes import container_probes, startup_budget_seconds
 from nim_operator.render.proxy import proxy_volume, proxy_volume_mount
 from nim_operator.render.pvc import pvc_name
+from nim_operator.render.resource_claims import container_claims, pod_resource_claims
 
 __all__ = [
     "CONTAINER_NAME",
@@ -63,10 +64,13 @@ def _resources(spec: NIMServiceSpec) -> dict[str, Any]:
     `gpu.count: 0` explicitly.
     """
     resources = spec.resources.to_k8s() if spec.resources is not None else {}
+    resources.pop("claims", None)  # in the order container_claims gives them
     count = spec.gpu_count()
     if count > 0:
         resources.setdefault("limits", {}).setdefault(GPU_RESOURCE, count)
-    return {group: dict(sorted(values.items())) for group, values in sorted(resources.items())}
+    sized = {group: dict(sorted(values.items())) for group, values in sorted(resources.items())}
+    claims = container_claims(spec)
+    return {"claims": claims, **sized} if claims else sized
 
 
 def _model_store_volume(owner: Owner, spec: NIMServiceSpec) -> dict[str, Any]:
@@ -179,6 +183,8 @@ def _pod_spec(owner: Owner, spec: NIMServiceSpec) -> dict[str, Any]:
     }
     if spec.init_containers:
         pod["initContainers"] = init_containers(spec, shared_mounts)
+    if spec.dra_resources:
+        pod["resourceClaims"] = pod_resource_claims(owner.name, spec)
     pull_secrets = pull_secret_names(spec)
     if pull_secrets:
         pod["imagePullSecrets"] = [{"name": name} for name in pull_secrets]
