@@ -874,7 +874,8 @@ DEFAULT_AUTOSCALING_TARGETS: dict[str, float] = {"queue": 4.0, "running": 16.0, 
 class AutoscalingSpec(_Model):
     """The built-in autoscaler (a nimstack addition): scales on what the pods report."""
 
-    min_replicas: Annotated[int, Field(ge=1)] = 1
+    # 0 allows scaling to zero once idle for `scale_to_zero_after` seconds (nim-gateway wakes it).
+    min_replicas: Annotated[int, Field(ge=0)] = 1
     max_replicas: Annotated[int, Field(ge=1)]
     metric: AutoscalingMetric = "running"
     target: Annotated[float, Field(gt=0)] | None = None
@@ -882,6 +883,7 @@ class AutoscalingSpec(_Model):
     scale_up_stabilization_seconds: Annotated[int, Field(ge=0, le=3600)] = 0
     scale_down_stabilization_seconds: Annotated[int, Field(ge=0, le=3600)] = 300
     interval: Annotated[int, Field(ge=1, le=3600)] = 15
+    scale_to_zero_after: Annotated[int, Field(ge=1, le=86400)] = 300
 
     @model_validator(mode="after")
     def _consistent(self) -> AutoscalingSpec:
@@ -957,6 +959,8 @@ class NIMServiceSpec(_Model):
     resources: ResourceRequirements | None = None
     dra_resources: Annotated[list[DRAResource], Field(max_length=MAX_DRA_RESOURCES)] | None = None
     replicas: Annotated[int, Field(ge=0)] | None = None
+    # Idle seconds after which a fixed count goes to 0 (nim-gateway sets it back to 1).
+    scale_to_zero_after: Annotated[int, Field(ge=1, le=86400)] | None = None
     storage: StorageSpec = StorageSpec()
     adapters: AdaptersSpec | None = None
     expose: ExposeSpec = ExposeSpec()
@@ -1009,6 +1013,14 @@ class NIMServiceSpec(_Model):
                 "spec.autoscaling and spec.scale.enabled are mutually exclusive: "
                 "use either the built-in autoscaler or an HPA"
             )
+        if self.scale_to_zero_after is not None and (
+            self.autoscaling is not None or self.scale.enabled
+        ):
+            raise ValueError(
+                "spec.scaleToZeroAfter is for a fixed replica count; with spec.autoscaling use "
+                "autoscaling.minReplicas 0 and autoscaling.scaleToZeroAfter, and an HPA cannot "
+                "scale to zero"
+            )
         self._check_dra_claims()
         gpu_quantity = self._resource_gpu_quantity()
         if self.gpu is not None and gpu_quantity is not None:
@@ -1040,6 +1052,14 @@ class NIMServiceSpec(_Model):
     def autoscaling_enabled(self) -> bool:
         """The built-in autoscaler (nim_operator.autoscaling) owns the replica count."""
         return self.autoscaling is not None
+
+    def idle_timeout(self) -> int | None:
+        """Seconds without requests after which this service scales to zero, or None if never."""
+        if self.autoscaling is not None:
+            if self.autoscaling.min_replicas > 0:
+                return None
+            return self.autoscaling.scale_to_zero_after
+        return self.scale_to_zero_after
 
     def desired_replicas(self) -> int | None:
         """Replicas the Deployment should have, or None when an autoscaler decides."""
