@@ -34,6 +34,7 @@ import nim_operator.handlers_nimcache  # noqa: F401
 from nim_operator import API_GROUP, API_VERSION, PLURAL, leadership
 from nim_operator.autoscaling.scaler import Autoscaler
 from nim_operator.kube import ApiError, TransientApiError
+from nim_operator.multinode import LWS_MISSING
 from nim_operator.preflight import ClusterUnavailable, check_cluster
 from nim_operator.reconcile import Logger, Outcome, Runtime, reconcile, reconcile_later
 from nim_operator.render.labels import FIELD_MANAGER, INSTANCE_LABEL, MANAGED_BY_LABEL
@@ -149,7 +150,7 @@ def _raise_for(outcome: Outcome | None) -> None:
     message = f"{outcome.failure.reason}: {outcome.failure.message}"
     if outcome.permanent:
         raise kopf.PermanentError(message)  # only an edit of the NIMService can help
-    if outcome.failure.reason in ("SecretNotFound", "PVCNotFound"):
+    if outcome.failure.reason in ("SecretNotFound", "PVCNotFound", LWS_MISSING):
         raise kopf.TemporaryError(message, delay=SETTINGS.reconcile_interval)  # "not yet"
 
 

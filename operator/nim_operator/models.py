@@ -26,6 +26,7 @@ from pydantic.alias_generators import to_camel
 __all__ = [
     "API_KEY_ENV",
     "DEFAULT_AUTOSCALING_TARGETS",
+    "DEFAULT_MPI_START_TIMEOUT",
     "DNS1035_LABEL",
     "DRA_CLAIMS_UNDECLARED",
     "DRA_REQUESTS_REFUSED",
@@ -33,6 +34,8 @@ __all__ = [
     "DURATION_PATTERN",
     "GPU_RESOURCE",
     "KSERVE_REFUSED",
+    "MULTI_NODE_AUTOSCALING_REFUSED",
+    "MULTI_NODE_GPU_MISMATCH",
     "QUANTITY_PATTERN",
     "SECRET_ENV_NAMES",
     "SERVER_CONTAINER_NAME",
@@ -67,6 +70,9 @@ __all__ = [
     "MetricsSpec",
     "ModelSpec",
     "ModelStatus",
+    "MultiNodeMPI",
+    "MultiNodeParallelism",
+    "MultiNodeSpec",
     "NIMCacheRef",
     "NIMServiceSpec",
     "NIMServiceStatus",
@@ -106,6 +112,16 @@ GPU_RESOURCE = "nvidia.com/gpu"
 # given as literal values.
 SECRET_ENV_NAMES = ("NGC_API_KEY", "HF_TOKEN", "NIM_API_KEY")
 # spec.inferencePlatform: kserve (NVIDIA renders a KServe InferenceService) is not implemented.
+# NVIDIA's default time for a multi-node group's workers to join the leader, in seconds.
+DEFAULT_MPI_START_TIMEOUT = 300
+MULTI_NODE_AUTOSCALING_REFUSED = (
+    "spec.multiNode cannot be combined with spec.scale.enabled or spec.autoscaling: "
+    "a multi-node group is scaled by spec.replicas only"
+)
+MULTI_NODE_GPU_MISMATCH = (
+    "with spec.multiNode, each pod has multiNode.parallelism.tensor GPUs: leave gpu.count and "
+    "resources nvidia.com/gpu unset, or set them to the same number"
+)
 KSERVE_REFUSED = (
     "inferencePlatform kserve is not supported by this operator; use standalone "
     "(the server runs as a Deployment, not a KServe InferenceService)"
@@ -937,6 +953,36 @@ class Toleration(_Model):
         return self
 
 
+# --- multi-node (NVIDIA's multiNode: one server spread over a LeaderWorkerSet group) -------------
+
+
+class MultiNodeParallelism(_Model):
+    """How the model is split: `tensor` GPUs in each pod, `pipeline` pods in each group."""
+
+    tensor: Annotated[int, Field(ge=1, le=64)] | None = None
+    pipeline: Annotated[int, Field(ge=1, le=64)] | None = None
+
+
+class MultiNodeMPI(_Model):
+    mpi_start_timeout: Annotated[int, Field(ge=1)] = DEFAULT_MPI_START_TIMEOUT
+
+
+class MultiNodeSpec(_Model):
+    # lws is the only backend, at NVIDIA too; the enum keeps the field's place for others.
+    backend_type: Literal["lws"] = "lws"
+    parallelism: MultiNodeParallelism
+    mpi: MultiNodeMPI | None = None
+
+    def tensor_size(self) -> int:
+        return self.parallelism.tensor or 1
+
+    def pipeline_size(self) -> int:
+        return self.parallelism.pipeline or 1
+
+    def start_timeout(self) -> int:
+        return (self.mpi or MultiNodeMPI()).mpi_start_timeout
+
+
 # --- the spec -----------------------------------------------------------------------------------
 
 
@@ -982,11 +1028,14 @@ class NIMServiceSpec(_Model):
     scheduler_name: str | None = None
     shutdown_timeout_seconds: Annotated[int, Field(ge=0, le=3600)] = 30
     read_only_root_filesystem: bool = True
+    multi_node: MultiNodeSpec | None = None
 
     @model_validator(mode="after")
     def _cross_field_rules(self) -> NIMServiceSpec:
         if self.inference_platform == "kserve":
             raise ValueError(KSERVE_REFUSED)
+        if self.multi_node is not None:
+            self._check_multi_node(self.multi_node)
         extra = [c.name for c in (self.init_containers or []) + (self.sidecar_containers or [])]
         if SERVER_CONTAINER_NAME in extra or len(set(extra)) != len(extra):
             raise ValueError(
@@ -1039,6 +1088,14 @@ class NIMServiceSpec(_Model):
         if any(claim.name not in declared for claim in claims or []):
             raise ValueError(DRA_CLAIMS_UNDECLARED)
 
+    def _check_multi_node(self, multi_node: MultiNodeSpec) -> None:
+        if self.scale.enabled or self.autoscaling is not None:
+            raise ValueError(MULTI_NODE_AUTOSCALING_REFUSED)
+        # multiNode.parallelism.tensor is the pod's GPU count; a second, different one is a typo.
+        gpus = self.gpu.count if self.gpu is not None else self._resource_gpu_quantity()
+        if gpus is not None and str(gpus) != str(multi_node.tensor_size()):
+            raise ValueError(MULTI_NODE_GPU_MISMATCH)
+
     @classmethod
     def from_body(cls, spec: dict[str, Any]) -> NIMServiceSpec:
         """Parse the `spec` of a NIMService object as the API server stores it."""
@@ -1076,7 +1133,10 @@ class NIMServiceSpec(_Model):
         return 1 if self.replicas is None else self.replicas
 
     def gpu_count(self) -> int:
-        """GPUs per pod: gpu.count, else an explicit nvidia.com/gpu resource, else one."""
+        """GPUs per pod: multiNode's tensor parallelism, gpu.count, else an explicit
+        nvidia.com/gpu resource, else one."""
+        if self.multi_node is not None:
+            return self.multi_node.tensor_size()
         if self.gpu is not None:
             return self.gpu.count
         quantity = self._resource_gpu_quantity()

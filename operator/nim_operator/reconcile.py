@@ -29,7 +29,7 @@ from typing import Any, Literal
 
 from pydantic import ValidationError
 
-from nim_operator import API_GROUP, API_VERSION, PLURAL, child_records, events, exposure
+from nim_operator import API_GROUP, API_VERSION, PLURAL, child_records, events, exposure, multinode
 from nim_operator.conditions import (
     AUTOSCALER_CONDITION_TYPES,
     OWNED_STATUS_FIELDS,
@@ -72,6 +72,8 @@ SECRETS = ResourceKind("v1", "secrets")
 PVCS = ResourceKind("v1", "persistentvolumeclaims")
 SERVICE_MONITORS = ("monitoring.coreos.com/v1", "servicemonitors")
 NIMCACHES = ResourceKind(f"{API_GROUP}/{API_VERSION}", "nimcaches")
+# The child that runs the server: the Deployment, or with spec.multiNode the LeaderWorkerSet.
+WORKLOAD_KINDS = ("Deployment", "LeaderWorkerSet")
 
 # A second field manager that holds Deployment.spec.replicas for the moment between "we stop
 # declaring it" and "the HPA writes it" (see `_hand_over_replicas`).
@@ -412,8 +414,10 @@ async def _sync_children(
     gateway: exposure.GatewaySupport,
     previous_service: str | None,
     claim_templates: bool = False,
+    leader_worker_sets: bool = False,
 ) -> Mapping[str, Any] | None:
-    """Delete what is off, apply the rest; the Deployment as the apply left it (None if none)."""
+    """Delete what is off, apply the rest; the workload (the Deployment, or with spec.multiNode
+    the LeaderWorkerSet) as the apply left it (None if none)."""
     kube = runtime.kube
     slot = runtime.slot(owner.uid)
     absent = slot.absent
@@ -427,6 +431,7 @@ async def _sync_children(
         http_routes_supported=gateway.http_routes,
         grpc_routes_supported=gateway.grpc_routes,
         previous_service=previous_service,
+        leader_worker_sets_supported=leader_worker_sets,
     )
     if claim_templates:
         # spec.draResources' generated ResourceClaimTemplates, before the pods that use them.
@@ -459,7 +464,7 @@ async def _sync_children(
         live = await kube.apply(_kind(ref), manifest, field_manager=FIELD_MANAGER, force=True)
         if runtime.watches_children and (child := child_records.record(ref.plural, digest, live)):
             slot.records[ref] = child
-        if ref.kind == "Deployment":
+        if ref.kind in WORKLOAD_KINDS:
             deployment = live
     if claim_templates:
         wanted = {ref.name for ref, _ in children if ref.plural == CLAIM_TEMPLATES.plural}
@@ -468,9 +473,15 @@ async def _sync_children(
 
 
 async def _observe(
-    runtime: Runtime, owner: Owner, applied: Mapping[str, Any] | None, *, periodic: bool
+    runtime: Runtime,
+    owner: Owner,
+    applied: Mapping[str, Any] | None,
+    *,
+    periodic: bool,
+    multi_node: bool = False,
 ) -> tuple[Mapping[str, Any] | None, list[Any]]:
-    """The Deployment and its Pods.
+    """The Deployment and its Pods; with `multi_node`, the LeaderWorkerSet in the Deployment's
+    place (nim_operator.multinode.as_workload) and the pods of all its groups.
 
     `applied` is the Deployment our apply just answered with: the API server's state after our
     write, as fresh as a GET would be (anything that changes it later sends an event, which
@@ -478,9 +489,12 @@ async def _observe(
     from the watch when they were listed recently enough (nim_operator.pod_cache).
     """
     kube = runtime.kube
-    deployment = applied or await kube.get(DEPLOYMENTS, owner.namespace, owner.name)
+    workload = multinode.LEADER_WORKER_SETS if multi_node else DEPLOYMENTS
+    deployment = applied or await kube.get(workload, owner.namespace, owner.name)
     if deployment is not None and not _controlled_by(deployment, owner):
         deployment = None  # someone else's Deployment of the same name says nothing about us
+    if deployment is not None and multi_node:
+        deployment = multinode.as_workload(deployment)
     key = (owner.namespace, owner.name)
     cache = runtime.pods
     cached = cache.fresh(key) if cache is not None and periodic else None
@@ -618,8 +632,12 @@ async def _reconcile_held(
     external_endpoint = None
     rejected = False
     applied = None
+    lws_served = False
     if spec is not None:
         problem = await _missing_dependency(runtime.kube, owner, spec)
+    if spec is not None and problem is None:
+        lws_served = await multinode.leader_worker_sets_served(runtime.capabilities)
+        problem = multinode.missing_backend(spec, lws_served)
     dra_api = False
     if spec is not None and problem is None:
         dra_api = await dra_served(runtime.capabilities)
@@ -642,6 +660,7 @@ async def _reconcile_held(
                 gateway=gateway,
                 previous_service=exposure.previous_service_name(reported),
                 claim_templates=dra_api,
+                leader_worker_sets=lws_served,
             )
             report = exposure.exposure_report(owner, spec, gateway)
             exposed = () if report is None else (report,)
@@ -653,7 +672,12 @@ async def _reconcile_held(
             # pass the API server (e.g. a malformed affinity), or we may not write it (RBAC).
             problem = Problem("ChildRejected", _clip(f"{e.reason}: {e}"))
             rejected = e.invalid_content
-    deployment, pods = await _observe(runtime, owner, applied, periodic=periodic)
+    # Without LeaderWorkerSets nothing was applied: a Deployment from before the switch to
+    # multiNode may still be serving, and the status says so.
+    multi_node = spec is not None and spec.multi_node is not None and lws_served
+    deployment, pods = await _observe(
+        runtime, owner, applied, periodic=periodic, multi_node=multi_node
+    )
     obs = Observation(
         owner=owner,
         generation=int(meta.get("generation") or 0),

@@ -119,6 +119,25 @@ def nimservice(name: str = "llama", **spec: Any) -> dict[str, Any]:
 
 INGRESS_BACKEND = {"service": {"name": "llama", "port": {"name": "api"}}}
 INVALID_SPECS = {
+    "multiNode with an HPA": (
+        {
+            "multiNode": {"parallelism": {"tensor": 8, "pipeline": 2}},
+            "scale": {"enabled": True, "hpa": {"maxReplicas": 2}},
+        },
+        "a multi-node group is scaled by spec.replicas only",
+    ),
+    "multiNode with the built-in autoscaler": (
+        {"multiNode": {"parallelism": {"pipeline": 2}}, "autoscaling": {"maxReplicas": 2}},
+        "a multi-node group is scaled by spec.replicas only",
+    ),
+    "multiNode with another GPU count": (
+        {"multiNode": {"parallelism": {"tensor": 8}}, "gpu": {"count": 4}},
+        "each pod has multiNode.parallelism.tensor GPUs",
+    ),
+    "multiNode's default tensor size with another GPU count": (
+        {"multiNode": {"parallelism": {"pipeline": 2}}, "gpu": {"count": 0}},
+        "each pod has multiNode.parallelism.tensor GPUs",
+    ),
     "replicas with autoscaling": (
         {"replicas": 2, "scale": {"enabled": True, "hpa": {"maxReplicas": 3}}},
         "spec.replicas and spec.scale.enabled are mutually exclusive",

@@ -45,6 +45,7 @@ from tests.support.kmock_harness import (
     eventually,
 )
 from tests.support.kmock_rbac import Permission, RbacAuthorizer, bound_permissions
+from tests.support.leaderworkerset import LEADER_WORKER_SET_CRD
 
 REPO = Path(__file__).resolve().parents[2]
 RBAC = REPO / "manifests" / "rbac.yaml"
@@ -69,6 +70,7 @@ SERVICES = ResourceKind("v1", "services")
 INGRESSES = ResourceKind("networking.k8s.io/v1", "ingresses")
 HTTP_ROUTES = ResourceKind("gateway.networking.k8s.io/v1", "httproutes")
 GRPC_ROUTES = ResourceKind("gateway.networking.k8s.io/v1", "grpcroutes")
+LEADER_WORKER_SETS = ResourceKind("leaderworkerset.x-k8s.io/v1", "leaderworkersets")
 SECRETS_RESOURCE = kmock.resource("", "v1", "secrets")
 
 # The prometheus-operator's CRD, as far as the operator cares: it exists and stores objects.
@@ -159,7 +161,7 @@ def authorizer() -> RbacAuthorizer:
 
 @pytest.fixture(scope="module")
 def cluster(authorizer: RbacAuthorizer) -> Iterator[EmulatedCluster]:
-    crds = [*project_crds(), SERVICE_MONITOR_CRD, *GATEWAY_API_CRDS]
+    crds = [*project_crds(), SERVICE_MONITOR_CRD, *GATEWAY_API_CRDS, LEADER_WORKER_SET_CRD]
     with EmulatedCluster(crds, authorizer=authorizer) as emulated:
         yield emulated
 
@@ -275,6 +277,16 @@ async def scenario(kube: KubeClient, namespace: str, context: Callable[[], str])
         (SERVICES, "llm-api"),
     ):
         await until(exists(kind, name, present=False), f"{kind.plural}/{name} deleted")
+
+    # spec.multiNode: a LeaderWorkerSet replaces the Deployment, and the other way back.
+    multi_node = {"gpu": None, "multiNode": {"parallelism": {"pipeline": 2}}}
+    await kube.merge_patch(NIMSERVICES, namespace, "llm", {"spec": multi_node})
+    await until(exists(LEADER_WORKER_SETS, "llm"), "the LeaderWorkerSet")
+    await until(exists(DEPLOYMENTS, "llm", present=False), "the Deployment deleted")
+    single_node = {"gpu": {"count": 0}, "multiNode": None}
+    await kube.merge_patch(NIMSERVICES, namespace, "llm", {"spec": single_node})
+    await until(exists(DEPLOYMENTS, "llm"), "the Deployment back")
+    await until(exists(LEADER_WORKER_SETS, "llm", present=False), "the LeaderWorkerSet deleted")
 
     broken = cpu_spec(authSecret="not-there")
     await kube.create(

@@ -15,6 +15,7 @@ from nim_operator.render.hpa import render_hpa
 from nim_operator.render.httproute import GATEWAY_API_VERSION, render_grpc_route, render_http_route
 from nim_operator.render.ingress import render_ingress
 from nim_operator.render.labels import FIELD_MANAGER, child_labels, selector_labels
+from nim_operator.render.leaderworkerset import LWS_API_VERSION, render_leader_worker_set
 from nim_operator.render.pdb import render_pdb
 from nim_operator.render.pvc import default_pvc_name, pvc_name, render_pvc
 from nim_operator.render.service import render_service, service_endpoint
@@ -33,6 +34,7 @@ __all__ = [
     "render_hpa",
     "render_http_route",
     "render_ingress",
+    "render_leader_worker_set",
     "render_pdb",
     "render_pvc",
     "render_service",
@@ -54,12 +56,15 @@ def render_children(
     http_routes_supported: bool = False,
     grpc_routes_supported: bool = False,
     previous_service: str | None = None,
+    leader_worker_sets_supported: bool = False,
 ) -> list[tuple[ChildRef, Manifest | None]]:
     """Every child in apply order; a None manifest means "delete it if we own it".
 
     Left out of the list entirely (neither applied nor deleted):
     - the ServiceMonitor when the cluster has no ServiceMonitor CRD (there can be none to delete);
     - an HTTPRoute or GRPCRoute when the cluster does not serve that Gateway API kind;
+    - the LeaderWorkerSet when the cluster does not serve that kind (with spec.multiNode,
+      reconcile stops before rendering: the server would have nowhere to run);
 
     `previous_service` is the Service name the status last reported: renamed since, it is deleted.
     - the PVC when the spec mounts an existing claim under the default name, which is the user's.
@@ -78,11 +83,22 @@ def render_children(
         # A claim we may have created earlier under the default name; reconcile only deletes it
         # when it carries our controller reference (retainPolicy Delete).
         children.append(_pvc_ref(default_pvc_name(name), None))
-    children += [
+    # spec.multiNode runs the server as a LeaderWorkerSet instead of the Deployment.
+    single_node = spec.multi_node is None
+    children.append(
         (
             ChildRef("apps/v1", "Deployment", "deployments", name),
-            render_deployment(owner, spec, replicas=replicas),
-        ),
+            render_deployment(owner, spec, replicas=replicas) if single_node else None,
+        )
+    )
+    if leader_worker_sets_supported:
+        children.append(
+            (
+                ChildRef(LWS_API_VERSION, "LeaderWorkerSet", "leaderworkersets", name),
+                render_leader_worker_set(owner, spec, replicas=replicas),
+            )
+        )
+    children += [
         (
             ChildRef("v1", "Service", "services", spec.service_name(name)),
             render_service(owner, spec),

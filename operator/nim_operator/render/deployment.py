@@ -28,6 +28,7 @@ from nim_operator.render.resource_claims import container_claims, pod_resource_c
 __all__ = [
     "CONTAINER_NAME",
     "PRESTOP_SLEEP_SECONDS",
+    "pod_spec",
     "render_deployment",
     "termination_grace_period_seconds",
 ]
@@ -204,6 +205,11 @@ def _pod_spec(owner: Owner, spec: NIMServiceSpec) -> dict[str, Any]:
         if value:
             pod[key] = value
     return pod
+
+
+def pod_spec(owner: Owner, spec: NIMServiceSpec) -> dict[str, Any]:
+    """The server's pod, as the Deployment runs it (a LeaderWorkerSet's leader starts from it)."""
+    return _pod_spec(owner, spec)
 
 
 def render_deployment(

@@ -15,8 +15,10 @@ __all__ = [
     "MANAGED_BY_LABEL",
     "NAME_LABEL",
     "PART_OF_LABEL",
+    "ROLE_LABEL",
     "child_labels",
     "selector_labels",
+    "server_selector_labels",
 ]
 
 FIELD_MANAGER = "nimstack-operator"
@@ -27,11 +29,21 @@ NAME_LABEL = "app.kubernetes.io/name"
 INSTANCE_LABEL = "app.kubernetes.io/instance"
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 PART_OF_LABEL = "app.kubernetes.io/part-of"
+# NVIDIA's label for a multi-node pod's role (leader or worker); only leaders run the server.
+ROLE_LABEL = "nim-llm-role"
 
 
 def selector_labels(name: str) -> dict[str, str]:
     """Labels that select the pods of the NIMService `name` (Deployment, Service, PDB, ...)."""
     return {INSTANCE_LABEL: name, NAME_LABEL: APP_NAME}
+
+
+def server_selector_labels(name: str, spec: NIMServiceSpec) -> dict[str, str]:
+    """The pods that serve the API: all of them, or with spec.multiNode the group leaders."""
+    selector = selector_labels(name)
+    if spec.multi_node is not None:
+        selector[ROLE_LABEL] = "leader"
+    return selector
 
 
 def child_labels(name: str, spec: NIMServiceSpec) -> dict[str, str]:

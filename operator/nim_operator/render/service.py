@@ -18,7 +18,7 @@ from nim_operator.render.common import (
     Owner,
     object_meta,
 )
-from nim_operator.render.labels import child_labels, selector_labels
+from nim_operator.render.labels import child_labels, server_selector_labels
 
 __all__ = ["render_service", "service_endpoint"]
 
@@ -49,7 +49,7 @@ def render_service(owner: Owner, spec: NIMServiceSpec) -> dict[str, Any]:
         ),
         "spec": {
             "type": exposed.type,
-            "selector": selector_labels(owner.name),
+            "selector": server_selector_labels(owner.name, spec),
             "ports": ports,
         },
     }

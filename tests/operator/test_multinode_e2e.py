@@ -1,0 +1,181 @@
+"""End-to-end: spec.multiNode with the real operator process (on kmock, or a real cluster with
+KUBECONFIG).
+
+LeaderWorkerSets need their CRD: on kmock the first test starts without it (the NIMService is
+Failed with reason LeaderWorkerSetMissing, and nothing is deployed), then installs it and sees
+the LeaderWorkerSet appear; on a real cluster it uses what is installed and installs nothing.
+No LWS controller runs on kmock, and no GPU exists here: the test plays the controller by
+writing the LeaderWorkerSet's status as the controller would once a group is ready, and checks
+that the NIMService's readiness follows it.
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+import pytest
+
+from nim_operator.kube import KubeClient, ResourceKind
+from tests.operator.test_operator_e2e import (
+    DEPLOYMENTS,
+    E2E,
+    NIMSERVICES,
+    SERVICES,
+    condition,
+    cpu_spec,
+)
+from tests.support.kmock_cluster import EmulatedCluster
+from tests.support.kmock_harness import ClusterDriver, OperatorProcess, install_crds
+from tests.support.leaderworkerset import LEADER_WORKER_SET_CRD
+
+LEADER_WORKER_SETS = ResourceKind("leaderworkerset.x-k8s.io/v1", "leaderworkersets")
+SECRETS = ResourceKind("v1", "secrets")
+ROLE = "nim-llm-role"
+
+# A NIMService as NVIDIA's multi-node sample writes it (only apiVersion differs): Llama 3.1
+# 405B over two pods of eight GPUs, the model on a shared ReadWriteMany claim.
+NVIDIA_MULTI_NODE: dict[str, Any] = {
+    "image": {
+        "repository": "nvcr.io/nim/meta/llama-3.1-405b-instruct",
+        "tag": "1.3.0",
+        "pullPolicy": "IfNotPresent",
+        "pullSecrets": ["ngc-secret"],
+    },
+    "authSecret": "ngc-api-secret",
+    "storage": {
+        "pvc": {
+            "create": True,
+            "storageClass": "nfs",
+            "size": "1000Gi",
+            "volumeAccessMode": "ReadWriteMany",
+        }
+    },
+    "replicas": 1,
+    "resources": {"limits": {"nvidia.com/gpu": 8}},
+    "expose": {"service": {"type": "ClusterIP", "port": 8000}},
+    "multiNode": {
+        "backendType": "lws",
+        "parallelism": {"tensor": 8, "pipeline": 2},
+        "mpi": {"mpiStartTimeout": 6000},
+    },
+}
+
+
+@pytest.fixture
+def e2e(
+    api: KubeClient, namespace: str, driver: ClusterDriver, operator_process: OperatorProcess
+) -> E2E:
+    return E2E(api, namespace, driver, operator_process)
+
+
+def env_value(container: dict[str, Any], name: str) -> str | None:
+    for entry in container.get("env") or []:
+        if entry["name"] == name:
+            return entry.get("value")
+    return None
+
+
+async def gone(e2e: E2E, kind: ResourceKind, name: str) -> bool:
+    return await e2e.get(kind, name) is None
+
+
+async def ngc_secret(e2e: E2E) -> None:
+    data = {"NGC_API_KEY": base64.b64encode(b"not-a-real-key").decode()}
+    secret = {"metadata": {"name": "ngc-api-secret"}, "data": data}
+    await e2e.api.create(SECRETS, e2e.namespace, {"apiVersion": "v1", "kind": "Secret", **secret})
+
+
+async def test_nvidia_multi_node_waits_for_the_lws_crd_then_runs_as_a_leader_worker_set(
+    e2e: E2E, emulated: EmulatedCluster | None
+) -> None:
+    served = await e2e.api.has_resource("leaderworkerset.x-k8s.io/v1", "leaderworkersets")
+    if not served and emulated is None:
+        pytest.skip(
+            "this cluster has no LeaderWorkerSet CRD (the test installs none on a real one)"
+        )
+    await ngc_secret(e2e)
+    await e2e.create("big", NVIDIA_MULTI_NODE)
+    if not served:
+        nim = await e2e.status_where(
+            "big",
+            lambda o: condition(o, "Failed").get("reason") == "LeaderWorkerSetMissing",
+            "Failed LeaderWorkerSetMissing",
+        )
+        assert condition(nim, "Failed")["status"] == "True"
+        assert "leaderworkerset.x-k8s.io/v1" in condition(nim, "Failed")["message"]
+        assert condition(nim, "Ready")["status"] == "False"
+        # Nothing to run the server in: nothing deployed, and no crash loop meanwhile.
+        assert await e2e.get(DEPLOYMENTS, "big") is None
+        assert e2e.operator.alive()
+        await install_crds(e2e.api, [LEADER_WORKER_SET_CRD], field_manager="nimstack-e2e")
+
+    lws = await e2e.child(LEADER_WORKER_SETS, "big")
+    nim = await e2e.get(NIMSERVICES, "big")
+    assert nim is not None
+    assert lws["metadata"]["ownerReferences"][0]["uid"] == nim["metadata"]["uid"]
+    assert lws["spec"]["replicas"] == 1
+    group = lws["spec"]["leaderWorkerTemplate"]
+    assert group["size"] == 2
+    leader = group["leaderTemplate"]["spec"]["containers"][0]
+    worker = group["workerTemplate"]["spec"]["containers"][0]
+    for container in (leader, worker):
+        assert container["image"] == "nvcr.io/nim/meta/llama-3.1-405b-instruct:1.3.0"
+        assert container["resources"]["limits"]["nvidia.com/gpu"] == 8
+        assert env_value(container, "NIM_MULTI_NODE") == "1"
+        assert env_value(container, "NIM_PIPELINE_PARALLEL_SIZE") == "2"
+    assert env_value(leader, "NIM_LEADER_ROLE") == "1"
+    assert env_value(leader, "CLUSTER_START_TIMEOUT") == "6000"
+    assert env_value(worker, "NIM_LEADER_ROLE") == "0"
+    claim = group["workerTemplate"]["spec"]["volumes"][0]["persistentVolumeClaim"]
+    assert claim["claimName"] == "big-pvc"
+    assert await e2e.get(DEPLOYMENTS, "big") is None
+
+    service = await e2e.child(SERVICES, "big")
+    assert service["spec"]["selector"][ROLE] == "leader"
+
+    nim = await e2e.status_where(
+        "big", lambda o: condition(o, "Ready").get("status") == "False", "not Ready yet"
+    )
+    assert condition(nim, "Failed")["status"] == "False"
+
+    # The LWS controller's part: the group is up (all of its pods ready).
+    status = {"replicas": 1, "updatedReplicas": 1, "readyReplicas": 1}
+    await e2e.api.merge_patch(
+        LEADER_WORKER_SETS, e2e.namespace, "big", {"status": status}, subresource="status"
+    )
+    nim = await e2e.status_where(
+        "big", lambda o: condition(o, "Ready").get("status") == "True", "Ready from the LWS"
+    )
+    assert nim["status"]["readyReplicas"] == 1
+    assert condition(nim, "Ready")["reason"] == "ReplicasReady"
+    assert nim["status"]["state"] == "Ready"
+
+
+async def test_switching_multi_node_on_and_off_swaps_the_deployment_and_the_lws(
+    e2e: E2E,
+) -> None:
+    await install_crds(e2e.api, [LEADER_WORKER_SET_CRD], field_manager="nimstack-e2e")
+    await e2e.create("swap", cpu_spec())
+    await e2e.child(DEPLOYMENTS, "swap")
+
+    await e2e.patch_spec("swap", {"gpu": None, "multiNode": {"parallelism": {"pipeline": 3}}})
+    lws = await e2e.child(LEADER_WORKER_SETS, "swap")
+    assert lws["spec"]["leaderWorkerTemplate"]["size"] == 3
+    await e2e.until(lambda: gone(e2e, DEPLOYMENTS, "swap"), "the Deployment deleted")
+
+    async def leaders_selected() -> bool:
+        service = await e2e.get(SERVICES, "swap")
+        return service is not None and service["spec"]["selector"].get(ROLE) == "leader"
+
+    await e2e.until(leaders_selected, "the Service selecting the leaders")
+
+    await e2e.patch_spec("swap", {"gpu": {"count": 0}, "multiNode": None})
+    await e2e.child(DEPLOYMENTS, "swap")
+    await e2e.until(lambda: gone(e2e, LEADER_WORKER_SETS, "swap"), "the LeaderWorkerSet deleted")
+
+    async def all_pods_selected() -> bool:
+        service = await e2e.get(SERVICES, "swap")
+        return service is not None and ROLE not in service["spec"]["selector"]
+
+    await e2e.until(all_pods_selected, "the Service selecting every pod again")
