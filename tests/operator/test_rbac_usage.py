@@ -35,6 +35,7 @@ import yaml
 from nim_operator.kube import KubeClient, ResourceKind
 from tests.operator.test_nimcache_e2e import download_ends
 from tests.operator.test_operator_e2e import condition, cpu_spec
+from tests.support.dra_api import serve_dra
 from tests.support.gateway_api import GATEWAY_API_CRDS
 from tests.support.kmock_cluster import EmulatedCluster, project_crds
 from tests.support.kmock_harness import (
@@ -70,6 +71,7 @@ SERVICES = ResourceKind("v1", "services")
 INGRESSES = ResourceKind("networking.k8s.io/v1", "ingresses")
 HTTP_ROUTES = ResourceKind("gateway.networking.k8s.io/v1", "httproutes")
 GRPC_ROUTES = ResourceKind("gateway.networking.k8s.io/v1", "grpcroutes")
+CLAIM_TEMPLATES = ResourceKind("resource.k8s.io/v1", "resourceclaimtemplates")
 LEADER_WORKER_SETS = ResourceKind("leaderworkerset.x-k8s.io/v1", "leaderworkersets")
 SECRETS_RESOURCE = kmock.resource("", "v1", "secrets")
 
@@ -163,6 +165,7 @@ def authorizer() -> RbacAuthorizer:
 def cluster(authorizer: RbacAuthorizer) -> Iterator[EmulatedCluster]:
     crds = [*project_crds(), SERVICE_MONITOR_CRD, *GATEWAY_API_CRDS, LEADER_WORKER_SET_CRD]
     with EmulatedCluster(crds, authorizer=authorizer) as emulated:
+        emulated.inspect(serve_dra)  # resource.k8s.io/v1, for spec.draResources
         yield emulated
 
 
@@ -287,6 +290,34 @@ async def scenario(kube: KubeClient, namespace: str, context: Callable[[], str])
     await kube.merge_patch(NIMSERVICES, namespace, "llm", {"spec": single_node})
     await until(exists(DEPLOYMENTS, "llm"), "the Deployment back")
     await until(exists(LEADER_WORKER_SETS, "llm", present=False), "the LeaderWorkerSet deleted")
+
+    # spec.draResources: a generated ResourceClaimTemplate, replaced by a new one on an edit
+    # (its spec is immutable), deleted when switched off.
+    async def template_names() -> list[str]:
+        selector = "app.kubernetes.io/instance=llm,app.kubernetes.io/name=nim-service"
+        found = await kube.list(CLAIM_TEMPLATES, namespace, label_selector=selector)
+        return [t["metadata"]["name"] for t in found]
+
+    def claim_creation(count: int) -> dict[str, Any]:
+        devices = [{"name": "gpu", "count": count}]
+        return {"draResources": [{"claimCreationSpec": {"devices": devices}}]}
+
+    await kube.merge_patch(NIMSERVICES, namespace, "llm", {"spec": claim_creation(1)})
+    await until(template_names, "a ResourceClaimTemplate")
+    (first_template,) = await template_names()
+    await kube.merge_patch(NIMSERVICES, namespace, "llm", {"spec": claim_creation(2)})
+
+    async def template_replaced() -> bool:
+        names = await template_names()
+        return len(names) == 1 and names != [first_template]
+
+    await until(template_replaced, "the ResourceClaimTemplate replaced")
+    await kube.merge_patch(NIMSERVICES, namespace, "llm", {"spec": {"draResources": None}})
+
+    async def no_template() -> bool:
+        return await template_names() == []
+
+    await until(no_template, "the ResourceClaimTemplate deleted")
 
     broken = cpu_spec(authSecret="not-there")
     await kube.create(

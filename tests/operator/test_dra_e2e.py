@@ -1,0 +1,193 @@
+"""End-to-end: NVIDIA's draResources with the real operator process (on kmock, or a real cluster
+with KUBECONFIG).
+
+The emulator starts without resource.k8s.io/v1, like a cluster that has no DRA: a NIMService
+asking for claims is not deployed and says DRAUnavailable. The first test then serves the API
+(as a cluster upgrade would) and sees the NIMService deployed without being touched. The second
+applies a NIMService written as NVIDIA's samples write one (only apiVersion changed) and follows
+the generated ResourceClaimTemplate through an edit and through switching DRA off. On a real
+cluster the tests use the cluster as it is: the first needs one without DRA, the second one
+with it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import yaml
+
+from nim_operator.kube import KubeClient, ResourceKind
+from tests.operator.test_operator_e2e import DEPLOYMENTS, E2E, condition
+from tests.support.dra_api import serve_dra
+from tests.support.kmock_cluster import EmulatedCluster
+from tests.support.kmock_harness import ClusterDriver, OperatorProcess
+
+TEMPLATES = ResourceKind("resource.k8s.io/v1", "resourceclaimtemplates")
+
+# config/samples/nim/serving/advanced/dra of NVIDIA's operator, combined: a template the
+# operator creates from selectors, and one made beforehand of which the server takes one request.
+NVIDIA_DRA = """
+apiVersion: apps.nvidia.com/v1alpha1
+kind: NIMService
+metadata:
+  name: llama-dra
+spec:
+  image:
+    repository: registry.k8s.io/pause
+    tag: "3.10"
+  replicas: 1
+  livenessProbe: {enabled: false}
+  readinessProbe: {enabled: false}
+  startupProbe: {enabled: false}
+  draResources:
+  - claimCreationSpec:
+      devices:
+      - name: gpu
+        deviceClassName: gpu.nvidia.com
+        driverName: gpu.nvidia.com
+        attributeSelectors:
+        - key: architecture
+          op: Equal
+          value:
+            stringValue: Ampere
+        capacitySelectors:
+        - key: memory
+          op: GreaterThanOrEqual
+          value: 40Gi
+  - resourceClaimTemplateName: rdma-nics
+    requests: [nic]
+  expose:
+    service:
+      type: ClusterIP
+      port: 8000
+"""
+
+
+@pytest.fixture
+def e2e(
+    api: KubeClient, namespace: str, driver: ClusterDriver, operator_process: OperatorProcess
+) -> E2E:
+    return E2E(api, namespace, driver, operator_process)
+
+
+async def dra_served(api: KubeClient) -> bool:
+    return await api.has_resource("resource.k8s.io/v1", "resourceclaimtemplates")
+
+
+async def templates_of(e2e: E2E, name: str) -> list[dict[str, Any]]:
+    selector = f"app.kubernetes.io/instance={name},app.kubernetes.io/name=nim-service"
+    return await e2e.api.list(TEMPLATES, e2e.namespace, label_selector=selector)
+
+
+def pod_of(deployment: dict[str, Any]) -> dict[str, Any]:
+    pod: dict[str, Any] = deployment["spec"]["template"]["spec"]
+    return pod
+
+
+async def test_without_dra_nothing_is_deployed_until_the_cluster_serves_it(
+    e2e: E2E, emulated: EmulatedCluster | None
+) -> None:
+    if await dra_served(e2e.api):
+        pytest.skip("this cluster serves resource.k8s.io/v1 (the test needs one without DRA)")
+    spec = yaml.safe_load(NVIDIA_DRA)["spec"]
+    await e2e.create("llama-dra", spec)
+    nim = await e2e.status_where(
+        "llama-dra",
+        lambda o: condition(o, "Failed").get("reason") == "DRAUnavailable",
+        "Failed DRAUnavailable",
+    )
+    assert condition(nim, "Failed")["status"] == "True"
+    assert "resource.k8s.io/v1" in condition(nim, "Failed")["message"]
+    assert nim["status"]["state"] == "Failed"
+
+    async def nothing_deployed() -> bool:
+        return await e2e.get(DEPLOYMENTS, "llama-dra") is None
+
+    await e2e.stays(nothing_deployed, "no Deployment without DRA", seconds=3)
+    if emulated is None:
+        return  # a real cluster cannot be given DRA by a test
+    emulated.inspect(serve_dra)
+    # Nothing but the timer and discovery (capability TTL 2 s) notices: level-triggered.
+    deployment = await e2e.child(DEPLOYMENTS, "llama-dra")
+    assert [c["name"] for c in pod_of(deployment)["resourceClaims"]] == ["dra-0", "dra-1"]
+    await e2e.status_where(
+        "llama-dra", lambda o: condition(o, "Failed").get("status") == "False", "Failed cleared"
+    )
+
+
+async def test_an_nvidia_shaped_nimservice_with_dra_resources(
+    e2e: E2E, emulated: EmulatedCluster | None
+) -> None:
+    if emulated is not None:
+        emulated.inspect(serve_dra)
+    elif not await dra_served(e2e.api):
+        pytest.skip("this cluster does not serve resource.k8s.io/v1 (DRA)")
+    body = yaml.safe_load(NVIDIA_DRA)
+    body["apiVersion"] = "nimstack.dev/v1alpha1"  # the only change NVIDIA's YAML needs
+    nim = await e2e.create("llama-dra", body["spec"])
+
+    (template,) = await e2e.until(lambda: templates_of(e2e, "llama-dra"), "a generated template")
+    name = template["metadata"]["name"]
+    assert name.startswith("llama-dra-claimtemplate-0-")
+    (owner,) = template["metadata"]["ownerReferences"]
+    assert (owner["kind"], owner["uid"], owner["controller"]) == (
+        "NIMService",
+        nim["metadata"]["uid"],
+        True,
+    )
+    (request,) = template["spec"]["spec"]["devices"]["requests"]
+    assert request["name"] == "gpu"
+    assert request["exactly"]["deviceClassName"] == "gpu.nvidia.com"
+    assert request["exactly"]["count"] == 1
+    assert [s["cel"]["expression"] for s in request["exactly"]["selectors"]] == [
+        'device.driver == "gpu.nvidia.com"',
+        'device.attributes["gpu.nvidia.com"].architecture == "Ampere"',
+        'device.capacity["gpu.nvidia.com"].memory.compareTo(quantity("40Gi")) >= 0',
+    ]
+
+    deployment = await e2e.child(DEPLOYMENTS, "llama-dra")
+    pod = pod_of(deployment)
+    assert pod["resourceClaims"] == [
+        {"name": "dra-0", "resourceClaimTemplateName": name},
+        {"name": "dra-1", "resourceClaimTemplateName": "rdma-nics"},
+    ]
+    server = pod["containers"][0]
+    # The devices come from the claims: no device-plugin GPU on top of them.
+    assert server["resources"] == {
+        "claims": [{"name": "dra-0"}, {"name": "dra-1", "request": "nic"}]
+    }
+
+    # An edit makes a new template (a template's spec is immutable); the old one goes.
+    devices = body["spec"]["draResources"][0]["claimCreationSpec"]["devices"]
+    devices[0]["count"] = 2
+    await e2e.patch_spec("llama-dra", {"draResources": body["spec"]["draResources"]})
+
+    async def replaced() -> dict[str, Any] | None:
+        found = await templates_of(e2e, "llama-dra")
+        names = [t["metadata"]["name"] for t in found]
+        return found[0] if len(found) == 1 and names != [name] else None
+
+    new = await e2e.until(replaced, "a new template replacing the old one")
+    assert new["spec"]["spec"]["devices"]["requests"][0]["exactly"]["count"] == 2
+
+    async def pods_use_it() -> bool:
+        live = await e2e.get(DEPLOYMENTS, "llama-dra")
+        claims = (pod_of(live).get("resourceClaims") if live else None) or [{}]
+        return claims[0].get("resourceClaimTemplateName") == new["metadata"]["name"]
+
+    await e2e.until(pods_use_it, "the Deployment on the new template")
+
+    # Switched off: the template is deleted and the pods claim nothing.
+    await e2e.patch_spec("llama-dra", {"draResources": None})
+
+    async def no_templates() -> bool:
+        return await templates_of(e2e, "llama-dra") == []
+
+    await e2e.until(no_templates, "the generated template deleted")
+
+    async def no_claims() -> bool:
+        live = await e2e.get(DEPLOYMENTS, "llama-dra")
+        return live is not None and "resourceClaims" not in pod_of(live)
+
+    await e2e.until(no_claims, "a pod spec without claims")
