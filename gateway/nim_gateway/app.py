@@ -30,6 +30,7 @@ from nim_gateway.kube import ApiError, KubeApi, connection_from_environment
 from nim_gateway.load import Scraper
 from nim_gateway.proxy import Proxy, ProxyResponse, Router
 from nim_gateway.settings import GatewaySettings
+from nim_gateway.wake import Hold, Waker
 
 __all__ = ["Gateway", "build_app"]
 
@@ -50,6 +51,8 @@ class Gateway:
     keys: KeySet = field(default_factory=KeySet)
     proxy: Proxy | None = None
     ready: asyncio.Event = field(default_factory=asyncio.Event)
+    # Holds requests for NIMServices at zero replicas and wakes them (Kubernetes discovery only).
+    waker: Waker | None = None
 
 
 def initial_keys(settings: GatewaySettings) -> KeySet:
@@ -97,6 +100,8 @@ def build_app(settings: GatewaySettings | None = None) -> Starlette:
                 assert api is not None
                 discovery = KubernetesDiscovery(api, gateway.table, settings.namespace_list())
                 start(discovery.run())
+                gateway.waker = Waker(settings, gateway.table, api)
+                stack.push_async_callback(gateway.waker.close)
                 start(_set_when(discovery.synced, gateway.ready))
             if api is not None and settings.api_key_secret:
                 base = initial_keys(settings.model_copy(update={"api_key_secret": None}))
@@ -211,17 +216,24 @@ def _forwarded(path: str) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         lookup = gateway.table.lookup(model)
         if not lookup.known:
             return _model_not_found(model)
+        hold: tuple[Waker, Hold] | None = None
         if not lookup.candidates:
-            return error_response(
-                503,
-                f"No replica of model `{model}` is ready; retry shortly.",
-                "service_unavailable",
-                code="no_ready_replica",
-                retry_after=gateway.settings.retry_after,
-            )
+            if lookup.wake is None or gateway.waker is None:
+                return error_response(
+                    503,
+                    f"No replica of model `{model}` is ready; retry shortly.",
+                    "service_unavailable",
+                    code="no_ready_replica",
+                    retry_after=gateway.settings.retry_after,
+                )
+            # A service that scales to zero: wake it and wait for a replica (nim_gateway.wake).
+            admitted = gateway.waker.admit(model, lookup.wake)
+            if admitted is None:
+                return gateway.waker.full(model)
+            hold = (gateway.waker, admitted)
         assert gateway.proxy is not None
         headers = gateway.proxy.upstream_headers(request.headers)
-        return ProxyResponse(gateway.proxy, path, raw, body, headers)
+        return ProxyResponse(gateway.proxy, path, raw, body, headers, hold=hold)
 
     return endpoint
 

@@ -16,7 +16,20 @@ from typing import Any
 
 from nim_gateway.settings import RoutingName
 
-__all__ = ["BackendTable", "Endpoint", "Lookup", "ServiceSpec"]
+__all__ = ["BackendTable", "Endpoint", "Lookup", "ServiceSpec", "WakeTarget"]
+
+
+@dataclass(frozen=True)
+class WakeTarget:
+    """How to start a service scaled to zero: set `spec.replicas` 0 -> 1 at this /scale path.
+
+    The NIMService's own /scale for a fixed count (spec.scaleToZeroAfter); its Deployment's for
+    the built-in autoscaler (autoscaling.minReplicas 0), which owns that count.
+    """
+
+    namespace: str
+    nimservice: str
+    scale_path: str
 
 
 @dataclass(frozen=True)
@@ -29,6 +42,8 @@ class ServiceSpec:
     # Model ids known before any replica answered /v1/models (the NIMService's served name, a
     # static entry's `models`): requests for them get 503 rather than 404 while no replica is up.
     declared_models: tuple[str, ...] = ()
+    # Set when the service may be at zero replicas and the gateway should wake it.
+    wake: WakeTarget | None = None
 
 
 @dataclass(eq=False)
@@ -94,6 +109,7 @@ class Lookup:
     known: bool
     routing: RoutingName | None
     candidates: tuple[Endpoint, ...]
+    wake: WakeTarget | None = None
 
 
 class BackendTable:
@@ -101,6 +117,8 @@ class BackendTable:
         self._services: dict[str, _Service] = {}
         # Set on every membership change, so the scraper reads new replicas at once.
         self.changed = asyncio.Event()
+        # Set (and replaced) on every change of who serves what: held requests look again.
+        self._next_change = asyncio.Event()
 
     # --- written by discovery --------------------------------------------------------------
 
@@ -122,6 +140,15 @@ class BackendTable:
                 endpoints[url] = endpoint
             service.endpoints = endpoints
         self.changed.set()
+        self._announce_change()
+
+    def _announce_change(self) -> None:
+        self._next_change.set()
+        self._next_change = asyncio.Event()
+
+    def next_change(self) -> asyncio.Event:
+        """An event set at the next change of replicas or of their models."""
+        return self._next_change
 
     # --- written by the scraper ------------------------------------------------------------
 
@@ -130,6 +157,7 @@ class BackendTable:
         service = self._services.get(endpoint.service)
         if service is not None:
             service.seen_models.update(str(card.get("id")) for card in cards)
+        self._announce_change()
 
     # --- read by the proxy and the API -----------------------------------------------------
 
@@ -141,6 +169,7 @@ class BackendTable:
         now = time.monotonic() if now is None else now
         known = False
         routing: RoutingName | None = None
+        wake: WakeTarget | None = None
         serving: list[Endpoint] = []
         for service in self._services.values():
             owns = model in service.seen_models or model in service.spec.declared_models
@@ -148,11 +177,12 @@ class BackendTable:
             if owns or matches:
                 known = True
                 routing = routing or service.spec.routing
+                wake = wake or service.spec.wake
             serving.extend(e for e in matches if e.available(now))
         # A replica whose last scrape failed is a last resort, not excluded: scrapes can fail
         # under load while requests still succeed.
         healthy = [e for e in serving if e.healthy is not False]
-        return Lookup(known, routing, tuple(healthy or serving))
+        return Lookup(known, routing, tuple(healthy or serving), wake)
 
     def model_cards(self) -> list[dict[str, Any]]:
         """Every model some replica serves now, once each (the first replica's card wins).

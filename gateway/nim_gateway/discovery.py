@@ -14,7 +14,7 @@ from typing import Any, get_args
 
 import yaml
 
-from nim_gateway.backends import BackendTable, ServiceSpec
+from nim_gateway.backends import BackendTable, ServiceSpec, WakeTarget
 from nim_gateway.kube import KubeApi
 from nim_gateway.settings import RoutingName
 
@@ -25,6 +25,7 @@ __all__ = [
     "routing_from_annotations",
     "services_from_endpoint_slices",
     "static_services",
+    "wake_target",
 ]
 
 log = logging.getLogger(__name__)
@@ -32,6 +33,8 @@ log = logging.getLogger(__name__)
 # crds/nimservice.yaml: group nimstack.dev, version v1alpha1, plural nimservices.
 NIMSERVICE_API = "/apis/nimstack.dev/v1alpha1"
 ENDPOINT_SLICE_API = "/apis/discovery.k8s.io/v1"
+# The operator names the Deployment after the NIMService (operator/nim_operator/render).
+DEPLOYMENT_API = "/apis/apps/v1"
 # The EndpointSlice controller labels each slice with the name of its Service; the operator
 # names the Service after the NIMService, or `spec.expose.service.name`
 # (operator/nim_operator/render/service.py).
@@ -104,6 +107,25 @@ def service_name(nimservice: Mapping[str, Any]) -> str:
     return str(exposed.get("name") or nimservice["metadata"]["name"])
 
 
+def wake_target(nimservice: Mapping[str, Any]) -> WakeTarget | None:
+    """Where to set replicas 0 -> 1 when a request for a NIMService at zero arrives, if it may
+    be at zero: its Deployment's /scale under the built-in autoscaler with minReplicas 0 (the
+    count the autoscaler owns), its own /scale for a fixed count with scaleToZeroAfter."""
+    meta = nimservice["metadata"]
+    spec = nimservice.get("spec") or {}
+    namespace, name = str(meta.get("namespace")), str(meta["name"])
+    autoscaling = spec.get("autoscaling")
+    if isinstance(autoscaling, Mapping):
+        if autoscaling.get("minReplicas") != 0:
+            return None
+        path = f"{DEPLOYMENT_API}/namespaces/{namespace}/deployments/{name}/scale"
+        return WakeTarget(namespace, name, path)
+    if spec.get("scaleToZeroAfter") is None or (spec.get("scale") or {}).get("enabled"):
+        return None
+    path = f"{NIMSERVICE_API}/namespaces/{namespace}/nimservices/{name}/scale"
+    return WakeTarget(namespace, name, path)
+
+
 def services_from_endpoint_slices(
     nimservices: Iterable[Mapping[str, Any]], slices: Iterable[Mapping[str, Any]]
 ) -> list[ServiceSpec]:
@@ -135,6 +157,7 @@ def services_from_endpoint_slices(
                 urls=tuple(sorted(urls.get((namespace, service_name(nimservice)), ()))),
                 routing=routing_from_annotations(meta.get("annotations")),
                 declared_models=(served_model(nimservice),),
+                wake=wake_target(nimservice),
             )
         )
     return specs

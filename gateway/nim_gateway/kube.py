@@ -1,4 +1,4 @@
-"""A minimal Kubernetes API client: credentials, GET, and list-then-watch.
+"""A minimal Kubernetes API client: credentials, GET, merge patch, and list-then-watch.
 
 Plain HTTP with aiohttp (already the operator's client) rather than the official client, which
 is synchronous and costs ~20 MiB at import. Credentials: the pod's service account, else the
@@ -151,6 +151,26 @@ class KubeApi:
             params=params or {},
             headers=self._connection.authorization(),
             timeout=timeout,
+        ) as response:
+            text = await response.text()
+            if response.status >= 400:
+                raise ApiError(response.status, text[:500])
+            data: dict[str, Any] = json.loads(text)
+            return data
+
+    async def merge_patch(
+        self, path: str, patch: Mapping[str, Any], *, field_manager: str = "nim-gateway"
+    ) -> dict[str, Any]:
+        """A JSON merge patch; with metadata.resourceVersion, a 409 if the object moved on."""
+        async with self._session.patch(
+            self._connection.server + path,
+            params={"fieldManager": field_manager},
+            data=json.dumps(patch),
+            headers={
+                **self._connection.authorization(),
+                "Content-Type": "application/merge-patch+json",
+            },
+            timeout=aiohttp.ClientTimeout(total=30),
         ) as response:
             text = await response.text()
             if response.status >= 400:

@@ -31,6 +31,7 @@ from nim_gateway.routing import (
     pick_round_robin,
 )
 from nim_gateway.settings import GatewaySettings
+from nim_gateway.wake import Hold, Waker
 
 __all__ = ["BACKEND_HEADER", "Proxy", "ProxyResponse", "Router"]
 
@@ -254,6 +255,8 @@ class ProxyResponse(Response):
         raw_body: bytes,
         body: Mapping[str, Any],
         headers: dict[str, str],
+        *,
+        hold: tuple[Waker, Hold] | None = None,
     ) -> None:
         super().__init__()
         self._proxy = proxy
@@ -261,6 +264,8 @@ class ProxyResponse(Response):
         self._raw_body = raw_body
         self._body = body
         self._upstream_headers = headers
+        # A request for a model scaled to zero: it waits for a replica first (nim_gateway.wake).
+        self._hold = hold
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         async with anyio.create_task_group() as tasks:
@@ -272,7 +277,26 @@ class ProxyResponse(Response):
                 tasks.cancel_scope.cancel()
 
             tasks.start_soon(until_disconnect)
-            await self._proxy.forward(
-                self._path, self._raw_body, self._body, self._upstream_headers, scope, receive, send
-            )
+            if await self._replica_in_time(scope, receive, send):
+                await self._proxy.forward(
+                    self._path,
+                    self._raw_body,
+                    self._body,
+                    self._upstream_headers,
+                    scope,
+                    receive,
+                    send,
+                )
             tasks.cancel_scope.cancel()
+
+    async def _replica_in_time(self, scope: Scope, receive: Receive, send: Send) -> bool:
+        """A held request: wait for a replica; False after answering 503 if none came in time.
+
+        Inside the disconnect watch, so a client that gives up leaves the wait at once."""
+        if self._hold is None:
+            return True
+        waker, hold = self._hold
+        if await waker.wait(hold):
+            return True
+        await waker.timed_out(hold)(scope, receive, send)
+        return False

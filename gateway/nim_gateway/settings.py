@@ -59,6 +59,17 @@ class GatewaySettings(BaseSettings):
     retry_after: int = Field(2, ge=1)
     max_backoff: float = Field(30.0, gt=0)
     max_connections: int = Field(1000, ge=1)
+
+    # Scale from zero (docs/gateway.md): a request for a NIMService that may be at zero replicas
+    # (autoscaling.minReplicas 0, or spec.scaleToZeroAfter) with none ready wakes it and waits
+    # up to `hold_timeout` seconds for a replica (then 503). At most `hold_max_per_model`
+    # requests wait per model and `hold_max_requests` in all; the next ones get 429 at once.
+    hold_timeout: float = Field(300.0, gt=0)
+    hold_max_per_model: int = Field(100, ge=0)
+    hold_max_requests: int = Field(1000, ge=0)
+    # While requests wait, the scale is checked and the NIMService's demand annotation (which
+    # keeps the operator from scaling it back to zero) renewed this often.
+    wake_interval: float = Field(10.0, gt=0)
     # Answer with the replica that served a request in `x-nimstack-backend` (for debugging and
     # tests); pod addresses are not secret inside a cluster, but can be hidden.
     backend_header: bool = True

@@ -638,6 +638,9 @@ class ApiServerEmulator(kmock.KubernetesEmulator):
         if paths is None:
             raise _error(404, "NotFound", f"{key[0].plural} have no scale subresource")
         current = self._scale_view(key[0], live)
+        # A Scale written with its resourceVersion applies only to that version of the object
+        # (kubectl scale --resource-version, and a scaler that writes what it read).
+        _check_resource_version(request, key, live)
         patched = fields.merge_patch(current, request.data or {})
         replicas = patched.get("spec", {}).get("replicas")
         if not isinstance(replicas, int) or replicas < 0:
