@@ -9,8 +9,8 @@ refused, and the permissions used are exactly the permissions granted.
 
 Two installs: the component as shipped (every namespace, a ClusterRoleBinding), and the
 namespaced variant docs/gateway.md describes (NIM_GATEWAY_NAMESPACES set, the same ClusterRole
-bound by a RoleBinding in that namespace only), in which the NIMService of another namespace
-stays unknown to the gateway.
+bound by a RoleBinding in that namespace only, built with the patches the docs show), in which
+the NIMService of another namespace stays unknown to the gateway.
 """
 
 from __future__ import annotations
@@ -46,15 +46,35 @@ def built() -> list[dict[str, Any]]:
     return build_with_gateway()
 
 
-def namespaced(built: list[dict[str, Any]], namespace: str) -> list[dict[str, Any]]:
-    """The documented variant: the ClusterRole bound in `namespace` only, by a RoleBinding."""
-    docs = []
-    for doc in built:
-        if doc["kind"] == "ClusterRoleBinding" and doc["metadata"]["name"] == "nim-gateway":
-            doc = {**doc, "kind": "RoleBinding"}
-            doc["metadata"] = {**doc["metadata"], "namespace": namespace}
-        docs.append(doc)
-    return docs
+# docs/gateway.md, "Install on a cluster": serving some namespaces only.
+NAMESPACED_PATCHES = (
+    """
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: nim-gateway, namespace: nimstack-system}
+spec:
+  template:
+    spec:
+      containers:
+        - name: gateway
+          env:
+            - name: NIM_GATEWAY_NAMESPACES
+              value: team-b
+""",
+    """
+$patch: delete
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {name: nim-gateway}
+""",
+)
+TEAM_B_BINDING = """
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {name: nim-gateway, namespace: team-b}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: nim-gateway}
+subjects: [{kind: ServiceAccount, name: nim-gateway, namespace: nimstack-system}]
+"""
 
 
 @dataclass
@@ -143,11 +163,15 @@ async def test_the_shipped_install_grants_exactly_what_the_gateway_uses(
 
 
 async def test_the_namespaced_variant_grants_exactly_what_the_gateway_uses(
-    built: list[dict[str, Any]], stubs: list[StubReplica], tmp_path: Path
+    stubs: list[StubReplica], tmp_path: Path
 ) -> None:
-    env = manifest_env(gateway_container(built), pod="nim-gateway-0")
-    env["NIM_GATEWAY_NAMESPACES"] = "team-b"
-    result = await exercise(namespaced(built, "team-b"), env, tmp_path, await replicas(stubs))
+    docs = build_with_gateway(
+        patches=NAMESPACED_PATCHES, files={"team-b-binding.yaml": TEAM_B_BINDING}
+    )
+    assert not [d for d in docs if d["kind"] == "ClusterRoleBinding" and "gateway" in str(d)]
+    env = manifest_env(gateway_container(docs), pod="nim-gateway-0")
+    assert env["NIM_GATEWAY_NAMESPACES"] == "team-b"
+    result = await exercise(docs, env, tmp_path, await replicas(stubs))
     assert result.denied == []
     assert result.used == result.granted
     assert {p.namespace for p in result.used} == {GATEWAY_NAMESPACE, "team-b"}

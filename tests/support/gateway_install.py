@@ -31,8 +31,14 @@ GATEWAY_NAMESPACE = "nimstack-system"
 GATEWAY_ACCOUNT = "nim-gateway"
 
 
-def build_with_gateway(components: Iterable[str] = ("gateway",)) -> list[dict[str, Any]]:
-    """`kubectl kustomize` of an overlay: resources manifests/, `components` under manifests/."""
+def build_with_gateway(
+    components: Iterable[str] = ("gateway",),
+    *,
+    patches: Iterable[str] = (),
+    files: Mapping[str, str] | None = None,
+) -> list[dict[str, Any]]:
+    """`kubectl kustomize` of an overlay: resources manifests/ and `files` (name -> YAML, written
+    next to the overlay), `components` under manifests/, then the strategic-merge `patches`."""
     kubectl = shutil.which("kubectl")
     if kubectl is None:
         import pytest
@@ -40,12 +46,17 @@ def build_with_gateway(components: Iterable[str] = ("gateway",)) -> list[dict[st
         pytest.skip("kubectl is not installed")
     with tempfile.TemporaryDirectory() as directory:
         base = os.path.relpath(MANIFESTS, directory)
-        overlay = {
+        overlay: dict[str, Any] = {
             "apiVersion": "kustomize.config.k8s.io/v1beta1",
             "kind": "Kustomization",
             "resources": [base],
             "components": [f"{base}/{component}" for component in components],
         }
+        for name, text in (files or {}).items():
+            Path(directory, name).write_text(text)
+            overlay["resources"].append(name)
+        if patches:
+            overlay["patches"] = [{"patch": patch} for patch in patches]
         Path(directory, "kustomization.yaml").write_text(yaml.safe_dump(overlay))
         result = subprocess.run(
             [kubectl, "kustomize", directory],
