@@ -1,0 +1,1 @@
+"""`python -m bench.gateway`: nim-gateway's routing strategies on real nim-serve replicas."""
