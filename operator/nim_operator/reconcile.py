@@ -46,6 +46,7 @@ from nim_operator.dra import (
     dra_served,
     dra_unavailable,
 )
+from nim_operator.gateway_status import GatewayDirectory, routed_condition
 from nim_operator.heap import HeapTrimmer, libc_malloc_trim
 from nim_operator.kube import ApiError, CapabilityCache, KubeClient, ResourceKind, TransientApiError
 from nim_operator.models import NIMServiceSpec, service_name_problem
@@ -150,6 +151,8 @@ class Runtime:
     _running: asyncio.Semaphore | None = None
     # Gives the heap back after a busy spell (nim_operator.heap); None: never (tests).
     heap: HeapTrimmer | None = None
+    # The cluster's nim-gateways, for the GatewayRouted condition; None: no such condition.
+    gateways: GatewayDirectory | None = None
     # Runs holding or waiting for a turn.
     busy: int = field(default=0, init=False)
     # uid of each NIMService the watch has reported and not seen deleted, by (namespace, name).
@@ -170,6 +173,7 @@ class Runtime:
             watches_children=True,
             object_logger=object_logger,
             heap=HeapTrimmer(HEAP_TRIM_INTERVAL, trim=libc_malloc_trim()),
+            gateways=GatewayDirectory(kube, ttl=settings.gateway_ttl),
         )
 
     async def close(self) -> None:
@@ -690,6 +694,7 @@ async def _reconcile_held(
         extra_conditions=(
             *_autoscaler_conditions(runtime.slot(owner.uid), spec, body.get("status") or {}),
             *exposed,
+            *await routed_condition(runtime.gateways, owner, spec, deployment),
         ),
     )
     status = await _write_status(runtime, body, owner, obs, logger=logger, periodic=periodic)

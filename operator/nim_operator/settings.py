@@ -52,6 +52,11 @@ class Settings(BaseSettings):
     capability_ttl: float = Field(
         default=300.0, ge=0, description="Seconds an optional CRD's presence is trusted."
     )
+    # How long the list of nim-gateway Deployments (the GatewayRouted condition) is believed:
+    # short, as a gateway turning ready should show soon; one label-selected list per period.
+    gateway_ttl: float = Field(
+        default=10.0, ge=0, description="Seconds the list of nim-gateway Deployments is trusted."
+    )
     api_timeout: float = Field(
         default=30.0, gt=0, description="Seconds one Kubernetes API request may take."
     )
