@@ -5,9 +5,10 @@
 Starts `--replicas` real `nim-serve` processes on loopback and, per arm, a fresh `nim-gateway`
 in front of them; every arm runs the same shared-prefix workload (multi-turn chats under one
 long system prompt, bench/gateway/workload.py) with a tenant of its own, so no arm reuses
-another's cache. Arms, in an order that rotates each round:
+another's cache. Arms (`--arms`), in an order that rotates each round:
 
   round-robin                  each replica in turn: a plain Service, the baseline
+  least-load                   the gateway's default: the shortest queue
   prefix-affinity              the gateway's defaults (a 512-character prefix key)
   prefix-affinity-long-key     the key reaches past the system prompt into the first question
 
@@ -43,7 +44,7 @@ from nim_gateway.settings import GatewaySettings
 
 REPO = Path(__file__).resolve().parents[2]
 RESULTS = REPO / "bench" / "results"
-ARMS = (BASELINE, "prefix-affinity", "prefix-affinity-long-key")
+ARMS = (BASELINE, "least-load", "prefix-affinity", "prefix-affinity-long-key")
 
 
 def arm_gateway(arm: str, chats: list[Conversation]) -> tuple[str, dict[str, str]]:
@@ -81,6 +82,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--model", choices=["smollm2", "tiny"], default="smollm2")
     parser.add_argument("--replicas", type=int, default=2)
+    parser.add_argument(
+        "--arms", default=",".join(ARMS), help=f"comma-separated, {BASELINE} among them"
+    )
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--conversations", type=int, default=16)
     parser.add_argument("--turns", type=int, default=4)
@@ -103,6 +107,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    unknown = set(args.arms.split(",")) - set(ARMS)
+    if unknown or BASELINE not in args.arms.split(","):
+        sys.exit(f"--arms: from {', '.join(ARMS)}, with {BASELINE}; unknown: {sorted(unknown)}")
     shape = Shape(
         conversations=args.conversations,
         turns=args.turns,
@@ -113,7 +120,8 @@ def main(argv: list[str] | None = None) -> int:
         think_seconds=args.think_seconds,
     )
     load_before = [round(x, 2) for x in os.getloadavg()]
-    runs: dict[str, list[dict[str, float]]] = {arm: [] for arm in ARMS}
+    chosen = tuple(args.arms.split(","))
+    runs: dict[str, list[dict[str, float]]] = {arm: [] for arm in chosen}
     settings: dict[str, str] = {}
     with tempfile.TemporaryDirectory(prefix="nim-bench-gateway-") as tmp:
         work = Path(tmp)
@@ -123,8 +131,8 @@ def main(argv: list[str] | None = None) -> int:
             warm_up(servers)
             for round_index in range(args.rounds):
                 # Rotate the order so drift in the machine's load hits every arm alike.
-                shift = round_index % len(ARMS)
-                for arm in ARMS[shift:] + ARMS[:shift]:
+                shift = round_index % len(chosen)
+                for arm in chosen[shift:] + chosen[:shift]:
                     chats = conversations(shape, f"{round_index}-{arm}", args.seed)
                     routing, env = arm_gateway(arm, chats)
                     settings[arm] = describe_setting(routing, env)
