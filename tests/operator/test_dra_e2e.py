@@ -12,6 +12,7 @@ with it.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -19,7 +20,7 @@ import yaml
 
 from nim_operator.kube import KubeClient, ResourceKind
 from tests.operator.test_operator_e2e import DEPLOYMENTS, E2E, condition
-from tests.support.dra_api import serve_dra
+from tests.support.dra_api import serve_dra, stop_serving_dra
 from tests.support.kmock_cluster import EmulatedCluster
 from tests.support.kmock_harness import ClusterDriver, OperatorProcess
 
@@ -71,6 +72,22 @@ def e2e(
     return E2E(api, namespace, driver, operator_process)
 
 
+@pytest.fixture
+def turn_dra_on(emulated: EmulatedCluster | None) -> Iterator[Callable[[], None]]:
+    """Serve resource.k8s.io/v1 on the emulator from now until the test ends."""
+    served = False
+
+    def turn_on() -> None:
+        nonlocal served
+        assert emulated is not None
+        emulated.inspect(serve_dra)
+        served = True
+
+    yield turn_on
+    if served and emulated is not None:
+        emulated.inspect(stop_serving_dra)
+
+
 async def dra_served(api: KubeClient) -> bool:
     return await api.has_resource("resource.k8s.io/v1", "resourceclaimtemplates")
 
@@ -86,7 +103,7 @@ def pod_of(deployment: dict[str, Any]) -> dict[str, Any]:
 
 
 async def test_without_dra_nothing_is_deployed_until_the_cluster_serves_it(
-    e2e: E2E, emulated: EmulatedCluster | None
+    e2e: E2E, emulated: EmulatedCluster | None, turn_dra_on: Callable[[], None]
 ) -> None:
     if await dra_served(e2e.api):
         pytest.skip("this cluster serves resource.k8s.io/v1 (the test needs one without DRA)")
@@ -107,7 +124,7 @@ async def test_without_dra_nothing_is_deployed_until_the_cluster_serves_it(
     await e2e.stays(nothing_deployed, "no Deployment without DRA", seconds=3)
     if emulated is None:
         return  # a real cluster cannot be given DRA by a test
-    emulated.inspect(serve_dra)
+    turn_dra_on()
     # Nothing but the timer and discovery (capability TTL 2 s) notices: level-triggered.
     deployment = await e2e.child(DEPLOYMENTS, "llama-dra")
     assert [c["name"] for c in pod_of(deployment)["resourceClaims"]] == ["dra-0", "dra-1"]
@@ -117,10 +134,10 @@ async def test_without_dra_nothing_is_deployed_until_the_cluster_serves_it(
 
 
 async def test_an_nvidia_shaped_nimservice_with_dra_resources(
-    e2e: E2E, emulated: EmulatedCluster | None
+    e2e: E2E, emulated: EmulatedCluster | None, turn_dra_on: Callable[[], None]
 ) -> None:
     if emulated is not None:
-        emulated.inspect(serve_dra)
+        turn_dra_on()
     elif not await dra_served(e2e.api):
         pytest.skip("this cluster does not serve resource.k8s.io/v1 (DRA)")
     body = yaml.safe_load(NVIDIA_DRA)

@@ -294,6 +294,52 @@ INVALID = [
         "PVCNotFound",
         message='"no-such-claim" not found',
     ),
+    # --- dynamic resource allocation (NVIDIA's draResources)
+    Invalid(
+        "draResources claim and template",
+        C,
+        {"draResources": [{"resourceClaimName": "a", "resourceClaimTemplateName": "b"}]},
+        "draResources[] needs exactly one of",
+    ),
+    Invalid(
+        "draResources two requests",
+        C,
+        {"draResources": [{"resourceClaimTemplateName": "b", "requests": ["gpu", "nic"]}]},
+        "draResources[].requests names at most one request",
+    ),
+    Invalid(
+        "resources.claims not declared",
+        C,
+        {"draResources": [{"resourceClaimName": "a"}], "resources": {"claims": [{"name": "a"}]}},
+        "resources.claims names the pod claims of draResources",
+    ),
+    Invalid(
+        "claimCreationSpec without devices",
+        S,
+        {"draResources": [{"claimCreationSpec": {"devices": []}}]},
+        "spec.draResources[0].claimCreationSpec.devices",
+    ),
+    Invalid(
+        "attribute key with CEL in it",
+        S,
+        {
+            "draResources": [
+                {
+                    "claimCreationSpec": {
+                        "devices": [
+                            {
+                                "name": "gpu",
+                                "attributeSelectors": [
+                                    {"key": "a) || (true", "value": {"boolValue": True}}
+                                ],
+                            }
+                        ]
+                    }
+                }
+            ]
+        },
+        "spec.draResources[0].claimCreationSpec.devices[0].attributeSelectors[0].key",
+    ),
     # --- exposure and probes
     Invalid("port 0", S, {"expose": {"service": {"port": 0}}}, "spec.expose.service.port"),
     Invalid("port 70000", S, {"expose": {"service": {"port": 70000}}}, "spec.expose.service.port"),

@@ -4,7 +4,8 @@ Kubernetes 1.34 serves resource.k8s.io/v1 as a built-in group; kmock's bundled r
 predates it, so the emulator starts like a cluster without DRA (an older one, or one with the
 API turned off). `serve_dra` turns it on, as a cluster upgrade would: discovery lists the kinds
 from then on, and their objects are stored and typed against Kubernetes' own schemas like any
-other built-in kind (kmock_schemas).
+other built-in kind (kmock_schemas). `stop_serving_dra` undoes it, so that an emulator shared by
+several tests is back to a cluster without DRA for the tests after.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import kmock
 
 from tests.support.kmock_apiserver import ApiServerEmulator
 
-__all__ = ["DRA_GROUP", "DRA_VERSION", "serve_dra"]
+__all__ = ["DRA_GROUP", "DRA_VERSION", "serve_dra", "stop_serving_dra"]
 
 DRA_GROUP = "resource.k8s.io"
 DRA_VERSION = "v1"
@@ -43,3 +44,10 @@ def serve_dra(emulator: ApiServerEmulator) -> None:
                 "deletecollection",
             },
         )
+
+
+def stop_serving_dra(emulator: ApiServerEmulator) -> None:
+    for plural in _KINDS:
+        resource = kmock.resource(DRA_GROUP, DRA_VERSION, plural)
+        if resource in emulator.resources:
+            del emulator.resources[resource]
