@@ -21,7 +21,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from nim_server.engine_args import passthrough_overrides
+from nim_server.engine_args import executor_backend, passthrough_overrides
 from nim_server.model_source import ResolvedModel, resolve_model
 from nim_server.settings import Settings, default_cache_path
 
@@ -435,13 +435,14 @@ def _create_async_llm(settings: Settings, resolved: ResolvedModel, cache: Path) 
         model=resolved.path,
         served_model_name=[resolved.served_name],
         tensor_parallel_size=settings.tensor_parallel_size,
+        pipeline_parallel_size=settings.pipeline_parallel_size,
         gpu_memory_utilization=settings.gpu_memory_utilization,
         **{name: value for name, value in optional.items() if value is not None},
         download_dir=str(cache / "hub"),
         trust_remote_code=settings.trust_custom_code,
         # CUDA graphs buy nothing on CPU and cost start-up time.
         enforce_eager=on_cpu,
-        distributed_executor_backend="uni" if settings.tensor_parallel_size == 1 else "mp",
+        distributed_executor_backend=executor_backend(settings),
         disable_log_stats=False,  # feeds the Prometheus metrics
         structured_outputs_config=StructuredOutputsConfig(
             backend=settings.guided_decoding_backend.value

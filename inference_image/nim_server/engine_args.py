@@ -9,7 +9,7 @@ import io
 import shlex
 from typing import Any
 
-from nim_server.settings import SettingsError
+from nim_server.settings import Settings, SettingsError
 
 _SETTING = "NIM_PASSTHROUGH_ARGS / --passthrough-args"
 # What the NIM settings own: passing them through would serve something else than /v1/models says.
@@ -18,6 +18,15 @@ _OWNED = {
     "served_model_name": "NIM_SERVED_MODEL_NAME",
     "download_dir": "NIM_CACHE_PATH",
 }
+
+
+def executor_backend(settings: Settings) -> str:
+    """Where vLLM runs its workers: on the Ray cluster of a multi-node group, in processes of
+    this container when there are several GPUs, else in this process."""
+    if settings.multi_node:
+        return "ray"
+    single = settings.tensor_parallel_size == 1 and settings.pipeline_parallel_size == 1
+    return "uni" if single else "mp"
 
 
 def passthrough_overrides(text: str | None) -> dict[str, Any]:

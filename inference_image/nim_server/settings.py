@@ -86,6 +86,22 @@ class Settings(BaseSettings):
     tensor_parallel_size: Annotated[
         int, Field(ge=1, le=64, description="Number of GPUs the model is split over.")
     ] = 1
+    pipeline_parallel_size: Annotated[
+        int,
+        Field(
+            ge=1,
+            le=64,
+            description="Number of stages the model's layers are split into (one per node when "
+            "multi-node).",
+        ),
+    ] = 1
+    multi_node: Annotated[
+        bool,
+        Field(
+            description="Run the engine's workers on a Ray cluster spanning several nodes (the "
+            "operator starts it for spec.multiNode); otherwise they run in this container.",
+        ),
+    ] = False
     gpu_memory_utilization: Annotated[
         float, Field(gt=0, le=1, description="Fraction of GPU memory the engine may use.")
     ] = 0.9

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from nim_server.engine_args import passthrough_overrides
+from nim_server.engine_args import executor_backend, passthrough_overrides
 from nim_server.settings import LogLevel, SettingsError, load_settings
 from tests.support.server_process import nim_serve_command
 
@@ -225,3 +225,31 @@ def test_passthrough_mistakes_are_one_line(text: str, says: str) -> None:
     assert message.startswith("invalid settings: NIM_PASSTHROUGH_ARGS")
     assert says in message
     assert "\n" not in message
+
+
+@pytest.mark.parametrize(
+    ("env", "backend"),
+    [
+        ({}, "uni"),
+        ({"NIM_TENSOR_PARALLEL_SIZE": "2"}, "mp"),
+        ({"NIM_PIPELINE_PARALLEL_SIZE": "2"}, "mp"),
+        # What the operator sets on every pod of a spec.multiNode group.
+        (
+            {
+                "NIM_MULTI_NODE": "1",
+                "NIM_TENSOR_PARALLEL_SIZE": "8",
+                "NIM_PIPELINE_PARALLEL_SIZE": "2",
+            },
+            "ray",
+        ),
+    ],
+)
+def test_the_engine_workers_run_where_the_parallelism_says(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], backend: str
+) -> None:
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    settings = load_settings([])
+    assert executor_backend(settings) == backend
+    assert settings.pipeline_parallel_size == int(env.get("NIM_PIPELINE_PARALLEL_SIZE", "1"))
+    assert settings.multi_node is ("NIM_MULTI_NODE" in env)
