@@ -7,11 +7,13 @@ real CEL implementation and, where they use only core CEL, evaluated on example 
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import celpy  # type: ignore[import-untyped]
 import kubernetes_validate
 import pytest
+import yaml
 
 from nim_operator.models import NIMServiceSpec
 from nim_operator.render import Owner, render_deployment
@@ -25,6 +27,7 @@ from nim_operator.render.resource_claims import (
 
 OWNER = Owner(name="llama", namespace="models", uid="0b5d1e6c-1111-4a2b-9c3d-000000000001")
 KUBERNETES = "1.34"
+SAMPLE = Path(__file__).parents[2] / "manifests" / "samples" / "llama-3.1-8b-dra.yaml"
 CEL = celpy.Environment()
 
 # NVIDIA's auto-creation sample (attribute and capacity selectors), as its docs write it.
@@ -297,3 +300,16 @@ class TestSelectors:
             'device.driver == "gpu.nvidia.com"',
             own,
         ]
+
+
+class TestSample:
+    def test_the_dra_sample_renders_what_kubernetes_accepts(self) -> None:
+        sample = yaml.safe_load(SAMPLE.read_text())
+        spec = NIMServiceSpec.from_body(sample["spec"])
+        (template,) = render_claim_templates(OWNER, spec)
+        assert template["metadata"]["name"].startswith("llama-gpu-0-")
+        kubernetes_validate.validate(template, KUBERNETES, strict=True)
+        deployment = render_deployment(OWNER, spec, replicas=1)
+        kubernetes_validate.validate(deployment, KUBERNETES, strict=True)
+        assert "nvidia.com/gpu" not in server(spec)["resources"]["limits"]
+        assert server(spec)["resources"]["claims"] == [{"name": "dra-0"}]
