@@ -28,7 +28,8 @@ EXPECTED_RULES: dict[tuple[str, str], set[str]] = {
     # is also deleted (after a metadata read) when expose.service.name renames it.
     ("", "services"): {"list", "watch", *OPTIONAL_CHILD},
     ("", "serviceaccounts"): {"list", "watch", *APPLIED},
-    ("apps", "deployments"): {"get", "list", "watch", *APPLIED},
+    # Deleted too when spec.multiNode puts a LeaderWorkerSet in its place.
+    ("apps", "deployments"): {"get", "list", "watch", *APPLIED, "delete"},
     # The built-in autoscaler's only write: the replica count, through the scale subresource.
     ("apps", "deployments/scale"): {"patch"},
     ("", "persistentvolumeclaims"): OPTIONAL_CHILD,
@@ -38,6 +39,10 @@ EXPECTED_RULES: dict[tuple[str, str], set[str]] = {
     ("networking.k8s.io", "ingresses"): OPTIONAL_CHILD,
     ("gateway.networking.k8s.io", "httproutes"): OPTIONAL_CHILD,
     ("gateway.networking.k8s.io", "grpcroutes"): OPTIONAL_CHILD,
+    ("leaderworkerset.x-k8s.io", "leaderworkersets"): OPTIONAL_CHILD,
+    # spec.draResources' generated templates: applied, and those no longer rendered (their names
+    # carry a digest of their immutable spec) found by label and deleted; never read one by one.
+    ("resource.k8s.io", "resourceclaimtemplates"): {"list", "create", "patch", "delete"},
     ("", "pods"): {"list", "watch"},
     # NIMCaches as NIMServices; their download Jobs are replaced (deleted) when the spec changes.
     (API_GROUP, "nimcaches"): {"get", "list", "watch", "patch"},
