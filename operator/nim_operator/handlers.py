@@ -16,7 +16,8 @@ Three ways in, one reconcile:
   as we applied it (nim_operator.child_records).
 
 And one daemon per NIMService with `spec.autoscaling`: the built-in autoscaler, which evaluates
-every `spec.autoscaling.interval` seconds (nim_operator.autoscaling) and stops when the field goes.
+every `spec.autoscaling.interval` seconds (nim_operator.autoscaling) and stops when the field goes;
+with `spec.scaleToZeroAfter` the same daemon only sets spec.replicas to 0 once the pods are idle.
 
 With NIM_OPERATOR_LEADER_ELECTION, the startup handler first waits until this process holds the
 Lease (nim_operator.leadership): kopf starts no watch, so no handler, before it returns.
@@ -206,7 +207,8 @@ async def reconcile_owner_of_child(
 
 
 def _autoscaled(spec: kopf.Spec, **_: Any) -> bool:
-    return bool(spec.get("autoscaling"))
+    # The built-in autoscaler, or a fixed count that scales to zero when idle.
+    return bool(spec.get("autoscaling")) or spec.get("scaleToZeroAfter") is not None
 
 
 # When the NIMService goes or spec.autoscaling is removed, an evaluation under way gets this
@@ -220,7 +222,8 @@ async def autoscale(
     logger: Logger,
     **_: Any,
 ) -> None:
-    """The built-in autoscaler of one NIMService; kopf stops it when spec.autoscaling goes."""
+    """The built-in autoscaler of one NIMService (or its idle watch, for spec.scaleToZeroAfter);
+    kopf stops it when both fields go."""
     assert namespace is not None  # NIMServices are namespaced
     while not stopped:
         interval = AUTOSCALING_RETRY_DELAY

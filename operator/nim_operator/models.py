@@ -37,6 +37,7 @@ __all__ = [
     "MULTI_NODE_AUTOSCALING_REFUSED",
     "MULTI_NODE_GPU_MISMATCH",
     "QUANTITY_PATTERN",
+    "SCALE_TO_ZERO_MULTI_NODE_REFUSED",
     "SECRET_ENV_NAMES",
     "SERVER_CONTAINER_NAME",
     "APIKeySecret",
@@ -114,6 +115,10 @@ SECRET_ENV_NAMES = ("NGC_API_KEY", "HF_TOKEN", "NIM_API_KEY")
 # spec.inferencePlatform: kserve (NVIDIA renders a KServe InferenceService) is not implemented.
 # NVIDIA's default time for a multi-node group's workers to join the leader, in seconds.
 DEFAULT_MPI_START_TIMEOUT = 300
+SCALE_TO_ZERO_MULTI_NODE_REFUSED = (
+    "spec.scaleToZeroAfter cannot be combined with spec.multiNode: idleness is measured on the "
+    "pods of a Deployment"
+)
 MULTI_NODE_AUTOSCALING_REFUSED = (
     "spec.multiNode cannot be combined with spec.scale.enabled or spec.autoscaling: "
     "a multi-node group is scaled by spec.replicas only"
@@ -1070,6 +1075,8 @@ class NIMServiceSpec(_Model):
                 "autoscaling.minReplicas 0 and autoscaling.scaleToZeroAfter, and an HPA cannot "
                 "scale to zero"
             )
+        if self.scale_to_zero_after is not None and self.multi_node is not None:
+            raise ValueError(SCALE_TO_ZERO_MULTI_NODE_REFUSED)
         self._check_dra_claims()
         gpu_quantity = self._resource_gpu_quantity()
         if self.gpu is not None and gpu_quantity is not None:

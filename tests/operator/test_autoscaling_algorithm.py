@@ -64,7 +64,8 @@ class TestSignal:
     @pytest.mark.parametrize(
         "fields",
         [
-            {"min_replicas": 0},
+            {"min_replicas": -1},
+            {"min_replicas": 0, "max_replicas": 0},
             {"min_replicas": 3, "max_replicas": 2},
             {"target": 0.0},
             {"tolerance": 1.0},

@@ -76,6 +76,16 @@ def test_an_idle_timeout_beside_an_autoscaler_is_refused_by_both(spec: dict[str,
         NIMServiceSpec.model_validate(nimservice(**spec)["spec"])
 
 
+def test_a_multi_node_group_does_not_scale_to_zero() -> None:
+    """The operator measures idleness on a Deployment's pods; a LeaderWorkerSet has none."""
+    spec = {"replicas": 1, "scaleToZeroAfter": 60, "multiNode": {"parallelism": {"tensor": 2}}}
+    message = "spec.scaleToZeroAfter cannot be combined with spec.multiNode"
+    violations = cel_violations(nimservice(**spec))
+    assert any(message in violation for violation in violations), violations
+    with pytest.raises(ValidationError, match=re.escape(message)):
+        NIMServiceSpec.model_validate(nimservice(**spec)["spec"])
+
+
 @pytest.mark.parametrize(
     ("path", "low", "high"),
     [

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry, Gauge, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 
 from nim_operator.kube import KubeClient, ResourceKind
 
@@ -71,6 +71,9 @@ class Load:
     waiting: float = 0.0
     kv_cache: float = 0.0
     capacity: float = 64.0  # num_request_max of each pod
+    # Requests finished so far (request_finish_total), counted on every ready pod alike: raising
+    # it is traffic that came and went between two scrapes.
+    finished: float = 0.0
 
 
 class PodServer:
@@ -139,6 +142,8 @@ class PodServer:
             labels = ["model_name"] if metric.startswith("vllm:") else []
             gauge = Gauge(metric, f"{metric} of the fake pod", labels, registry=registry)
             (gauge.labels("fake-model") if labels else gauge).set(value)
+        finished = Counter("request_finish", "requests finished by the fake pod", registry=registry)
+        finished.inc(share.finished)
         return web.Response(body=generate_latest(registry), content_type="text/plain")
 
 
@@ -165,6 +170,7 @@ class FakeReplicaSet:
             waiting=self.load.waiting / ready,
             kv_cache=self.load.kv_cache,
             capacity=self.load.capacity,
+            finished=self.load.finished,
         )
 
     async def kill(self, mode: str = "dead", *, count: int = 1) -> list[str]:

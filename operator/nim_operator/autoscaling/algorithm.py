@@ -29,7 +29,10 @@ How a decision is made, each step for a reason:
    the load must stay low that long. Fast up, slow down; a load that swings within one window
    does not make the service flap.
 6. **Bounds.** The result is clamped to [min_replicas, max_replicas], also when nothing could be
-   measured (a raised minReplicas applies at once).
+   measured (a raised minReplicas applies at once). With min_replicas 0 the load alone never
+   takes the last pod away: a running service keeps at least one, and only the idle rule
+   (`idle.py`: no request for scaleToZeroAfter seconds) scales it to zero; at zero it stays
+   there until something (nim-gateway) sets the count to 1.
 """
 
 from __future__ import annotations
@@ -55,7 +58,9 @@ __all__ = [
 Metric = Literal["queue", "running", "kvCache"]
 METRICS: tuple[Metric, ...] = ("queue", "running", "kvCache")
 # Reasons of a decision that changes the replica count.
-CHANGE_REASONS = frozenset({"ScaleUp", "ScaleDown", "BelowMinReplicas", "AboveMaxReplicas"})
+CHANGE_REASONS = frozenset(
+    {"ScaleUp", "ScaleDown", "BelowMinReplicas", "AboveMaxReplicas", "ScaleToZero"}
+)
 
 # What the signal of each metric is, in messages and Events.
 _UNITS: dict[Metric, str] = {
@@ -80,8 +85,8 @@ class Policy:
     down_window: float = 300.0
 
     def __post_init__(self) -> None:
-        if not 1 <= self.min_replicas <= self.max_replicas:
-            raise ValueError("need 1 <= min_replicas <= max_replicas")
+        if not 0 <= self.min_replicas <= self.max_replicas or self.max_replicas < 1:
+            raise ValueError("need 0 <= min_replicas <= max_replicas and max_replicas >= 1")
         if not self.target > 0:
             raise ValueError("target must be positive")
         if not 0 <= self.tolerance < 1:
@@ -98,6 +103,9 @@ class PodReading:
     waiting: float
     # Fraction (0-1) of the KV cache in use; None when the server does not export it.
     kv_cache: float | None = None
+    # Requests the pod has finished since it started (a counter; None when not exported): a
+    # change between two looks is use that the gauges, read at one instant, can miss.
+    finished: float | None = None
     # The engine's concurrency limit (num_request_max); None when not exported.
     capacity: float | None = None
 
@@ -265,13 +273,22 @@ def decide(
             message += f"; {current} replica(s) is what it needs"
         history.append(Recommendation(now, raw.replicas))
 
-    bounded = min(max(desired, policy.min_replicas), policy.max_replicas)
+    # A service at zero stays there (the gateway wakes it); one that runs keeps a pod.
+    low = policy.min_replicas if current == 0 else max(policy.min_replicas, 1)
+    low_text = (
+        f"minReplicas is {low}"
+        if low == policy.min_replicas
+        else "at least 1 until idle for scaleToZeroAfter"
+    )
+    bounded = min(max(desired, low), policy.max_replicas)
     if bounded > desired and bounded > current:
-        reason, message = "BelowMinReplicas", f"{current} replicas, minReplicas is {bounded}"
+        reason, message = "BelowMinReplicas", f"{current} replicas, {low_text}"
     elif bounded > desired and bounded == current:
-        reason, message = "AtMinReplicas", f"{message}; minReplicas is {policy.min_replicas}"
+        reason, message = "AtMinReplicas", f"{message}; {low_text}"
     elif bounded > desired:
-        message += f"; floored at minReplicas {policy.min_replicas}"
+        message += (
+            f"; floored at minReplicas {low}" if low == policy.min_replicas else f"; {low_text}"
+        )
     elif bounded < desired and bounded < current:
         reason, message = "AboveMaxReplicas", f"{current} replicas, maxReplicas is {bounded}"
     elif bounded < desired and bounded == current:

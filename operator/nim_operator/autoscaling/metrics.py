@@ -44,6 +44,10 @@ KV_CACHE = (
     "vllm:gpu_cache_usage_perc",
 )
 CAPACITY = ("num_request_max",)
+# Counters of finished requests (families are named without `_total`): NIM's request_finish or
+# vLLM's request_success (every finish reason), plus NIM's request_failure (refused requests).
+FINISHED = ("request_finish", "vllm:request_success")
+FAILED = ("request_failure",)
 
 
 class MetricsError(Exception):
@@ -62,7 +66,9 @@ def parse_metrics(text: str) -> PodReading:
     families: dict[str, list[float]] = {}
     try:
         for family in text_string_to_metric_families(text):
-            samples = [s.value for s in family.samples if s.name == family.name]
+            # A gauge's samples carry the family's name, a counter's the name plus `_total`.
+            names = (family.name, family.name + "_total")
+            samples = [s.value for s in family.samples if s.name in names]
             if samples:
                 families[family.name] = samples
     except (ValueError, TypeError, IndexError) as e:
@@ -73,7 +79,9 @@ def parse_metrics(text: str) -> PodReading:
         raise MetricsError("no num_requests_running/num_requests_waiting gauges")
     kv = _values(families, KV_CACHE)
     capacity = _values(families, CAPACITY)
-    numbers = [*running, *waiting, *(kv or []), *(capacity or [])]
+    finished = _values(families, FINISHED)
+    failed = _values(families, FAILED) or []
+    numbers = [*running, *waiting, *(kv or []), *(capacity or []), *(finished or []), *failed]
     if not all(math.isfinite(v) and v >= 0 for v in numbers):
         raise MetricsError("a request or KV-cache gauge is negative or not a number")
     return PodReading(
@@ -81,6 +89,8 @@ def parse_metrics(text: str) -> PodReading:
         waiting=math.fsum(waiting),
         kv_cache=math.fsum(kv) / len(kv) if kv else None,
         capacity=math.fsum(capacity) if capacity else None,
+        # A labelled counter has no sample before its first request: none finished yet.
+        finished=math.fsum([*(finished or []), *failed]),
     )
 
 

@@ -41,6 +41,7 @@ from nim_operator.autoscaling.algorithm import (
     decide,
     pod_signal,
 )
+from nim_operator.autoscaling.idle import IdleWatch, Usage, demand_time, watch_idle, with_idle_rule
 from nim_operator.autoscaling.metrics import MetricsError, metrics_urls, scrape
 from nim_operator.conditions import ConditionReport, Problem, label_selector, scheduling_problem
 from nim_operator.kube import ResourceKind
@@ -130,6 +131,8 @@ def scaler_conditions(
                 f"({shown}); replicas are not scaled down until every ready pod answers"
             ),
         )
+    elif decision.reason == "ScaledToZero":
+        active = ConditionReport("ScalingActive", "False", "ScaledToZero", decision.message)
     elif decision.reason == "NoReadyPods":
         active = ConditionReport(
             "ScalingActive", "False", "NoReadyPods", "no ready pod to measure yet"
@@ -243,13 +246,17 @@ class Autoscaler:
         *,
         scrape_timeout: float,
         clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self._runtime = runtime
         self._scrape_timeout = scrape_timeout
         self._clock = clock
+        self._wall_clock = wall_clock
         self._session: aiohttp.ClientSession | None = None
         self._recommendations: dict[str, tuple[Recommendation, ...]] = {}
         self._last_reason: dict[str, str] = {}
+        # Services that may scale to zero: since when each has been idle (idle.py).
+        self._idle: dict[str, IdleWatch] = {}
 
     def _http(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
@@ -270,25 +277,23 @@ class Autoscaler:
     def forget(self, uid: str) -> None:
         self._recommendations.pop(uid, None)
         self._last_reason.pop(uid, None)
+        self._idle.pop(uid, None)
 
-    async def _scrape_all(
-        self, pods: Sequence[Mapping[str, Any]], policy: Policy
-    ) -> tuple[list[PodReading], list[str]]:
-        """The readings of the pods that gave the policy's metric, and what the others said."""
+    async def _read_pods(
+        self, pods: Sequence[Mapping[str, Any]]
+    ) -> tuple[dict[str, PodReading], list[str]]:
+        """The readings of the pods that answered, by pod name, and what the others said."""
         session = self._http()
         results = await asyncio.gather(
             *(scrape(session, metrics_urls(p)) for p in pods),
             return_exceptions=True,
         )
-        readings: list[PodReading] = []
+        readings: dict[str, PodReading] = {}
         failures: list[str] = []
         for pod, result in zip(pods, results, strict=True):
             name = (pod.get("metadata") or {}).get("name", "?")
             if isinstance(result, PodReading):
-                if pod_signal(result, policy.metric) is None:
-                    failures.append(f"{name}: its metrics have no {policy.metric} gauge")
-                else:
-                    readings.append(result)
+                readings[name] = result
             elif isinstance(result, MetricsError):
                 failures.append(f"{name}: {result}")
             elif isinstance(result, Exception):
@@ -296,6 +301,59 @@ class Autoscaler:
             else:
                 raise result  # cancellation: let it through
         return readings, failures
+
+    @staticmethod
+    def _with_metric(
+        answered: Mapping[str, PodReading], failures: Sequence[str], policy: Policy
+    ) -> tuple[list[PodReading], list[str]]:
+        """The readings that have the policy's metric; the failures, with those that lack it."""
+        readings: list[PodReading] = []
+        missing = list(failures)
+        for name, reading in answered.items():
+            if pod_signal(reading, policy.metric) is None:
+                missing.append(f"{name}: its metrics have no {policy.metric} gauge")
+            else:
+                readings.append(reading)
+        return readings, missing
+
+    def _watch_idle(
+        self,
+        uid: str,
+        body: Mapping[str, Any],
+        *,
+        now: float,
+        answered: Mapping[str, PodReading],
+        unreachable: int,
+        starting: int,
+    ) -> IdleWatch:
+        """Record one look at a service that may scale to zero; the updated watch."""
+        usage = Usage(
+            time=now,
+            finished={name: r.finished for name, r in answered.items()},
+            in_flight=sum(r.running + r.waiting for r in answered.values()),
+            unreachable=unreachable,
+            starting=starting,
+            demand=demand_time(
+                (body.get("metadata") or {}).get("annotations"),
+                now=now,
+                wall_now=self._wall_clock(),
+            ),
+        )
+        watch = watch_idle(self._idle.get(uid), usage)
+        self._idle[uid] = watch
+        return watch
+
+    @staticmethod
+    def _live_spec(body: Mapping[str, Any] | None, uid: str | None) -> NIMServiceSpec | None:
+        """The spec of a live NIMService (the same object, if `uid`), else None."""
+        if body is None or body["metadata"].get("deletionTimestamp"):
+            return None
+        if uid is not None and body["metadata"].get("uid") != uid:
+            return None
+        try:
+            return NIMServiceSpec.from_body(dict(body.get("spec") or {}))
+        except ValidationError:
+            return None  # reconcile reports the invalid spec
 
     @staticmethod
     def _autoscaled_spec(body: Mapping[str, Any] | None, uid: str | None) -> NIMServiceSpec | None:
@@ -314,9 +372,13 @@ class Autoscaler:
         """One evaluation; the seconds until the next, or None when there is nothing to scale."""
         kube = self._runtime.kube
         body = await kube.get(NIMSERVICES, namespace, name)
-        spec = self._autoscaled_spec(body, None)
-        if body is None or spec is None or spec.autoscaling is None:
+        spec = self._live_spec(body, None)
+        if body is None or spec is None:
             return None
+        if spec.autoscaling is None:
+            if spec.scale_to_zero_after is None:
+                return None
+            return await self._evaluate_fixed(namespace, name, body, spec, logger=logger)
         interval = float(spec.autoscaling.interval)
         uid = body["metadata"]["uid"]
 
@@ -325,7 +387,8 @@ class Autoscaler:
             return interval  # reconcile creates it
         pods = await kube.list(PODS, namespace, label_selector=label_selector(name))
         census = take_census(pods)
-        readings, failures = await self._scrape_all(census.ready, policy_for(spec.autoscaling))
+        answered, unreachable = await self._read_pods(census.ready)
+        readings, failures = self._with_metric(answered, unreachable, policy_for(spec.autoscaling))
 
         slot = self._runtime.slot(uid)
         async with slot.lock:
@@ -353,6 +416,25 @@ class Autoscaler:
             )
             history = self._recommendations.get(uid, (Recommendation(now, current),))
             decision = decide(policy, snapshot, history)
+            after = spec.idle_timeout()
+            if after is None:
+                self._idle.pop(uid, None)
+            else:
+                watch = None
+                if current == 0:
+                    self._idle.pop(uid, None)  # the clock starts anew at the next wake
+                else:
+                    watch = self._watch_idle(
+                        uid,
+                        fresh,
+                        now=now,
+                        answered=answered,
+                        unreachable=len(unreachable),
+                        # Pods waiting for a node are not counted: a service woken when no
+                        # GPU is free may go back to zero once nobody asks for it.
+                        starting=snapshot.starting,
+                    )
+                decision = with_idle_rule(decision, current, watch, now, float(after))
             self._recommendations[uid] = decision.recommendations
             if decision.desired != current:
                 await kube.merge_patch(
@@ -392,4 +474,72 @@ class Autoscaler:
         self._last_reason[uid] = decision.reason
         if refresh:
             await reconcile_soon(self._runtime, namespace, name, uid, logger=logger)
+        return interval
+
+    async def _evaluate_fixed(
+        self,
+        namespace: str,
+        name: str,
+        body: Mapping[str, Any],
+        spec: NIMServiceSpec,
+        *,
+        logger: Logger,
+    ) -> float:
+        """A fixed count with `spec.scaleToZeroAfter`: set spec.replicas to 0 once idle.
+
+        The count is the NIMService's own (what `kubectl scale` and nim-gateway write), so this
+        writes it there and reconcile moves the Deployment, as for any other change of it.
+        """
+        after = spec.scale_to_zero_after
+        assert after is not None
+        # Often enough to act within a quarter of the idle time, at most every 15 s.
+        interval = float(max(1, min(15, after // 4)))
+        uid = body["metadata"]["uid"]
+        wanted = spec.desired_replicas() or 0
+        if wanted == 0:
+            self._idle.pop(uid, None)  # at zero: the clock starts anew at the next wake
+            return interval
+        kube = self._runtime.kube
+        deployment = await kube.get(DEPLOYMENTS, namespace, name)
+        if deployment is None or not _controlled_by(deployment, uid):
+            return interval  # reconcile creates it
+        current = int((deployment.get("spec") or {}).get("replicas", 1))
+        pods = await kube.list(PODS, namespace, label_selector=label_selector(name))
+        census = take_census(pods)
+        answered, unreachable = await self._read_pods(census.ready)
+        live_pods = len(census.ready) + census.starting + len(census.unschedulable)
+        now = self._clock()
+        watch = self._watch_idle(
+            uid,
+            body,
+            now=now,
+            answered=answered,
+            unreachable=len(unreachable),
+            # Pods the ReplicaSet has yet to create (or reconcile has yet to ask for) count too.
+            starting=census.starting + max(0, max(current, wanted) - live_pods),
+        )
+        if not watch.idle(now, after):
+            return interval
+        async with self._runtime.slot(uid).lock:
+            fresh = await kube.get(NIMSERVICES, namespace, name)
+            now_spec = self._live_spec(fresh, uid)
+            if fresh is None or now_spec is None or now_spec.scale_to_zero_after is None:
+                return interval
+            wanted = now_spec.desired_replicas() or 0
+            if wanted == 0:
+                return interval
+            await kube.merge_patch(
+                NIMSERVICES,
+                namespace,
+                name,
+                {"spec": {"replicas": 0}},
+                field_manager=SCALER_MANAGER,
+            )
+        self._idle.pop(uid, None)
+        message = _clip(
+            f"{wanted} -> 0 replicas: no request for {watch.idle_for(now):.0f}s "
+            f"(scaleToZeroAfter {after}s); nim-gateway sets 1 when a request for it arrives"
+        )
+        self._runtime.post_events(fresh, [events.EventNote("Normal", "ScaledDown", message)])
+        logger.info("ScaledDown %s", message)
         return interval
