@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -51,6 +51,8 @@ GATEWAY_CONTAINER = "gateway"
 DEPLOYMENTS = ResourceKind("apps/v1", "deployments")
 NAMESPACES_VARIABLE = "NIM_GATEWAY_NAMESPACES"
 STATIC_VARIABLES = ("NIM_GATEWAY_BACKENDS_FILE", "NIM_GATEWAY_BACKENDS")
+# Verbs of the condition's messages, as (singular, plural): one gateway or several.
+WATCH, ROUTE, KNOW = ("watches", "watch"), ("routes", "route"), ("knows", "know")
 
 
 @dataclass(frozen=True)
@@ -143,8 +145,12 @@ class GatewayListing:
     error: str | None = None
 
 
-def _names(gateways: Iterable[GatewayView]) -> str:
-    return ", ".join(sorted(map(str, gateways)))
+def _names(gateways: Sequence[GatewayView], verb: tuple[str, str]) -> str:
+    """`nim-gateway ns/a routes`, or `nim-gateways ns/a and ns/b route`: verb (singular, plural)."""
+    names = sorted(f"{g.namespace}/{g.name}" for g in gateways)
+    if len(names) == 1:
+        return f"nim-gateway {names[0]} {verb[0]}"
+    return f"nim-gateways {', '.join(names[:-1])} and {names[-1]} {verb[1]}"
 
 
 def routed_report(
@@ -185,8 +191,8 @@ def routed_report(
             "False",
             "NamespaceNotWatched",
             f"no nim-gateway watches namespace {namespace} "
-            f"({_names(listing.gateways)} watch others or serve a static list; "
-            f"add it to their {NAMESPACES_VARIABLE})",
+            f"({_names(listing.gateways, WATCH)} others or a static list; "
+            f"add it to {NAMESPACES_VARIABLE})",
         )
     ready = [g for g in watching if g.ready_replicas > 0]
     if not ready:
@@ -194,14 +200,14 @@ def routed_report(
             GATEWAY_ROUTED,
             "False",
             "GatewayNotReady",
-            f"{_names(watching)} watches namespace {namespace} but has no ready replica",
+            f"{_names(watching, WATCH)} namespace {namespace} but has no ready replica",
         )
     if ready_replicas == 0 and wakes_from_zero:
         return ConditionReport(
             GATEWAY_ROUTED,
             "True",
             "WakesOnRequest",
-            f"{_names(ready)} routes model {model}: with no replica ready it holds requests and "
+            f"{_names(ready, ROUTE)} model {model}: with no replica ready it holds requests and "
             "scales this NIMService up (with the manifests/gateway/scale-from-zero grants)",
         )
     if ready_replicas == 0:
@@ -209,14 +215,14 @@ def routed_report(
             GATEWAY_ROUTED,
             "False",
             "NoReadyReplica",
-            f"{_names(ready)} knows model {model} but answers 503 until a replica of this "
+            f"{_names(ready, KNOW)} model {model} but answers 503 until a replica of this "
             "NIMService is ready",
         )
     return ConditionReport(
         GATEWAY_ROUTED,
         "True",
         "Routed",
-        f"{_names(ready)} routes model {model} to {ready_replicas} ready "
+        f"{_names(ready, ROUTE)} model {model} to {ready_replicas} ready "
         f"replica{'s' if ready_replicas != 1 else ''}",
     )
 

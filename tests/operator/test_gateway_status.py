@@ -121,7 +121,7 @@ class TestRoutedReport:
         assert report is not None
         assert (report.type, report.status, report.reason) == ("GatewayRouted", "True", "Routed")
         assert report.message == (
-            "nim-gateway gw/nim-gateway, nim-gateway gw/team-a-gateway routes model meta/llama "
+            "nim-gateways gw/nim-gateway and gw/team-a-gateway route model meta/llama "
             "to 3 ready replicas"
         )
         one = routed_report(listing(TEAM_A), "team-a", "m", 1)
@@ -157,7 +157,10 @@ class TestRoutedReport:
         report = routed_report(listing(TEAM_A, static), "team-b", "m", 1)
         assert report is not None
         assert (report.status, report.reason) == ("False", "NamespaceNotWatched")
-        assert "NIM_GATEWAY_NAMESPACES" in report.message
+        assert report.message == (
+            "no nim-gateway watches namespace team-b (nim-gateways gw/static and "
+            "gw/team-a-gateway watch others or a static list; add it to NIM_GATEWAY_NAMESPACES)"
+        )
 
     def test_unknown_when_a_gateways_namespaces_cannot_be_read(self) -> None:
         hidden = GatewayView("gw", "hidden", 1, None, unreadable="it comes from valueFrom")
