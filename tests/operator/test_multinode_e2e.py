@@ -12,9 +12,11 @@ that the NIMService's readiness follows it.
 from __future__ import annotations
 
 import base64
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
+import pytest_asyncio
 
 from nim_operator.kube import KubeClient, ResourceKind
 from tests.operator.test_operator_e2e import (
@@ -27,9 +29,10 @@ from tests.operator.test_operator_e2e import (
 )
 from tests.support.kmock_cluster import EmulatedCluster
 from tests.support.kmock_harness import ClusterDriver, OperatorProcess, install_crds
-from tests.support.leaderworkerset import LEADER_WORKER_SET_CRD
+from tests.support.leaderworkerset import LEADER_WORKER_SET_CRD, stop_serving_leader_worker_sets
 
 LEADER_WORKER_SETS = ResourceKind("leaderworkerset.x-k8s.io/v1", "leaderworkersets")
+CRDS = ResourceKind("apiextensions.k8s.io/v1", "customresourcedefinitions", namespaced=False)
 SECRETS = ResourceKind("v1", "secrets")
 ROLE = "nim-llm-role"
 
@@ -69,10 +72,33 @@ def e2e(
     return E2E(api, namespace, driver, operator_process)
 
 
+@pytest_asyncio.fixture
+async def install_lws(
+    api: KubeClient, emulated: EmulatedCluster | None
+) -> AsyncIterator[Callable[[], Awaitable[None]]]:
+    """Install the LeaderWorkerSet CRD on the emulator, and take it away when the test ends."""
+    installed = False
+
+    async def install() -> None:
+        nonlocal installed
+        assert emulated is not None, "only the emulator gets a CRD from a test"
+        await install_crds(api, [LEADER_WORKER_SET_CRD], field_manager="nimstack-e2e")
+        installed = True
+
+    yield install
+    if installed and emulated is not None:
+        await api.delete(CRDS, None, LEADER_WORKER_SET_CRD["metadata"]["name"])
+        emulated.inspect(stop_serving_leader_worker_sets)
+
+
+async def lws_served(api: KubeClient) -> bool:
+    return await api.has_resource("leaderworkerset.x-k8s.io/v1", "leaderworkersets")
+
+
 def env_value(container: dict[str, Any], name: str) -> str | None:
     for entry in container.get("env") or []:
         if entry["name"] == name:
-            return entry.get("value")
+            return str(entry["value"]) if "value" in entry else None
     return None
 
 
@@ -87,9 +113,9 @@ async def ngc_secret(e2e: E2E) -> None:
 
 
 async def test_nvidia_multi_node_waits_for_the_lws_crd_then_runs_as_a_leader_worker_set(
-    e2e: E2E, emulated: EmulatedCluster | None
+    e2e: E2E, emulated: EmulatedCluster | None, install_lws: Callable[[], Awaitable[None]]
 ) -> None:
-    served = await e2e.api.has_resource("leaderworkerset.x-k8s.io/v1", "leaderworkersets")
+    served = await lws_served(e2e.api)
     if not served and emulated is None:
         pytest.skip(
             "this cluster has no LeaderWorkerSet CRD (the test installs none on a real one)"
@@ -108,12 +134,12 @@ async def test_nvidia_multi_node_waits_for_the_lws_crd_then_runs_as_a_leader_wor
         # Nothing to run the server in: nothing deployed, and no crash loop meanwhile.
         assert await e2e.get(DEPLOYMENTS, "big") is None
         assert e2e.operator.alive()
-        await install_crds(e2e.api, [LEADER_WORKER_SET_CRD], field_manager="nimstack-e2e")
+        await install_lws()
 
     lws = await e2e.child(LEADER_WORKER_SETS, "big")
-    nim = await e2e.get(NIMSERVICES, "big")
-    assert nim is not None
-    assert lws["metadata"]["ownerReferences"][0]["uid"] == nim["metadata"]["uid"]
+    owner = await e2e.get(NIMSERVICES, "big")
+    assert owner is not None
+    assert lws["metadata"]["ownerReferences"][0]["uid"] == owner["metadata"]["uid"]
     assert lws["spec"]["replicas"] == 1
     group = lws["spec"]["leaderWorkerTemplate"]
     assert group["size"] == 2
@@ -153,9 +179,12 @@ async def test_nvidia_multi_node_waits_for_the_lws_crd_then_runs_as_a_leader_wor
 
 
 async def test_switching_multi_node_on_and_off_swaps_the_deployment_and_the_lws(
-    e2e: E2E,
+    e2e: E2E, emulated: EmulatedCluster | None, install_lws: Callable[[], Awaitable[None]]
 ) -> None:
-    await install_crds(e2e.api, [LEADER_WORKER_SET_CRD], field_manager="nimstack-e2e")
+    if not await lws_served(e2e.api):
+        if emulated is None:
+            pytest.skip("this cluster has no LeaderWorkerSet CRD (the test installs none)")
+        await install_lws()
     await e2e.create("swap", cpu_spec())
     await e2e.child(DEPLOYMENTS, "swap")
 
