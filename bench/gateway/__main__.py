@@ -15,8 +15,10 @@ another's cache. Arms (`--arms`), in an order that rotates each round:
 Reported per arm (medians over rounds) and as ratios over round-robin from the same run: TTFT
 p50/p99, throughput, the replicas' prefix-cache hit rate (vllm:prefix_cache_hits / queries),
 prompt tokens computed, the gateway's CPU per token. Then the gateway's added latency (through
-it vs straight to the same replica), and a replica's cold start (started on demand, first
-request to first token). Writes bench/results/gateway.{json,md}.
+it vs straight to the same replica), and a cold start through the gateway's scale from zero
+(bench/gateway/scale_from_zero.py: a real replica started when the gateway scales the
+Deployment from 0 to 1 on the API-server emulator), with and without the gateway's part.
+Writes bench/results/gateway.{json,md}.
 """
 
 from __future__ import annotations
@@ -38,7 +40,8 @@ from bench import stop_cleanly_on_sigterm
 from bench.gateway.gateway_process import running_gateway
 from bench.gateway.replicas import prepare_model, replicas
 from bench.gateway.report import BASELINE, merge_rounds, ratios, write
-from bench.gateway.run import cold_start, gateway_overhead, measure_arm, warm_up
+from bench.gateway.run import gateway_overhead, measure_arm, warm_up
+from bench.gateway.scale_from_zero import scale_from_zero
 from bench.gateway.workload import Conversation, Shape, conversations, key_past_system_prompt
 from nim_gateway.settings import GatewaySettings
 
@@ -98,7 +101,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--idle-seconds", type=float, default=10.0, help="gateway idle CPU window, per arm"
     )
-    parser.add_argument("--overhead-pairs", type=int, default=100)
+    parser.add_argument("--overhead-pairs", type=int, default=200)
     parser.add_argument("--no-cold-start", action="store_true", help="skip the cold start")
     parser.add_argument("--seed", type=int, default=20261204)
     parser.add_argument("--out", type=Path, default=RESULTS, help="results directory")
@@ -146,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         cold: dict[str, Any] = (
             {"skipped": "--no-cold-start"}
             if args.no_cold_start
-            else cold_start(model, work, args.max_tokens)
+            else scale_from_zero(model, work, args.max_tokens)
         )
     arms = {arm: merge_rounds(rounds) for arm, rounds in runs.items()}
     report: dict[str, Any] = {

@@ -39,14 +39,17 @@ class GatewayProcess:
         times = psutil.Process(self.process.pid).cpu_times()
         return float(times.user + times.system)
 
-    def wait_scraped(self, timeout: float = 120) -> None:
-        """Ready, and every replica read once: routing then sees real loads from the start."""
+    def wait_ready(self, *, scraped: bool, timeout: float = 120) -> None:
+        """Ready (discovery listed everything once) and, if `scraped`, every replica read once:
+        routing then sees real loads from the start."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"nim-gateway exited:\n{self.log_path.read_text()[-3000:]}")
             with contextlib.suppress(httpx.TransportError):
                 ready = httpx.get(self.base_url + "/v1/health/ready", timeout=5)
+                if ready.status_code == 200 and not scraped:
+                    return
                 if ready.status_code == 200:
                     table = httpx.get(self.base_url + "/v1/gateway/backends", timeout=5).json()
                     endpoints = [e for s in table["services"] for e in s["endpoints"]]
@@ -61,7 +64,8 @@ def running_gateway(
     work: Path, urls: list[str], routing: str, env: Mapping[str, str] | None = None
 ) -> Iterator[GatewayProcess]:
     """`nim-gateway --backend bench=URL ... --default-routing ROUTING`, default settings
-    otherwise (a 1 s scrape), plus `env` (NIM_GATEWAY_*)."""
+    otherwise (a 1 s scrape), plus `env` (NIM_GATEWAY_*). Without `urls`, the gateway finds
+    its replicas in Kubernetes (KUBECONFIG in `env`)."""
     work.mkdir(parents=True, exist_ok=True)
     port = free_port()
     argv = [*_command(), "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
@@ -80,7 +84,7 @@ def running_gateway(
         )
     gateway = GatewayProcess(process, port, log_path)
     try:
-        gateway.wait_scraped()
+        gateway.wait_ready(scraped=bool(urls))
         yield gateway
     finally:
         stop_session(process, 15)

@@ -1,5 +1,5 @@
-"""One arm of the benchmark (every conversation through one gateway), the gateway's added
-latency (through it and around it to the same replica), and a replica's cold start."""
+"""One arm of the benchmark (every conversation through one gateway), and the gateway's added
+latency (through it and around it to the same replica)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -21,14 +20,19 @@ from bench.gateway.replicas import (
     MODEL_ID,
     PrefixCache,
     prefix_cache,
-    replica_env,
-    wait_ready,
 )
 from bench.gateway.workload import Conversation, Shape
 from nim_gateway.proxy import BACKEND_HEADER
-from tests.support.server_process import ServerProcess, start_server
+from tests.support.server_process import ServerProcess
 
-__all__ = ["cold_start", "gateway_overhead", "measure_arm", "percentile", "warm_up"]
+__all__ = [
+    "gateway_overhead",
+    "measure_arm",
+    "percentile",
+    "probe_request",
+    "stream_chat",
+    "warm_up",
+]
 
 # Idle pooled connections are dropped before uvicorn's 5 s keep-alive closes them under us (a
 # reset on reuse would measure that race; see bench/server).
@@ -115,7 +119,7 @@ def warm_up(replicas: Sequence[ServerProcess]) -> None:
     async def each() -> None:
         for replica in replicas:
             async with httpx.AsyncClient(base_url=replica.base_url, timeout=600) as client:
-                body = _probe(-1, 16)
+                body = probe_request(-1, 16)
                 body["messages"][0]["content"] += " Warm up." * 200
                 await stream_chat(client, body)
 
@@ -169,7 +173,8 @@ def measure_arm(
     }
 
 
-def _probe(index: int, max_tokens: int) -> dict[str, Any]:
+def probe_request(index: int, max_tokens: int) -> dict[str, Any]:
+    """A short streamed chat request (under one 128-token KV block: never a prefix-cache hit)."""
     return {
         "model": MODEL_ID,
         "messages": [{"role": "user", "content": f"Say a number ({index})."}],
@@ -191,11 +196,13 @@ async def _pairs(direct_url: str, gateway_url: str, pairs: int) -> dict[str, lis
     ):
         clients = {"direct": direct, "gateway": through}
         for warm_up in clients.values():
-            await stream_chat(warm_up, _probe(-1, PROBE_TOKENS))
+            await stream_chat(warm_up, probe_request(-1, PROBE_TOKENS))
         for index in range(pairs):
             order = ("direct", "gateway") if index % 2 == 0 else ("gateway", "direct")
             for way in order:
-                results[way].append(await stream_chat(clients[way], _probe(index, PROBE_TOKENS)))
+                results[way].append(
+                    await stream_chat(clients[way], probe_request(index, PROBE_TOKENS))
+                )
     return results
 
 
@@ -236,32 +243,6 @@ def bootstrap_median_interval(
         statistics.median(rng.choices(values, k=len(values))) for _ in range(resamples)
     )
     return medians[int(0.025 * resamples)], medians[int(0.975 * resamples) - 1]
-
-
-def cold_start(model: Path, work: Path, max_tokens: int) -> dict[str, float]:
-    """A request arrives for a model with no replica: the replica process is started on demand,
-    its readiness polled every 0.1 s (as a gateway holding the request would), and the request
-    sent once it is ready. Measured from the arrival to the first token, on this host: no pod
-    scheduling, no image pull, the model already on local disk (and likely in the page cache);
-    no gateway in the path."""
-    arrived = time.monotonic()
-    server = start_server(work / "cold-start", replica_env(model, work / "cold-start" / "cache"))
-    try:
-        ready = wait_ready(server, poll=0.1, timeout=900)
-
-        async def first_token() -> float:
-            async with httpx.AsyncClient(base_url=server.base_url, timeout=300) as client:
-                sent = time.monotonic()
-                return sent + (await stream_chat(client, _probe(0, max_tokens))).ttft
-
-        token = asyncio.run(first_token())
-    finally:
-        server.stop()
-    return {
-        "arrival_to_first_token_s": token - arrived,
-        "arrival_to_ready_s": ready - arrived,
-        "ready_to_first_token_s": token - ready,
-    }
 
 
 def percentile(values: Sequence[float], q: int) -> float:
