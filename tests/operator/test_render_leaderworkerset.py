@@ -7,10 +7,12 @@ LeaderWorkerSet's own fields against what the LWS API (leaderworkerset.x-k8s.io/
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import kubernetes_validate
 import pytest
+import yaml
 from pydantic import ValidationError
 
 from nim_operator.models import NIMServiceSpec
@@ -19,6 +21,7 @@ from nim_operator.render.labels import ROLE_LABEL, selector_labels
 
 OWNER = Owner(name="llama", namespace="models", uid="0b5d1e6c-1111-4a2b-9c3d-000000000001")
 KUBERNETES_VERSION = "1.31"
+SAMPLE = Path(__file__).parents[2] / "manifests" / "samples" / "llama-3.1-405b-multinode.yaml"
 NVIDIA_IMAGE = {"repository": "nvcr.io/nim/meta/llama-3.1-405b-instruct", "tag": "1.3.0"}
 OUR_IMAGE = {"repository": "nimstack/nim-server", "tag": "0.1.0"}
 # The LeaderWorkerSet spec's fields (LeaderWorkerSetSpec, LeaderWorkerTemplate) in LWS v1.
@@ -215,6 +218,15 @@ class TestRenderLeaderWorkerSet:
                 "spec": template["spec"],
             }
             kubernetes_validate.validate(pod, KUBERNETES_VERSION, strict=True)
+
+    def test_the_sample_renders_a_group_of_two_eight_gpu_pods(self) -> None:
+        sample = yaml.safe_load(SAMPLE.read_text())
+        lws = render(NIMServiceSpec.from_body(sample["spec"]))
+        assert lws["spec"]["leaderWorkerTemplate"]["size"] == 2
+        for template in templates(lws):
+            assert server(template)["resources"]["limits"]["nvidia.com/gpu"] == 8
+            claim = template["spec"]["volumes"][0]["persistentVolumeClaim"]
+            assert claim["claimName"] == "llama-pvc"
 
     def test_deterministic(self) -> None:
         assert render(make_spec()) == render(make_spec())
