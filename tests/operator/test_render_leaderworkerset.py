@@ -18,6 +18,7 @@ from pydantic import ValidationError
 from nim_operator.models import NIMServiceSpec
 from nim_operator.render import Owner, render_children, render_leader_worker_set, render_service
 from nim_operator.render.labels import ROLE_LABEL, selector_labels
+from tests.support.pod_security import restricted_violations
 
 OWNER = Owner(name="llama", namespace="models", uid="0b5d1e6c-1111-4a2b-9c3d-000000000001")
 KUBERNETES_VERSION = "1.31"
@@ -227,6 +228,14 @@ class TestRenderLeaderWorkerSet:
             assert server(template)["resources"]["limits"]["nvidia.com/gpu"] == 8
             claim = template["spec"]["volumes"][0]["persistentVolumeClaim"]
             assert claim["claimName"] == "llama-pvc"
+
+    @pytest.mark.parametrize("image", [NVIDIA_IMAGE, OUR_IMAGE])
+    def test_both_pods_meet_the_restricted_pod_security_standard(
+        self, image: dict[str, str]
+    ) -> None:
+        for template in templates(render(make_spec(image))):
+            annotations = template["metadata"].get("annotations")
+            assert restricted_violations(template["spec"], annotations) == []
 
     def test_deterministic(self) -> None:
         assert render(make_spec()) == render(make_spec())
