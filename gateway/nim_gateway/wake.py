@@ -161,7 +161,8 @@ class Waker:
             self._tasks.pop(target, None)
 
     async def _renew_demand(self, target: WakeTarget) -> None:
-        stamp = datetime.datetime.now(tz=datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        now = datetime.datetime.now(tz=datetime.UTC)
+        stamp = now.isoformat(timespec="milliseconds").replace("+00:00", "Z")
         path = f"{NIMSERVICE_API}/namespaces/{target.namespace}/nimservices/{target.nimservice}"
         await self._api.merge_patch(path, {"metadata": {"annotations": {DEMAND_ANNOTATION: stamp}}})
 

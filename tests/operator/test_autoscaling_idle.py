@@ -67,10 +67,14 @@ class TestIdleClock:
         assert not watch.idle(1075.0, AFTER)
         assert watch.idle(1090.0, AFTER)
 
-    def test_a_new_pod_is_not_a_request(self) -> None:
-        """A pod seen for the first time has no earlier count to differ from."""
-        watch = watch_through(look(1000.0), look(1070.0, finished={"pod-a": 5.0, "pod-b": 2.0}))
+    def test_a_new_pod_is_not_a_request_until_it_served_one(self) -> None:
+        """A pod seen for the first time (just woken, say) counts as in use only if it has
+        finished requests: they came after the last look, when it was not ready."""
+        watch = watch_through(look(1000.0), look(1070.0, finished={"pod-a": 5.0, "pod-b": 0.0}))
         assert watch.last_active == 1000.0
+        watch = watch_through(look(1000.0), look(1070.0, finished={"pod-a": 5.0, "pod-b": 1.0}))
+        assert watch.last_active == 1070.0
+        assert watch.reason == "requests finished on pod-b"
 
     def test_a_pod_that_did_not_answer_is_not_idle(self) -> None:
         watch = watch_through(look(1000.0), look(1070.0, finished={}, unreachable=1))
@@ -137,6 +141,12 @@ class TestDemandAnnotation:
     def test_its_age_by_the_wall_clock_on_the_monotonic_clock(self) -> None:
         annotations = {DEMAND_ANNOTATION: "2026-12-04T12:00:00Z"}
         assert demand_time(annotations, now=500.0, wall_now=self.WALL) == 470.0
+
+    def test_the_gateways_milliseconds_are_kept(self) -> None:
+        annotations = {DEMAND_ANNOTATION: "2026-12-04T12:00:29.750Z"}
+        demand = demand_time(annotations, now=500.0, wall_now=self.WALL)
+        assert demand is not None
+        assert abs(demand - 499.75) < 1e-6
 
     def test_absent_or_malformed_is_no_demand(self) -> None:
         for written in (None, {}, {DEMAND_ANNOTATION: "yesterday"}, {DEMAND_ANNOTATION: ""}):

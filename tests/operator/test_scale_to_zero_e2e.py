@@ -11,13 +11,18 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import os
+import subprocess
+import sys
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from nim_operator.autoscaling.idle import DEMAND_ANNOTATION
-from nim_operator.kube import KubeClient
+from nim_operator.kube import KubeClient, ResourceKind
 from tests.operator.test_autoscaling_e2e import (
     PORT_ENV,
     autoscaling,
@@ -27,7 +32,7 @@ from tests.operator.test_autoscaling_e2e import (
     until_replicas,
 )
 from tests.operator.test_operator_e2e import DEPLOYMENTS, E2E, NIMSERVICES, condition, cpu_spec
-from tests.support.fake_nim_pods import FakeReplicaSet
+from tests.support.fake_nim_pods import FakeReplicaSet, free_port
 from tests.support.kmock_harness import ClusterDriver, OperatorProcess
 
 IDLE = 3  # scaleToZeroAfter, seconds
@@ -157,3 +162,109 @@ async def test_a_fixed_count_goes_to_zero_in_its_own_spec(e2e: E2E, pods: FakeRe
     await until_replicas(e2e, 1, within=e2e.driver.timeout)
     await e2e.stays(lambda: _at(e2e, 1), "the woken replica", seconds=IDLE - 1)
     await until_replicas(e2e, 0, within=IDLE + 10)
+
+
+# --- the whole loop: the real operator and the real nim-gateway ----------------------------------
+
+ENDPOINT_SLICES = ResourceKind("discovery.k8s.io/v1", "endpointslices")
+
+
+async def follow_ready_pods(e2e: E2E, pods: FakeReplicaSet, port: int) -> None:
+    """The EndpointSlice controller's part: slice `llm-fake` lists the ready pods of `llm`."""
+    slice_body = {
+        "apiVersion": "discovery.k8s.io/v1",
+        "kind": "EndpointSlice",
+        "metadata": {"name": "llm-fake", "labels": {"kubernetes.io/service-name": "llm"}},
+        "addressType": "IPv4",
+        "ports": [{"name": "api", "port": port, "protocol": "TCP"}],
+        "endpoints": [],
+    }
+    await e2e.api.create(ENDPOINT_SLICES, e2e.namespace, slice_body)
+    published: list[str] | None = None
+    while True:
+        ips = sorted(server.ip for server in pods.servers.values())
+        if ips != published:
+            endpoints = [{"addresses": [ip], "conditions": {"ready": True}} for ip in ips]
+            patch = {"endpoints": endpoints}
+            await e2e.api.merge_patch(ENDPOINT_SLICES, e2e.namespace, "llm-fake", patch)
+            published = ips
+        await asyncio.sleep(0.1)
+
+
+def start_gateway(
+    kubeconfig: Path, namespace: str, log: Path
+) -> tuple[subprocess.Popen[bytes], int]:
+    port = free_port()
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("NIM_GATEWAY_")},
+        "KUBECONFIG": str(kubeconfig),
+        "NIM_GATEWAY_NAMESPACES": namespace,
+        "NIM_GATEWAY_SCRAPE_INTERVAL": "0.2",
+        "NIM_GATEWAY_WAKE_INTERVAL": "0.5",
+        "NIM_GATEWAY_HOLD_TIMEOUT": "30",
+    }
+    script = Path(sys.executable).with_name("nim-gateway")
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "nim_gateway"]
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [*command, "--host", "127.0.0.1", "--port", str(port)],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    return process, port
+
+
+async def test_a_request_wakes_a_service_at_zero_which_goes_back_when_idle(
+    e2e: E2E, pods: FakeReplicaSet, kubeconfig: Path, tmp_path: Path
+) -> None:
+    """Operator and gateway together, nothing played but the controllers kmock lacks: the
+    service idles to zero; a request through the gateway is held, wakes it, and is answered by
+    the new pod; the operator leaves the woken pod alone while the request waits and for
+    scaleToZeroAfter after it, then takes the service back to zero."""
+    port = int(PORT_ENV[0]["value"])
+    spec = cpu_spec(
+        env=PORT_ENV,
+        model={"servedName": "sleepy"},
+        autoscaling=autoscaling(minReplicas=0, maxReplicas=2, scaleToZeroAfter=IDLE),
+    )
+    await e2e.create("llm", spec)
+    slices = asyncio.create_task(follow_ready_pods(e2e, pods, port))
+    process, gateway_port = start_gateway(kubeconfig, e2e.namespace, tmp_path / "gateway.log")
+    try:
+        await until_replicas(e2e, 1, within=e2e.driver.timeout)
+        await until_replicas(e2e, 0, within=IDLE + 15)
+        async with httpx.AsyncClient(
+            base_url=f"http://127.0.0.1:{gateway_port}", timeout=60
+        ) as client:
+
+            async def gateway_sees_no_replica() -> bool:
+                try:
+                    response = await client.get("/v1/gateway/backends")
+                except httpx.TransportError:
+                    return False
+                services = response.json()["services"] if response.status_code == 200 else []
+                return [s["endpoints"] for s in services] == [[]]
+
+            await e2e.until(gateway_sees_no_replica, "the gateway at zero replicas", within=30)
+            body = {"model": "sleepy", "messages": [{"role": "user", "content": "hi"}]}
+            asked = asyncio.get_running_loop().time()
+            response = await client.post("/v1/chat/completions", json=body)
+            answered = asyncio.get_running_loop().time()
+        assert response.status_code == 200, (response.text, (tmp_path / "gateway.log").read_text())
+        (server,) = pods.servers.values()
+        assert response.json()["served_by"] == server.ip
+        assert answered - asked < 25
+        nim = await e2e.get(NIMSERVICES, "llm")
+        assert nim is not None
+        assert DEMAND_ANNOTATION in nim["metadata"]["annotations"]
+
+        await e2e.stays(lambda: _at(e2e, 1), "the woken pod", seconds=IDLE - 1)
+        await until_replicas(e2e, 0, within=IDLE + 10)
+        assert asyncio.get_running_loop().time() - answered >= IDLE - 1
+    finally:
+        slices.cancel()
+        await asyncio.gather(slices, return_exceptions=True)
+        process.terminate()
+        await asyncio.to_thread(process.wait, 15)

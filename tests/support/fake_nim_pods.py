@@ -104,6 +104,7 @@ class PodServer:
             return
         app = web.Application()
         app.router.add_get("/v1/metrics", self._metrics)
+        app.router.add_post("/v1/chat/completions", self._chat)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         try:
@@ -121,6 +122,12 @@ class PodServer:
     async def stop(self) -> None:
         await self.close_listener()
         _taken.discard(self.ip)
+
+    async def _chat(self, request: web.Request) -> web.Response:
+        """A canned answer (for a gateway in front), counted as a finished request."""
+        self._owner.load.finished += 1
+        answer = {"object": "chat.completion", "served_by": self.ip, "choices": []}
+        return web.json_response(answer)
 
     async def _metrics(self, request: web.Request) -> web.Response:
         if self.mode == "garbage":

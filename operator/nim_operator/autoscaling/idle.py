@@ -6,7 +6,7 @@ that at every look for that long:
 
 * no ready pod had a request running or waiting (the gauges);
 * no ready pod's finished-requests counter moved (a request that came and went between two looks
-  shows only there);
+  shows only there), and no pod seen for the first time had finished any;
 * every ready pod answered (one that did not may be the busy one: as with scale-downs, unknown
   is not idle);
 * no pod was starting (someone woke the service, and its first requests are still to come);
@@ -99,10 +99,12 @@ def _activity(previous: IdleWatch | None, usage: Usage) -> str | None:
         return f"{usage.unreachable} ready pod(s) did not report their metrics"
     if usage.starting:
         return f"{usage.starting} pod(s) starting"
+    # A pod's counter moved since the last look; or a pod not counted at the last look (it was
+    # not ready then, or not there) has finished requests since.
     moved = [
         name
         for name, count in usage.finished.items()
-        if count is not None and name in previous.finished and previous.finished[name] != count
+        if count is not None and previous.finished.get(name, 0.0) != count
     ]
     if moved:
         return f"requests finished on {', '.join(sorted(moved))}"

@@ -436,6 +436,9 @@ class Autoscaler:
                     )
                 decision = with_idle_rule(decision, current, watch, now, float(after))
             self._recommendations[uid] = decision.recommendations
+            if decision.desired == 0:
+                # A wake (even before the next evaluation) starts a new idle clock.
+                self._idle.pop(uid, None)
             if decision.desired != current:
                 await kube.merge_patch(
                     DEPLOYMENTS,
