@@ -27,20 +27,25 @@ WATCHED_CHILDREN = (
     ("v1", "services"),
     ("v1", "serviceaccounts"),
     ("v1", "pods"),
+    # Where its CRD is installed: kopf starts this watch once the kind is served.
+    ("leaderworkerset.x-k8s.io/v1", "leaderworkersets"),
 )
 # Children watched for NIMCaches (nim_operator.handlers_nimcache): filtered by the API server
 # like the above, but their applies are not recorded (no watch here invalidates a record).
 WATCHED_CACHE_CHILDREN = (("batch/v1", "jobs"),)
 # Those whose applies are recorded here (pods are not applied; nim_operator.pod_cache has them).
 WATCHED_PLURALS = frozenset(plural for _, plural in WATCHED_CHILDREN if plural != "pods")
+# The children that run the server: their records keep what the status is computed from.
+WORKLOAD_PLURALS = frozenset({"deployments", "leaderworkersets"})
 
 
 @dataclass(frozen=True)
 class AppliedChild:
     digest: str
     resource_version: str
-    # For a Deployment, what the status is computed from (spec without the pod template,
-    # status, metadata): a skipped apply still needs the Deployment the apply would have returned.
+    # For a Deployment or a LeaderWorkerSet, what the status is computed from (spec without the
+    # pod templates, status, metadata): a skipped apply still needs what the apply would have
+    # returned.
     body: Mapping[str, Any] | None = None
 
 
@@ -58,7 +63,7 @@ def record(plural: str, digest: str, live: Mapping[str, Any]) -> AppliedChild | 
     version = resource_version(live)
     if plural not in WATCHED_PLURALS or not version:
         return None
-    body = _slim_deployment(live) if plural == "deployments" else None
+    body = _slim_workload(live) if plural in WORKLOAD_PLURALS else None
     return AppliedChild(digest, version, body)
 
 
@@ -74,12 +79,13 @@ def still_live(child: AppliedChild, event_type: str | None, body: Mapping[str, A
     return event_type != "DELETED" and resource_version(body) == child.resource_version
 
 
-def _slim_deployment(deployment: Mapping[str, Any]) -> dict[str, Any]:
-    meta = deployment.get("metadata") or {}
+def _slim_workload(workload: Mapping[str, Any]) -> dict[str, Any]:
+    meta = workload.get("metadata") or {}
     kept = ("name", "namespace", "uid", "generation", "resourceVersion", "ownerReferences")
-    spec = {k: v for k, v in (deployment.get("spec") or {}).items() if k != "template"}
+    templates = ("template", "leaderWorkerTemplate")
+    spec = {k: v for k, v in (workload.get("spec") or {}).items() if k not in templates}
     return {
         "metadata": {key: meta[key] for key in kept if key in meta},
         "spec": spec,
-        "status": deployment.get("status") or {},
+        "status": workload.get("status") or {},
     }

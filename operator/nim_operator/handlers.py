@@ -9,7 +9,8 @@ Three ways in, one reconcile:
 * a timer per NIMService - every NIM_OPERATOR_RECONCILE_INTERVAL seconds, to undo hand edits;
 * NIMCaches, their download Jobs, and the NIMServices waiting for one: in
   nim_operator.handlers_nimcache;
-* events of our Deployments, Services, ServiceAccounts and Pods - a deleted or hand-edited child,
+* events of our Deployments, Services, ServiceAccounts, Pods and LeaderWorkerSets (where their
+  CRD is installed) - a deleted or hand-edited child, a group that became ready,
   or a pod going into CrashLoopBackOff, re-reconciles its owner within a second, found through
   an in-memory set of NIMServices. These events also keep what timer ticks read instead of
   asking the API server: our pods (nim_operator.pod_cache) and whether each child is still
@@ -174,6 +175,7 @@ async def reconcile_periodically(
 @kopf.on.event("v1", "services", labels=OUR_CHILDREN)
 @kopf.on.event("v1", "serviceaccounts", labels=OUR_CHILDREN)
 @kopf.on.event("v1", "pods", labels=OUR_CHILDREN)
+@kopf.on.event("leaderworkerset.x-k8s.io", "v1", "leaderworkersets", labels=OUR_CHILDREN)
 async def reconcile_owner_of_child(
     body: kopf.Body,
     namespace: str | None,

@@ -11,9 +11,8 @@ The status is computed from the LeaderWorkerSet as from a Deployment (nim_operat
 `as_workload` gives its counts the Deployment's names. A LeaderWorkerSet counts groups, and a
 group is ready when all its pods are, so "1/1 replicas ready" means one whole group. It reports
 no observedGeneration and no available count: a ready group is counted as available.
-LeaderWorkerSets are not watched (kopf would need the kind served when it starts): a run reads
-the one it applies, after any event of its pods and at every timer tick, so the status follows a
-group's readiness within a reconcile interval at worst.
+LeaderWorkerSets are watched like Deployments (nim_operator.child_records): kopf starts that watch
+when the CRD appears, so a group becoming ready reaches the status at once.
 Everything except `leader_worker_sets_served` is pure.
 """
 

@@ -457,7 +457,7 @@ async def _sync_children(
         digest = child_records.manifest_digest(manifest)
         known = slot.records.get(ref)
         if trust_watch and known is not None and known.digest == digest:
-            if ref.kind == "Deployment":
+            if ref.kind in WORKLOAD_KINDS:
                 deployment = known.body
             continue  # the same manifest, and nothing has changed the object since
         absent.discard(ref)  # before the apply: should it fail half-way, look again next time

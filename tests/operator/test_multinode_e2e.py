@@ -12,7 +12,9 @@ that the NIMService's readiness follows it.
 from __future__ import annotations
 
 import base64
-from collections.abc import AsyncIterator, Awaitable, Callable
+import secrets
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -28,11 +30,18 @@ from tests.operator.test_operator_e2e import (
     cpu_spec,
 )
 from tests.support.kmock_cluster import EmulatedCluster
-from tests.support.kmock_harness import ClusterDriver, OperatorProcess, install_crds
-from tests.support.leaderworkerset import LEADER_WORKER_SET_CRD, stop_serving_leader_worker_sets
+from tests.support.kmock_harness import (
+    ClusterDriver,
+    OperatorProcess,
+    delete_namespace,
+    eventually,
+    install_crds,
+)
+from tests.support.leaderworkerset import LEADER_WORKER_SET_CRD
 
 LEADER_WORKER_SETS = ResourceKind("leaderworkerset.x-k8s.io/v1", "leaderworkersets")
-CRDS = ResourceKind("apiextensions.k8s.io/v1", "customresourcedefinitions", namespaced=False)
+NAMESPACES = ResourceKind("v1", "namespaces", namespaced=False)
+SLOW_PREFIX = "nimlws-"
 SECRETS = ResourceKind("v1", "secrets")
 ROLE = "nim-llm-role"
 
@@ -72,23 +81,20 @@ def e2e(
     return E2E(api, namespace, driver, operator_process)
 
 
-@pytest_asyncio.fixture
-async def install_lws(
-    api: KubeClient, emulated: EmulatedCluster | None
-) -> AsyncIterator[Callable[[], Awaitable[None]]]:
-    """Install the LeaderWorkerSet CRD on the emulator, and take it away when the test ends."""
-    installed = False
+@pytest.fixture
+def install_lws(api: KubeClient, emulated: EmulatedCluster | None) -> Callable[[], Awaitable[None]]:
+    """Install the LeaderWorkerSet CRD, on the emulator only.
+
+    It stays for the package's later tests, as the Gateway API CRDs do: taking a kind out of the
+    emulator's discovery again does not hold while operators still watch it (the emulator lists
+    a kind that is asked for as served, without verbs).
+    """
 
     async def install() -> None:
-        nonlocal installed
         assert emulated is not None, "only the emulator gets a CRD from a test"
         await install_crds(api, [LEADER_WORKER_SET_CRD], field_manager="nimstack-e2e")
-        installed = True
 
-    yield install
-    if installed and emulated is not None:
-        await api.delete(CRDS, None, LEADER_WORKER_SET_CRD["metadata"]["name"])
-        emulated.inspect(stop_serving_leader_worker_sets)
+    return install
 
 
 async def lws_served(api: KubeClient) -> bool:
@@ -208,3 +214,74 @@ async def test_switching_multi_node_on_and_off_swaps_the_deployment_and_the_lws(
         return service is not None and ROLE not in service["spec"]["selector"]
 
     await e2e.until(all_pods_selected, "the Service selecting every pod again")
+
+
+@pytest.fixture(scope="module")
+def slow_timer_operator(
+    kubeconfig: Path, crds_installed: None, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[OperatorProcess]:
+    """A second operator whose timer never fires during a test: what it does, an event caused."""
+    process = OperatorProcess(
+        kubeconfig,
+        tmp_path_factory.mktemp("lws-slow-timer") / "operator.log",
+        namespaces=f"{SLOW_PREFIX}*",
+        reconcile_interval="600",
+        child_event_delay="0.2",
+        verbose="true",
+    )
+    process.start()
+    yield process
+    process.stop()
+
+
+@pytest_asyncio.fixture
+async def slow_namespace(
+    api: KubeClient, slow_timer_operator: OperatorProcess
+) -> AsyncIterator[str]:
+    name = f"{SLOW_PREFIX}{secrets.token_hex(4)}"
+    namespace = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}
+    await api.create(NAMESPACES, None, namespace)
+    yield name
+    await delete_namespace(api, name)
+
+
+async def test_the_leader_worker_set_is_watched(
+    api: KubeClient,
+    emulated: EmulatedCluster | None,
+    slow_timer_operator: OperatorProcess,
+    slow_namespace: str,
+    install_lws: Callable[[], Awaitable[None]],
+) -> None:
+    """A group becoming ready and a deleted LeaderWorkerSet are acted on at once, with no timer
+    tick (kopf watches the kind where its CRD is installed, also one installed after it started).
+    """
+    if emulated is None:
+        pytest.skip("needs a cluster where the test may install the LeaderWorkerSet CRD")
+    if not await lws_served(api):
+        await install_lws()
+    ns = slow_namespace
+    body = {"apiVersion": "nimstack.dev/v1alpha1", "kind": "NIMService", "metadata": {"name": "g"}}
+    spec = {**cpu_spec(multiNode={"parallelism": {"pipeline": 2}}), "gpu": {"count": 1}}
+    await api.create(NIMSERVICES, ns, {**body, "spec": spec})
+
+    async def lws() -> dict[str, Any] | None:
+        return await api.get(LEADER_WORKER_SETS, ns, "g")
+
+    first = await eventually(lws, within=15, what="the LeaderWorkerSet")
+    status = {"replicas": 1, "updatedReplicas": 1, "readyReplicas": 1}
+    await api.merge_patch(LEADER_WORKER_SETS, ns, "g", {"status": status}, subresource="status")
+
+    async def ready() -> bool:
+        nim = await api.get(NIMSERVICES, ns, "g")
+        return condition(nim, "Ready").get("status") == "True"
+
+    log = slow_timer_operator.log_tail
+    await eventually(ready, within=15, what="Ready from the LWS's event", context=log)
+
+    await api.delete(LEADER_WORKER_SETS, ns, "g")
+
+    async def replaced() -> bool:
+        live = await lws()
+        return live is not None and live["metadata"]["uid"] != first["metadata"]["uid"]
+
+    await eventually(replaced, within=15, what="the LeaderWorkerSet re-created", context=log)

@@ -5,21 +5,14 @@ controller and its CRD are installed; so does the emulator, which serves a CRD's
 the CRD is created. Tests install this to let spec.multiNode run. The schema keeps every field:
 the operator's LeaderWorkerSet is checked against the real shape by the renderer tests (its pod
 templates against Kubernetes' own Pod schema), not here. No controller runs: a test plays the
-LWS controller by writing the status it would write. The e2e tests share one emulator: a test
-that installs the CRD deletes it afterwards and `stop_serving_leader_worker_sets` takes the kind
-out of discovery again (the emulator does not on a CRD's deletion).
+LWS controller by writing the status it would write.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import kmock
-
-if TYPE_CHECKING:
-    from tests.support.kmock_apiserver import ApiServerEmulator
-
-__all__ = ["LEADER_WORKER_SET_CRD", "stop_serving_leader_worker_sets"]
+__all__ = ["LEADER_WORKER_SET_CRD"]
 
 LEADER_WORKER_SET_CRD: dict[str, Any] = {
     "apiVersion": "apiextensions.k8s.io/v1",
@@ -50,9 +43,3 @@ LEADER_WORKER_SET_CRD: dict[str, Any] = {
         ],
     },
 }
-
-
-def stop_serving_leader_worker_sets(emulator: ApiServerEmulator) -> None:
-    resource = kmock.resource("leaderworkerset.x-k8s.io", "v1", "leaderworkersets")
-    if resource in emulator.resources:
-        del emulator.resources[resource]
