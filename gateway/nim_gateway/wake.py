@@ -78,8 +78,14 @@ class Waker:
         return sum(self._by_model.values())
 
     def admit(self, model: str, target: WakeTarget) -> Hold | None:
-        """A place in the wait for `model`, or None when the wait is full."""
+        """A place in the wait for `model`, or None when the wait is full.
+
+        Either way the service is woken: a request refused for a full wait is demand too (and
+        with the limits at 0, the gateway wakes services without holding anything).
+        """
         settings = self._settings
+        if target not in self._tasks:
+            self._tasks[target] = asyncio.create_task(self._wake(target))
         if (
             self.held >= settings.hold_max_requests
             or self._by_model[model] >= settings.hold_max_per_model
@@ -87,8 +93,6 @@ class Waker:
             return None
         self._by_model[model] += 1
         self._by_target[target] += 1
-        if target not in self._tasks:
-            self._tasks[target] = asyncio.create_task(self._wake(target))
         return Hold(model, target, self._clock() + settings.hold_timeout)
 
     def _release(self, hold: Hold) -> None:
@@ -146,17 +150,30 @@ class Waker:
     # --- the per-service task ---------------------------------------------------------------
 
     async def _wake(self, target: WakeTarget) -> None:
+        """Once, then every wake_interval while requests wait for `target`."""
         try:
-            while self._by_target[target] > 0:
+            while True:
                 try:
                     await self._renew_demand(target)
                     await self._scale_from_zero(target)
                 except (ApiError, aiohttp.ClientError, TimeoutError) as error:
                     # Held requests still wait (a replica may come anyway); try again later.
+                    hint = (
+                        " (the gateway's ServiceAccount needs the RBAC of the kustomize "
+                        "component manifests/gateway/scale-from-zero)"
+                        if isinstance(error, ApiError) and error.status == 403
+                        else ""
+                    )
                     log.warning(
-                        "could not wake %s/%s: %s", target.namespace, target.nimservice, error
+                        "could not wake %s/%s: %s%s",
+                        target.namespace,
+                        target.nimservice,
+                        error,
+                        hint,
                     )
                 await asyncio.sleep(self._settings.wake_interval)
+                if self._by_target[target] <= 0:
+                    return
         finally:
             self._tasks.pop(target, None)
 

@@ -323,3 +323,32 @@ async def test_the_components_rbac_is_what_waking_uses(
             assert await replicas(kube, f"{NIMSERVICES.format(ns=ns)}/f/scale") == 1
     assert authorizer.denied == [], gateway.log()[-3000:]
     assert grants - authorizer.used == set()
+
+
+async def test_a_refused_request_still_wakes_the_service(
+    kube: httpx.AsyncClient, kubeconfig: Path, tmp_path: Path
+) -> None:
+    """With no room to hold (limits at 0) a request gets 429 at once, and is demand all the
+    same: the service is woken for the client's retry."""
+    ns = await make_namespace(kube, "wake-no-hold")
+    body = nimservice("asleep", "asleep", replicas=0, scaleToZeroAfter=600)
+    (await kube.post(NIMSERVICES.format(ns=ns), json=body)).raise_for_status()
+    env = {
+        "KUBECONFIG": str(kubeconfig),
+        "NIM_GATEWAY_NAMESPACES": ns,
+        "NIM_GATEWAY_HOLD_MAX_REQUESTS": "0",
+    }
+    async with (
+        running_gateway(tmp_path, None, env=env) as gateway,
+        httpx.AsyncClient(base_url=gateway.base_url, timeout=30) as client,
+    ):
+        response = await client.post("/v1/chat/completions", json={"model": "asleep", **CHAT})
+        assert response.status_code == 429
+        assert response.json()["error"]["code"] == "model_starting_queue_full"
+
+        async def woken() -> bool:
+            return await replicas(kube, f"{NIMSERVICES.format(ns=ns)}/asleep/scale") == 1
+
+        await until(woken, "the NIMService woken by a refused request")
+        live = (await kube.get(f"{NIMSERVICES.format(ns=ns)}/asleep")).json()
+        assert DEMAND_ANNOTATION in live["metadata"]["annotations"]
