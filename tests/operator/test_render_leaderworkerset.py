@@ -176,6 +176,14 @@ class TestRenderLeaderWorkerSet:
         assert "--block" in worker["command"][2]
         assert "args" not in worker
 
+    def test_json_logging_is_off_unless_the_user_sets_it(self) -> None:
+        # NIM's docs: multi-node Ray workers have no JSON log formatter.
+        for template in templates(render(make_spec(NVIDIA_IMAGE))):
+            assert value(server(template), "NIM_JSONL_LOGGING") == "0"
+        spec = make_spec(NVIDIA_IMAGE, env=[{"name": "NIM_JSONL_LOGGING", "value": "1"}])
+        for template in templates(render(spec)):
+            assert value(server(template), "NIM_JSONL_LOGGING") == "1"
+
     def test_a_users_command_runs_on_the_leader_unchanged(self) -> None:
         leader, _ = templates(render(make_spec(command=["my-launcher"])))
         assert server(leader)["command"] == ["my-launcher"]

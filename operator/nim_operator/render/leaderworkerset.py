@@ -11,7 +11,8 @@ security, scheduling and credentials are the same; then:
 
 * every pod gets the multi-node environment NVIDIA's operator gives NIM images: NIM_MULTI_NODE,
   the two parallel sizes, the node count and each pod's rank, and for the leader the start-up
-  timeout and group size the image's launcher waits on; workers learn the leader's name;
+  timeout and group size the image's launcher waits on; workers learn the leader's name.
+  NIM_JSONL_LOGGING is 0 unless spec.env sets it (NIM's Ray workers cannot log JSON);
 * NVIDIA NIM images (nvcr.io/nim/) take their role from that environment and keep their own
   entrypoint. Any other image is taken to be nim-serve on vLLM, whose multi-node engine runs on
   Ray: the leader starts a Ray head and then the server, each worker joins the head at the
@@ -102,6 +103,16 @@ def _with_env(container: dict[str, Any], extra: list[dict[str, Any]]) -> None:
     env.extend(entry for entry in extra if entry["name"] not in present)
 
 
+def _plain_logs(container: dict[str, Any], spec: NIMServiceSpec) -> None:
+    """NIM_JSONL_LOGGING=0 unless the user's env sets it: NIM's multi-node Ray workers have no
+    JSON log formatter, and NVIDIA's NIM documentation says to turn it off for multi-node."""
+    if any(var.name == "NIM_JSONL_LOGGING" for var in spec.env or ()):
+        return
+    for entry in container.get("env") or []:
+        if entry["name"] == "NIM_JSONL_LOGGING":
+            entry["value"] = "0"
+
+
 def _server(pod: dict[str, Any]) -> dict[str, Any]:
     (server,) = (c for c in pod["containers"] if c["name"] == CONTAINER_NAME)
     return dict(server)
@@ -111,6 +122,7 @@ def _leader_pod(owner: Owner, spec: NIMServiceSpec, multi_node: MultiNodeSpec) -
     pod = pod_spec(owner, spec)
     server = _server(pod)
     _with_env(server, _leader_env(multi_node))
+    _plain_logs(server, spec)
     if not spec.image.is_nvidia_nim() and not spec.command:
         # nim-serve's image entrypoint is the server; the Ray head must be up before it.
         server["command"] = ["/bin/sh", "-c", f'{_RAY_HEAD} && exec nim-serve "$@"', "nim-serve"]
@@ -124,6 +136,7 @@ def _worker_pod(owner: Owner, spec: NIMServiceSpec, multi_node: MultiNodeSpec) -
     for key in ("ports", "livenessProbe", "readinessProbe", "startupProbe", "lifecycle"):
         server.pop(key, None)
     _with_env(server, _worker_env(multi_node))
+    _plain_logs(server, spec)
     if not spec.image.is_nvidia_nim():
         # The server's arguments mean nothing to a Ray worker.
         server.pop("args", None)
