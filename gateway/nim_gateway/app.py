@@ -303,7 +303,8 @@ async def _backends(request: Request) -> Response:
     gateway = _gateway(request)
     if not gateway.keys.is_global(bearer_token(request.headers.get("authorization"))):
         return _unauthorized("The backend table needs a key valid for every model.")
-    return JSONResponse({"services": gateway.table.describe()})
+    held = gateway.waker.held_by_model() if gateway.waker is not None else {}
+    return JSONResponse({"services": gateway.table.describe(), "held": held})
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:

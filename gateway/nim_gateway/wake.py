@@ -77,6 +77,10 @@ class Waker:
     def held(self) -> int:
         return sum(self._by_model.values())
 
+    def held_by_model(self) -> dict[str, int]:
+        """Requests waiting now, by model (for GET /v1/gateway/backends)."""
+        return dict(sorted(self._by_model.items()))
+
     def admit(self, model: str, target: WakeTarget) -> Hold | None:
         """A place in the wait for `model`, or None when the wait is full.
 

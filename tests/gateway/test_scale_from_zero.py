@@ -175,9 +175,12 @@ async def test_a_held_request_is_answered_once_the_woken_replica_is_ready(
         }
         assert ("nim-gateway", "scale") in managers
 
-        # Still waiting: no replica is ready yet.
+        # Still waiting: no replica is ready yet, and the backend table says so.
         await asyncio.sleep(1.0)
         assert not held.done()
+        async with httpx.AsyncClient(base_url=gateway.base_url) as admin:
+            table = (await admin.get("/v1/gateway/backends")).json()
+        assert table["held"] == {"cold": 1}
         # The demand is renewed while the request waits.
         await until(
             lambda: _annotation_changed(kube, f"{NIMSERVICES.format(ns=ns)}/cold", stamp),
