@@ -23,14 +23,14 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from nim_gateway.auth import KeySet, bearer_token, keys_from_file, keys_from_secret
-from nim_gateway.backends import BackendTable
+from nim_gateway.backends import BackendTable, WakeTarget
 from nim_gateway.discovery import KubernetesDiscovery, static_services
 from nim_gateway.errors import error_response
 from nim_gateway.kube import ApiError, KubeApi, connection_from_environment
 from nim_gateway.load import Scraper
 from nim_gateway.proxy import Proxy, ProxyResponse, Router
 from nim_gateway.settings import GatewaySettings
-from nim_gateway.wake import Hold, Waker
+from nim_gateway.wake import Waker
 
 __all__ = ["Gateway", "build_app"]
 
@@ -216,7 +216,7 @@ def _forwarded(path: str) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         lookup = gateway.table.lookup(model)
         if not lookup.known:
             return _model_not_found(model)
-        hold: tuple[Waker, Hold] | None = None
+        hold: tuple[Waker, WakeTarget] | None = None
         if not lookup.candidates:
             if lookup.wake is None or gateway.waker is None:
                 return error_response(
@@ -226,11 +226,8 @@ def _forwarded(path: str) -> Callable[[Request], Coroutine[Any, Any, Response]]:
                     code="no_ready_replica",
                     retry_after=gateway.settings.retry_after,
                 )
-            # A service that scales to zero: wake it and wait for a replica (nim_gateway.wake).
-            admitted = gateway.waker.admit(model, lookup.wake)
-            if admitted is None:
-                return gateway.waker.full(model)
-            hold = (gateway.waker, admitted)
+            # A service that scales to zero: the response wakes it and waits for a replica.
+            hold = (gateway.waker, lookup.wake)
         assert gateway.proxy is not None
         headers = gateway.proxy.upstream_headers(request.headers)
         return ProxyResponse(gateway.proxy, path, raw, body, headers, hold=hold)

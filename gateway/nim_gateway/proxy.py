@@ -21,7 +21,7 @@ import anyio
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
-from nim_gateway.backends import BackendTable, Endpoint, Lookup
+from nim_gateway.backends import BackendTable, Endpoint, Lookup, WakeTarget
 from nim_gateway.errors import error_response, sse_error_event
 from nim_gateway.routing import (
     HashRing,
@@ -31,7 +31,7 @@ from nim_gateway.routing import (
     pick_round_robin,
 )
 from nim_gateway.settings import GatewaySettings
-from nim_gateway.wake import Hold, Waker
+from nim_gateway.wake import Waker
 
 __all__ = ["BACKEND_HEADER", "Proxy", "ProxyResponse", "Router"]
 
@@ -256,7 +256,7 @@ class ProxyResponse(Response):
         body: Mapping[str, Any],
         headers: dict[str, str],
         *,
-        hold: tuple[Waker, Hold] | None = None,
+        hold: tuple[Waker, WakeTarget] | None = None,
     ) -> None:
         super().__init__()
         self._proxy = proxy
@@ -290,12 +290,20 @@ class ProxyResponse(Response):
             tasks.cancel_scope.cancel()
 
     async def _replica_in_time(self, scope: Scope, receive: Receive, send: Send) -> bool:
-        """A held request: wait for a replica; False after answering 503 if none came in time.
+        """A request for a service at zero: wake it and wait for a replica. False after
+        answering 429 (the wait is full) or 503 (no replica in time).
 
-        Inside the disconnect watch, so a client that gives up leaves the wait at once."""
+        Inside the disconnect watch, so a client that gives up leaves the wait at once; and
+        here rather than in the route, so no place in the wait is taken by a response that is
+        never sent."""
         if self._hold is None:
             return True
-        waker, hold = self._hold
+        waker, target = self._hold
+        model = str(self._body["model"])
+        hold = waker.admit(model, target)
+        if hold is None:
+            await waker.full(model)(scope, receive, send)
+            return False
         if await waker.wait(hold):
             return True
         await waker.timed_out(hold)(scope, receive, send)
