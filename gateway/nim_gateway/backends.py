@@ -188,14 +188,15 @@ class BackendTable:
         """Every model some replica serves now, once each (the first replica's card wins).
 
         A replica not yet scraped serves its declared models (requests for them are routed to
-        it), so they are listed too, with a plain card until a replica's own card replaces it.
+        it), so they are listed too, with a plain card until a replica's own card replaces it;
+        not once its scrape failed (a replica that never answered serves nothing).
         """
         cards: dict[str, dict[str, Any]] = {}
         for endpoint in self.endpoints():
             for card in endpoint.cards or []:
                 cards.setdefault(str(card.get("id")), card)
         for endpoint in self.endpoints():
-            if endpoint.cards is None:
+            if endpoint.cards is None and endpoint.healthy is not False:
                 for model in endpoint.declared_models:
                     cards.setdefault(model, _declared_card(model))
         return [cards[key] for key in sorted(cards)]

@@ -46,8 +46,12 @@ class TestBackendTable:
         table.sync([ServiceSpec("ns/a", ("http://a:1",), declared_models=("a",))])
         (endpoint,) = table.endpoints()
         assert table.lookup("a").candidates == (endpoint,)
-        # Before the first scrape /v1/models agrees with routing: the declared model is listed.
+        # Before the first scrape /v1/models agrees with routing: the declared model is listed,
+        # until a scrape fails.
         assert [c["id"] for c in table.model_cards()] == ["a"]
+        endpoint.healthy = False
+        assert table.model_cards() == []
+        endpoint.healthy = None
         table.record_models(endpoint, [{"id": "a"}, {"id": "a-lora", "parent": "a"}])
         assert table.lookup("a-lora").candidates == (endpoint,)
         assert [c["id"] for c in table.model_cards()] == ["a", "a-lora"]
