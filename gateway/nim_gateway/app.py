@@ -1,6 +1,7 @@
 """`build_app(settings)`: the gateway's routes, and a lifespan that owns every background task.
 
 Routes: POST /v1/chat/completions, /v1/completions, /v1/responses (forwarded by `model`);
+GET/DELETE /v1/responses/{id} (to the replica that stored it: nim_gateway.stored_responses);
 GET /v1/models[/{id}] (every model a ready replica serves); GET /v1/health/live|ready;
 GET /v1/gateway/backends (the backend table, for operators: needs a key valid for every model).
 """
@@ -29,7 +30,9 @@ from nim_gateway.errors import error_response
 from nim_gateway.kube import ApiError, KubeApi, connection_from_environment
 from nim_gateway.load import Scraper
 from nim_gateway.proxy import Proxy, ProxyResponse, Router
+from nim_gateway.response_affinity import ResponseAffinity
 from nim_gateway.settings import GatewaySettings
+from nim_gateway.stored_responses import Placement, StoredResponses
 from nim_gateway.wake import Waker
 
 __all__ = ["Gateway", "build_app"]
@@ -53,6 +56,8 @@ class Gateway:
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     # Holds requests for NIMServices at zero replicas and wakes them (Kubernetes discovery only).
     waker: Waker | None = None
+    # Where stored Responses are (GET/DELETE /v1/responses/{id}, previous_response_id).
+    stored: StoredResponses | None = None
 
 
 def initial_keys(settings: GatewaySettings) -> KeySet:
@@ -83,6 +88,9 @@ def build_app(settings: GatewaySettings | None = None) -> Starlette:
             )
             stack.push_async_callback(session.close)
             gateway.proxy = Proxy(settings, gateway.table, Router(settings), session)
+            gateway.stored = StoredResponses(
+                gateway.proxy, ResponseAffinity(settings.response_affinity_entries)
+            )
             tasks: list[asyncio.Task[None]] = []
             stack.callback(lambda: [task.cancel() for task in tasks])
 
@@ -128,6 +136,7 @@ def build_app(settings: GatewaySettings | None = None) -> Starlette:
 
     routes = [
         *(Route(path, _forwarded(path), methods=["POST"]) for path in FORWARDED_PATHS),
+        Route("/v1/responses/{response_id}", _stored_response, methods=["GET", "DELETE"]),
         Route("/v1/models", _list_models, methods=["GET"]),
         Route("/v1/models/{model:path}", _get_model, methods=["GET"]),
         Route("/v1/health/live", _live, methods=["GET"]),
@@ -229,10 +238,43 @@ def _forwarded(path: str) -> Callable[[Request], Coroutine[Any, Any, Response]]:
             # A service that scales to zero: the response wakes it and waits for a replica.
             hold = (gateway.waker, lookup.wake)
         assert gateway.proxy is not None
+        assert gateway.stored is not None
         headers = gateway.proxy.upstream_headers(request.headers)
-        return ProxyResponse(gateway.proxy, path, raw, body, headers, hold=hold)
+        placement = Placement(None, None)
+        if path == "/v1/responses":
+            placed = await gateway.stored.place(
+                body, model, headers, lambda stored_model: gateway.keys.allows(key, stored_model)
+            )
+            if isinstance(placed, Response):
+                return placed
+            placement = placed
+        return ProxyResponse(
+            gateway.proxy,
+            path,
+            raw,
+            body,
+            headers,
+            hold=hold,
+            prefer=placement.prefer,
+            answered=placement.answered,
+        )
 
     return endpoint
+
+
+async def _stored_response(request: Request) -> Response:
+    gateway = _gateway(request)
+    key = bearer_token(request.headers.get("authorization"))
+    if not gateway.keys.known(key):
+        return _unauthorized("Missing or invalid API key (Authorization: Bearer <key>).")
+    assert gateway.stored is not None
+    return await gateway.stored.serve(
+        request.method,
+        request.path_params["response_id"],
+        request.url.query,
+        gateway.stored.proxy.upstream_headers(request.headers),
+        lambda model: gateway.keys.allows(key, model),
+    )
 
 
 def _model_not_found(model: str) -> JSONResponse:

@@ -13,7 +13,7 @@ import logging
 import random
 import time
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import aiohttp
@@ -33,7 +33,14 @@ from nim_gateway.routing import (
 from nim_gateway.settings import GatewaySettings
 from nim_gateway.wake import Waker
 
-__all__ = ["BACKEND_HEADER", "Proxy", "ProxyResponse", "Router"]
+__all__ = [
+    "BACKEND_HEADER",
+    "DROPPED_RESPONSE_HEADERS",
+    "Answered",
+    "Proxy",
+    "ProxyResponse",
+    "Router",
+]
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +70,8 @@ DROPPED_RESPONSE_HEADERS = frozenset(
         "server",
     }
 )
+# Told of the replica's answer (status and headers) before it is relayed.
+Answered = Callable[[Endpoint, int, Mapping[str, str]], None]
 
 
 class Router:
@@ -145,12 +154,19 @@ class Proxy:
         scope: Scope,
         receive: Receive,
         send: Send,
+        *,
+        prefer: str | None = None,
+        answered: Answered | None = None,
     ) -> None:
+        """`prefer`: a replica's URL tried first, whatever routing would pick, and whose 429 or
+        503 is passed on rather than retried elsewhere (the replica holding a stored response:
+        the others cannot continue it). If it is gone or refuses, routing picks as usual."""
         model = str(body["model"])
         tried: list[Endpoint] = []
         for attempt in range(2):
             lookup = self.table.lookup(model)
-            endpoint = self.router.choose(lookup, body, tried)
+            pinned = self._preferred(prefer, model, tried)
+            endpoint = pinned or self.router.choose(lookup, body, tried)
             if endpoint is None:
                 break
             tried.append(endpoint)
@@ -175,6 +191,7 @@ class Proxy:
                         self._back_off(endpoint, upstream.headers.get("Retry-After"))
                         if (
                             attempt == 0
+                            and pinned is None
                             and self.router.choose(self.table.lookup(model), body, tried)
                             is not None
                         ):
@@ -182,6 +199,8 @@ class Proxy:
                                 "replica %s answered %d; retrying", endpoint.url, upstream.status
                             )
                             continue
+                    if answered is not None:
+                        answered(endpoint, upstream.status, upstream.headers)
                     await self._relay(upstream, endpoint, send)
                     return
                 finally:
@@ -207,6 +226,13 @@ class Proxy:
             retry_after=self.settings.retry_after,
         )
         await response(scope, receive, send)
+
+    def _preferred(self, url: str | None, model: str, tried: Sequence[Endpoint]) -> Endpoint | None:
+        # Even while backing off: a 503 to retry is better than another replica's 404.
+        for endpoint in self.table.endpoints():
+            if endpoint.url == url and endpoint not in tried and model in endpoint.model_ids():
+                return endpoint
+        return None
 
     def _back_off(self, endpoint: Endpoint, retry_after: str | None) -> None:
         try:
@@ -257,6 +283,8 @@ class ProxyResponse(Response):
         headers: dict[str, str],
         *,
         hold: tuple[Waker, WakeTarget] | None = None,
+        prefer: str | None = None,
+        answered: Answered | None = None,
     ) -> None:
         super().__init__()
         self._proxy = proxy
@@ -266,6 +294,8 @@ class ProxyResponse(Response):
         self._upstream_headers = headers
         # A request for a model scaled to zero: it waits for a replica first (nim_gateway.wake).
         self._hold = hold
+        self._prefer = prefer
+        self._answered = answered
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         async with anyio.create_task_group() as tasks:
@@ -286,6 +316,8 @@ class ProxyResponse(Response):
                     scope,
                     receive,
                     send,
+                    prefer=self._prefer,
+                    answered=self._answered,
                 )
             tasks.cancel_scope.cancel()
 

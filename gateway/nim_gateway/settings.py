@@ -70,6 +70,10 @@ class GatewaySettings(BaseSettings):
     # While requests wait, the scale is checked and the NIMService's demand annotation (which
     # keeps the operator from scaling it back to zero) renewed this often.
     wake_interval: float = Field(10.0, gt=0)
+    # Stored Responses live in one replica's memory: how many response ids this gateway pod
+    # remembers the replica of (least recently used first out; about 200 bytes each). An id it
+    # does not know (created through another gateway pod) is looked for on the replicas.
+    response_affinity_entries: int = Field(100_000, ge=0)
     # Answer with the replica that served a request in `x-nimstack-backend` (for debugging and
     # tests); pod addresses are not secret inside a cluster, but can be hidden.
     backend_header: bool = True
