@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -46,11 +47,18 @@ def replica_env(model: Path, cache: Path) -> dict[str, str]:
 
 @contextlib.contextmanager
 def replicas(count: int, model: Path, work: Path) -> Iterator[list[ServerProcess]]:
-    """`count` replicas, started together (loading overlaps), all ready; stopped on exit."""
+    """`count` replicas, started together (loading overlaps), all ready; stopped on exit.
+
+    Each replica's model worker gets a core of its own, as pods on separate nodes (or with CPU
+    limits) would: vLLM's CPU backend otherwise pins every engine's worker to core 0, and two
+    replicas would share one core while the other runs everything else.
+    """
     started: list[ServerProcess] = []
+    cores = os.cpu_count() or 1
     try:
         for index in range(count):
             env = replica_env(model, work / f"replica-{index}" / "cache")
+            env["VLLM_CPU_OMP_THREADS_BIND"] = str(index % cores)
             started.append(start_server(work / f"replica-{index}", env))
         for server in started:
             server.wait_until(READY, 200, timeout=900)
