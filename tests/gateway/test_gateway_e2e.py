@@ -303,3 +303,56 @@ async def test_prefix_affinity_keeps_a_prefix_on_one_replica(
                 response = await c.post("/v1/chat/completions", json=body)
                 assert response.status_code == 200, response.text
                 assert response.headers["x-nimstack-backend"] == url
+
+
+async def test_stored_responses_stay_with_the_replica_that_stored_them(
+    least_load: GatewayProcess, replicas: dict[str, ServerProcess]
+) -> None:
+    """Each replica keeps its Responses in its own memory. Through the gateway, continuing,
+    retrieving and deleting one reach the replica that created it, though least-load picks
+    either idle replica for the adapter both serve (a toss-up for every request)."""
+    ask: dict[str, object] = {"model": SHARED, "input": "Hi", "max_output_tokens": 4}
+    holders: dict[str, str] = {}  # replica URL -> an id of a response it stored
+    async with httpx.AsyncClient(base_url=least_load.base_url, timeout=120) as client:
+        for _ in range(20):  # until each replica holds one
+            response = await client.post("/v1/responses", json=ask)
+            assert response.status_code == 200, response.text
+            holders.setdefault(response.headers["x-nimstack-backend"], response.json()["id"])
+            if len(holders) == 2:
+                break
+        assert set(holders) == {r.base_url for r in replicas.values()}
+        for url, response_id in holders.items():
+            for _ in range(3):
+                chained = await client.post(
+                    "/v1/responses", json={**ask, "previous_response_id": response_id}
+                )
+                assert chained.status_code == 200, chained.text
+                assert chained.headers["x-nimstack-backend"] == url
+                assert chained.json()["previous_response_id"] == response_id
+            # Streamed, the id is learned from the header as well.
+            async with client.stream(
+                "POST",
+                "/v1/responses",
+                json={**ask, "previous_response_id": response_id, "stream": True},
+            ) as streamed:
+                assert streamed.headers["x-nimstack-backend"] == url
+                streamed_id = streamed.headers["x-request-id"]
+                await streamed.aread()
+            for stored in (response_id, streamed_id):
+                got = await client.get(f"/v1/responses/{stored}")
+                assert got.status_code == 200, got.text
+                assert got.json()["id"] == stored
+                assert got.headers["x-nimstack-backend"] == url
+            deleted = await client.delete(f"/v1/responses/{response_id}")
+            assert deleted.status_code == 200, deleted.text
+            assert deleted.json()["deleted"] is True
+            assert deleted.headers["x-nimstack-backend"] == url
+            gone = await client.get(f"/v1/responses/{response_id}")
+            assert gone.status_code == 404
+            assert gone.json()["error"]["code"] == "response_not_found"
+
+        unstored = await client.post("/v1/responses", json={**ask, "store": False})
+        assert unstored.status_code == 200, unstored.text
+        response = await client.get(f"/v1/responses/{unstored.json()['id']}")
+        assert response.status_code == 404
+        assert response.json()["error"]["code"] == "response_not_found"
