@@ -2,8 +2,9 @@
 
 Bounded by bytes (NIM_RESPONSES_STORE_BYTES), least recently used first out, so a busy server
 forgets old responses instead of growing. Nothing is shared between replicas or kept across a
-restart: a client that chains responses behind a load balancer needs session affinity, or sends
-the whole conversation as `input` (store: false) instead.
+restart: a client that chains responses behind a load balancer needs session affinity (nim-gateway
+sends them to the replica holding the id, learned from X-Request-Id), or sends the whole
+conversation as `input` (store: false) instead.
 """
 
 from __future__ import annotations
