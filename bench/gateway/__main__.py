@@ -42,8 +42,10 @@ from bench.gateway.replicas import prepare_model, replicas
 from bench.gateway.report import BASELINE, merge_rounds, ratios, write
 from bench.gateway.run import gateway_overhead, measure_arm, warm_up
 from bench.gateway.scale_from_zero import scale_from_zero
+from bench.gateway.stub_replica import stub_replica
 from bench.gateway.workload import Conversation, Shape, conversations, key_past_system_prompt
 from nim_gateway.settings import GatewaySettings
+from tests.support.server_process import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 RESULTS = REPO / "bench" / "results"
@@ -144,7 +146,14 @@ def main(argv: list[str] | None = None) -> int:
                         runs[arm].append(metrics)
                     print(f"round {round_index + 1} {arm}: {runs[arm][-1]}", flush=True)
             with running_gateway(work / "gateway", urls[:1], BASELINE) as gateway:
-                overhead = gateway_overhead(servers[0], gateway, args.overhead_pairs)
+                overhead = gateway_overhead(servers[0].base_url, gateway, args.overhead_pairs)
+        # The same in front of a stub that answers at once: the gateway's own part, without the
+        # engine's jitter or the replica's processes on the same cores.
+        with (
+            stub_replica(free_port()) as stub,
+            running_gateway(work / "gateway", [stub], BASELINE) as gateway,
+        ):
+            overhead_stub = gateway_overhead(stub, gateway, args.overhead_pairs)
         # After the replicas are gone: the cold start has the machine to itself.
         cold: dict[str, Any] = (
             {"skipped": "--no-cold-start"}
@@ -168,6 +177,7 @@ def main(argv: list[str] | None = None) -> int:
         },
         "ratios": ratios(arms),
         "gateway_overhead": {k: round(v, 3) for k, v in overhead.items()},
+        "gateway_overhead_stub_replica": {k: round(v, 3) for k, v in overhead_stub.items()},
         "cold_start": {k: round(v, 3) if isinstance(v, float) else v for k, v in cold.items()},
     }
     print(write(report, args.out))

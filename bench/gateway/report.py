@@ -88,25 +88,9 @@ def markdown(report: dict[str, Any]) -> str:
     for arm, row in report["ratios"].items():
         cells = ["n/a" if row[m] is None else f"{row[m]:.3f}" for m in RATIO_METRICS]
         lines.append(f"| {arm} | " + " | ".join(cells) + " |")
-    overhead = report["gateway_overhead"]
-    lines += [
-        "",
-        f"Gateway added latency ({overhead['pairs']} sequential requests each way to the same "
-        f"idle replica, {overhead['probe_tokens']}-token streams): "
-        f"first token p50 {overhead['added_ttft_p50_ms']:+.2f} ms, "
-        f"p99 {overhead['added_ttft_p99_ms']:+.2f} ms "
-        f"(direct: {overhead['direct_ttft_p50_ms']:.1f} / "
-        f"{overhead['direct_ttft_p99_ms']:.1f} ms); "
-        f"whole stream p50 {overhead['added_latency_p50_ms']:+.2f} ms, "
-        f"p99 {overhead['added_latency_p99_ms']:+.2f} ms. Median of the paired differences: "
-        f"first token {overhead['added_ttft_paired_median_ms']:+.2f} ms (95 % interval "
-        f"{overhead['added_ttft_paired_median_ci95_low_ms']:+.2f} to "
-        f"{overhead['added_ttft_paired_median_ci95_high_ms']:+.2f}), whole stream "
-        f"{overhead['added_latency_paired_median_ms']:+.2f} ms (95 % interval "
-        f"{overhead['added_latency_paired_median_ci95_low_ms']:+.2f} to "
-        f"{overhead['added_latency_paired_median_ci95_high_ms']:+.2f}).",
-        "",
-    ]
+    lines += ["", _overhead(report["gateway_overhead"], "the same idle replica"), ""]
+    lines += [_overhead(report["gateway_overhead_stub_replica"], "a stub replica (no engine)")]
+    lines.append("")
     cold = report["cold_start"]
     if "skipped" in cold:
         lines.append(f"Cold start: not measured ({cold['skipped']}).")
@@ -122,3 +106,23 @@ def markdown(report: dict[str, Any]) -> str:
             f"{cold['request_to_scale_up_s']:.2f} s)."
         )
     return "\n".join(lines) + "\n"
+
+
+def _overhead(overhead: dict[str, float], against: str) -> str:
+    return (
+        f"Gateway added latency ({overhead['pairs']} sequential requests each way to {against}, "
+        f"{overhead['probe_tokens']}-token streams): "
+        f"first token p50 {overhead['added_ttft_p50_ms']:+.2f} ms, "
+        f"p99 {overhead['added_ttft_p99_ms']:+.2f} ms "
+        f"(direct: {overhead['direct_ttft_p50_ms']:.1f} / "
+        f"{overhead['direct_ttft_p99_ms']:.1f} ms); "
+        f"whole stream p50 {overhead['added_latency_p50_ms']:+.2f} ms, "
+        f"p99 {overhead['added_latency_p99_ms']:+.2f} ms. Median of the paired differences: "
+        f"first token {overhead['added_ttft_paired_median_ms']:+.2f} ms (95 % interval "
+        f"{overhead['added_ttft_paired_median_ci95_low_ms']:+.2f} to "
+        f"{overhead['added_ttft_paired_median_ci95_high_ms']:+.2f}), whole stream "
+        f"{overhead['added_latency_paired_median_ms']:+.2f} ms (95 % interval "
+        f"{overhead['added_latency_paired_median_ci95_low_ms']:+.2f} to "
+        f"{overhead['added_latency_paired_median_ci95_high_ms']:+.2f}). "
+        f"Gateway CPU per request {overhead['gateway_cpu_ms_per_request']:.2f} ms."
+    )

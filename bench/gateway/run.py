@@ -206,14 +206,19 @@ async def _pairs(direct_url: str, gateway_url: str, pairs: int) -> dict[str, lis
     return results
 
 
-def gateway_overhead(
-    replica: ServerProcess, gateway: GatewayProcess, pairs: int
-) -> dict[str, float]:
+def gateway_overhead(replica_url: str, gateway: GatewayProcess, pairs: int) -> dict[str, float]:
     """What the gateway adds to a request, against the same request sent straight to the same
     (otherwise idle) replica: the difference of the two distributions' p50 and p99, for the
     first token and for the whole (PROBE_TOKENS) stream."""
-    samples = asyncio.run(_pairs(replica.base_url, gateway.base_url, pairs))
-    result: dict[str, float] = {"pairs": pairs, "probe_tokens": PROBE_TOKENS}
+    cpu_before = gateway.cpu_seconds()
+    samples = asyncio.run(_pairs(replica_url, gateway.base_url, pairs))
+    # Everything the gateway spent (its scrapes included) over the requests it forwarded.
+    cpu = gateway.cpu_seconds() - cpu_before
+    result: dict[str, float] = {
+        "pairs": pairs,
+        "probe_tokens": PROBE_TOKENS,
+        "gateway_cpu_ms_per_request": 1000 * cpu / (pairs + 1),  # + the warm-up
+    }
     for metric in ("ttft", "latency"):
         direct = [getattr(s, metric) for s in samples["direct"]]
         through = [getattr(s, metric) for s in samples["gateway"]]

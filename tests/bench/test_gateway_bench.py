@@ -72,11 +72,18 @@ def test_gateway_bench_compares_routing_on_real_replicas(tmp_path: Path) -> None
     # The default key (512 characters) is all system prompt: one key for every conversation.
     assert "PREFIX_CHARS=512" in report["settings"]["prefix-affinity"]
 
-    overhead = report["gateway_overhead"]
-    assert overhead["pairs"] == 10
-    assert overhead["direct_ttft_p50_ms"] > 0
-    # Through the gateway to an idle replica on loopback: nowhere near a second either way.
-    assert abs(overhead["added_ttft_p50_ms"]) < 1000
+    for against in ("gateway_overhead", "gateway_overhead_stub_replica"):
+        overhead = report[against]
+        assert overhead["pairs"] == 10
+        assert overhead["direct_ttft_p50_ms"] > 0
+        assert overhead["gateway_cpu_ms_per_request"] > 0
+        # Through the gateway to an idle replica on loopback: nowhere near a second either way.
+        assert abs(overhead["added_ttft_p50_ms"]) < 1000
+        low, high = (overhead[f"added_ttft_paired_median_ci95_{e}_ms"] for e in ("low", "high"))
+        assert low <= overhead["added_ttft_paired_median_ms"] <= high
+    # The stub answers at once: its direct first token is far faster than the engine's.
+    stub = report["gateway_overhead_stub_replica"]
+    assert stub["direct_ttft_p50_ms"] < report["gateway_overhead"]["direct_ttft_p50_ms"]
 
     # Through the gateway's scale from zero: the parts add up, and the replica's start (tens
     # of seconds of loading) is most of it.
