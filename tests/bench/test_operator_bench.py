@@ -118,6 +118,9 @@ def test_the_baseline_ran_and_ratios_are_reported(results: dict[str, object]) ->
     assert all(isinstance(check["pass"], bool | None) for check in result["checks"])
 
 
+_HANDLER_MODULES = ("nim_operator.handlers_nimcache",)
+
+
 def _registrations(module: str) -> set[tuple[object, ...]]:
     """What kopf would run per object for `module`: each resource handler's kind, resource,
     filters and timing (startup/cleanup activities differ on purpose: the baseline connects
@@ -131,12 +134,15 @@ def _registrations(module: str) -> set[tuple[object, ...]]:
     registry = kopf.OperatorRegistry()
     kopf.set_default_registry(registry)
     try:
-        # A fresh import into an empty registry: the decorators register at import time.
-        sys.modules.pop(module, None)
+        # A fresh import into an empty registry: the decorators register at import time (the
+        # NIMCache handlers too, which nim_operator.handlers imports).
+        for name in (module, *_HANDLER_MODULES):
+            sys.modules.pop(name, None)
         importlib.import_module(module)
     finally:
         kopf.set_default_registry(previous)
-        sys.modules.pop(module, None)
+        for name in (module, *_HANDLER_MODULES):
+            sys.modules.pop(name, None)
     found = set()
     for kind in ("_watching", "_spawning", "_changing", "_indexing", "_webhooks"):
         for handler in getattr(registry, kind).get_all_handlers():
