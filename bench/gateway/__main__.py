@@ -69,16 +69,22 @@ def describe_setting(routing: str, env: dict[str, str]) -> str:
 
 
 def source_version() -> str:
-    """The commit measured, and whether the gateway's code differed from it (the working tree
-    is shared: another change in progress would be measured too)."""
+    """The commit measured, and whether the gateway's code in the working tree differs from it
+    (the tree is shared: a change in progress would be measured too). Compared through a private
+    index read from HEAD, as the shared index may lag behind HEAD."""
+    with tempfile.TemporaryDirectory() as tmp:
+        env = {**os.environ, "GIT_INDEX_FILE": str(Path(tmp) / "index")}
 
-    def git(*argv: str) -> str:
-        return subprocess.run(
-            ["git", *argv], cwd=REPO, capture_output=True, text=True, check=False
-        ).stdout.strip()
+        def git(*argv: str) -> str:
+            done = subprocess.run(
+                ["git", *argv], cwd=REPO, env=env, capture_output=True, text=True, check=True
+            )
+            return done.stdout.strip()
 
-    dirty = git("status", "--porcelain", "--", "gateway/nim_gateway")
-    return git("rev-parse", "--short", "HEAD") + (" + uncommitted gateway changes" if dirty else "")
+        commit = git("rev-parse", "--short", "HEAD")
+        git("read-tree", "HEAD")
+        changed = git("status", "--porcelain", "--untracked-files=all", "--", "gateway/nim_gateway")
+    return commit + (" + uncommitted gateway changes" if changed else "")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -125,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         think_seconds=args.think_seconds,
     )
     load_before = [round(x, 2) for x in os.getloadavg()]
+    source = source_version()  # at the start: others commit to the shared tree during the run
     chosen = tuple(args.arms.split(","))
     runs: dict[str, list[dict[str, float]]] = {arm: [] for arm in chosen}
     settings: dict[str, str] = {}
@@ -166,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": f"{platform.machine()}, {psutil.cpu_count()} cores, "
         f"{psutil.virtual_memory().total / 2**30:.0f} GiB, {platform.python_version()}",
         "load_average": {"before": load_before, "after": [round(x, 2) for x in os.getloadavg()]},
-        "source": source_version(),
+        "source": source,
         "model": args.model,
         "replicas": args.replicas,
         "rounds": args.rounds,
