@@ -46,6 +46,7 @@ __all__ = [
     "AutoscalingSpec",
     "AutoscalingStatus",
     "ClaimSpec",
+    "ComputeResources",
     "Condition",
     "ContainerClaim",
     "DRAAttributeSelector",
@@ -324,9 +325,17 @@ class ContainerClaim(_Model):
     request: Annotated[str, Field(min_length=1, max_length=63, pattern=DNS1123_LABEL)] | None = None
 
 
-class ResourceRequirements(_Model):
+class ComputeResources(_Model):
+    """Limits and requests: a container's resources where no DRA claim can reach it (the
+    NIMCache's download)."""
+
     limits: dict[str, Quantity] | None = None
     requests: dict[str, Quantity] | None = None
+
+
+class ResourceRequirements(ComputeResources):
+    """The server container's resources: with the pod's DRA claims it uses (spec.draResources)."""
+
     claims: Annotated[list[ContainerClaim], Field(max_length=MAX_DRA_RESOURCES)] | None = None
 
     @field_validator("claims")

@@ -14,8 +14,8 @@ from pydantic import Field, model_validator
 
 from nim_operator.models import (
     ClaimSpec,
+    ComputeResources,
     Condition,
-    ResourceRequirements,
     StringMap,
     Toleration,
     _Model,
@@ -113,7 +113,7 @@ class NIMCacheSpec(_Model):
 
     source: CacheSource
     storage: CacheStorage
-    resources: ResourceRequirements | None = None
+    resources: ComputeResources | None = None
     tolerations: Annotated[list[Toleration], Field(max_length=64)] | None = None
     node_selector: StringMap | None = None
     user_id: Annotated[int, Field(ge=1, alias="userID")] = 1000

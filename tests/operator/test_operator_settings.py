@@ -77,6 +77,7 @@ def test_kopf_keeps_its_state_under_our_api_group() -> None:
         ("", "serviceaccounts"): managed,
         ("", "pods"): managed,
         ("batch", "jobs"): managed,  # NIMCache download Jobs
+        ("leaderworkerset.x-k8s.io", "leaderworkersets"): managed,  # spec.multiNode
     }
     assert kopf_settings.posting.loggers is False  # Events only on condition transitions
     assert kopf_settings.posting.level == logging.INFO
