@@ -166,10 +166,14 @@ async def test_nvidia_multi_node_waits_for_the_lws_crd_then_runs_as_a_leader_wor
     service = await e2e.child(SERVICES, "big")
     assert service["spec"]["selector"][ROLE] == "leader"
 
+    # The status written while the CRD was missing (Failed) may still be there: wait for the
+    # one written after the LeaderWorkerSet was applied.
     nim = await e2e.status_where(
-        "big", lambda o: condition(o, "Ready").get("status") == "False", "not Ready yet"
+        "big",
+        lambda o: condition(o, "Failed").get("status") == "False",
+        "no longer Failed once the LeaderWorkerSet exists",
     )
-    assert condition(nim, "Failed")["status"] == "False"
+    assert condition(nim, "Ready")["status"] == "False"
 
     # The LWS controller's part: the group is up (all of its pods ready).
     status = {"replicas": 1, "updatedReplicas": 1, "readyReplicas": 1}
