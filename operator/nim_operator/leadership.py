@@ -361,13 +361,26 @@ class LeaderElector:
         if not self.leading or self.lease is None:
             return
         self.leading = False
-        body = released_lease(self.lease, now=self._clock())
-        try:
-            self.lease = await self.kube.replace(LEASES, self.namespace, self.name, body)
-        except ApiError as e:  # 409: someone else holds it already; else it expires on its own
-            logger.warning("Leader election: releasing the Lease %s failed: %s", self.where, e)
+        for _ in range(2):  # the second time with a fresh read, if it was written since ours
+            body = released_lease(self.lease, now=self._clock())
+            try:
+                self.lease = await self.kube.replace(LEASES, self.namespace, self.name, body)
+            except ApiError as e:
+                # A 409 can be our own renewal that landed while shutting down: read it again
+                # and release what we still hold. Otherwise the Lease expires on its own.
+                if e.status == 409 and await self._still_ours():
+                    continue
+                logger.warning("Leader election: releasing the Lease %s failed: %s", self.where, e)
+                return
+            logger.info("Leader election: released the Lease %s.", self.where)
             return
-        logger.info("Leader election: released the Lease %s.", self.where)
+
+    async def _still_ours(self) -> bool:
+        try:
+            self.lease = await self.kube.get(LEASES, self.namespace, self.name)
+        except ApiError:
+            return False
+        return self.lease is not None and holder_of(self.lease) == self.identity
 
     def _held(self, lease: dict[str, Any], sent: float) -> None:
         self.lease = lease

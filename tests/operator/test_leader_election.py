@@ -445,6 +445,23 @@ async def test_a_released_lease_is_taken_at_the_next_try(kube: KubeClient) -> No
     assert (await kube.get(LEASES, "elect", name) or {})["spec"]["leaseTransitions"] == 1
 
 
+@pytest.mark.asyncio(loop_scope="session")
+async def test_a_release_after_a_write_it_has_not_read_still_releases(kube: KubeClient) -> None:
+    """A renewal that lands while the process shuts down leaves the elector with an older
+    resourceVersion: the release is refused (409), reads again, and releases."""
+    name = f"stale-{secrets.token_hex(3)}"
+    leader, other = elector(kube, name, "leader"), elector(kube, name, "other")
+    assert await leader.try_acquire()
+    current = await kube.get(LEASES, "elect", name)
+    assert current is not None
+    # The same holder's write the elector has not seen (a label edit changes the version too).
+    current["metadata"].setdefault("labels", {})["touched"] = "yes"
+    await kube.replace(LEASES, "elect", name, current)
+    await leader.release()
+    assert holder_of(await kube.get(LEASES, "elect", name)) == ""
+    assert await other.try_acquire()
+
+
 def test_a_leader_that_lost_its_lease_is_gone_even_if_sigterm_does_not_end_it() -> None:
     """SIGTERM lets kopf stop cleanly; should that hang, the process still exits in time."""
     program = (
