@@ -128,6 +128,12 @@ MULTI_NODE_GPU_MISMATCH = (
     "with spec.multiNode, each pod has multiNode.parallelism.tensor GPUs: leave gpu.count and "
     "resources nvidia.com/gpu unset, or set them to the same number"
 )
+# spec.type: NVIDIA's early NIMService said which kind of NIM it runs. nim-serve serves LLMs only.
+NIM_TYPE_REFUSED = (
+    "type embedding and reranking are not supported: this operator's server image (nim-serve) "
+    "serves LLMs (chat and text completions), not /v1/embeddings or /v1/ranking; "
+    "use type llm or leave it unset"
+)
 KSERVE_REFUSED = (
     "inferencePlatform kserve is not supported by this operator; use standalone "
     "(the server runs as a Deployment, not a KServe InferenceService)"
@@ -1004,6 +1010,8 @@ class NIMServiceSpec(_Model):
     """Desired state of a NIMService."""
 
     image: ImageSpec
+    # NVIDIA's `type`; only llm is served, embedding and reranking are refused loudly.
+    nim_type: Annotated[Literal["llm", "embedding", "reranking"], Field(alias="type")] = "llm"
     # NVIDIA's field; only standalone (a Deployment) exists here, kserve is refused loudly.
     inference_platform: Literal["standalone", "kserve"] = "standalone"
     auth_secret: str | None = None
@@ -1046,6 +1054,8 @@ class NIMServiceSpec(_Model):
 
     @model_validator(mode="after")
     def _cross_field_rules(self) -> NIMServiceSpec:
+        if self.nim_type != "llm":
+            raise ValueError(NIM_TYPE_REFUSED)
         if self.inference_platform == "kserve":
             raise ValueError(KSERVE_REFUSED)
         if self.multi_node is not None:

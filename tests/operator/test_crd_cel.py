@@ -301,6 +301,14 @@ INVALID_SPECS = {
         },
         "NGC_API_KEY, HF_TOKEN and NIM_API_KEY must come from a Secret",
     ),
+    "type embedding": (
+        {"type": "embedding"},
+        "type embedding and reranking are not supported: this operator's server image",
+    ),
+    "type reranking": (
+        {"type": "reranking"},
+        "type embedding and reranking are not supported: this operator's server image",
+    ),
     "inferencePlatform kserve": (
         {"inferencePlatform": "kserve"},
         "inferencePlatform kserve is not supported by this operator; use standalone",
@@ -371,6 +379,14 @@ class TestValidObjects:
         obj = nimservice(inferencePlatform="standalone")
         assert cel_violations(obj) == []
         assert NIMServiceSpec.from_body(obj["spec"]).inference_platform == "standalone"
+
+    def test_llm_type_passes_and_is_the_default(self) -> None:
+        """NVIDIA's early `type: llm` passes; unset, the API server stores llm (also fine)."""
+        for obj in (nimservice(type="llm"), nimservice()):
+            assert cel_violations(obj) == []
+            stored = apply_defaults(openapi_root(), copy.deepcopy(obj))
+            assert stored["spec"]["type"] == "llm"
+            assert NIMServiceSpec.from_body(stored["spec"]).nim_type == "llm"
 
     def test_nvidia_proxy_section_passes(self) -> None:
         proxy = {

@@ -202,6 +202,10 @@ class TestValues:
             ("userID", 0, False),
             ("shutdownTimeoutSeconds", 3601, False),
             ("unknownField", 1, False),
+            ("type", "llm", True),
+            # Allowed by the schema, as NVIDIA's enum; a CEL rule refuses it (test_crd_cel).
+            ("type", "embedding", True),
+            ("type", "chat", False),
         ],
     )
     def test_bounds_and_unknown_fields(

@@ -247,6 +247,19 @@ INVALID = [
         "spec.initContainers[0].image",
     ),
     Invalid(
+        "type embedding",
+        C,
+        {"type": "embedding"},
+        "type embedding and reranking are not supported",
+    ),
+    Invalid(
+        "type reranking",
+        C,
+        {"type": "reranking"},
+        "type embedding and reranking are not supported",
+    ),
+    Invalid("type unknown", S, {"type": "chat"}, "spec.type"),
+    Invalid(
         "inferencePlatform kserve",
         C,
         {"inferencePlatform": "kserve"},
