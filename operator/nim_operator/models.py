@@ -25,6 +25,7 @@ from pydantic.alias_generators import to_camel
 
 __all__ = [
     "API_KEY_ENV",
+    "COMPUTE_DOMAIN_CREATE_OR_NAME",
     "DEFAULT_AUTOSCALING_TARGETS",
     "DEFAULT_MPI_START_TIMEOUT",
     "DNS1035_LABEL",
@@ -72,6 +73,7 @@ __all__ = [
     "MetricsSpec",
     "ModelSpec",
     "ModelStatus",
+    "MultiNodeComputeDomain",
     "MultiNodeMPI",
     "MultiNodeParallelism",
     "MultiNodeSpec",
@@ -123,6 +125,10 @@ SCALE_TO_ZERO_MULTI_NODE_REFUSED = (
 MULTI_NODE_AUTOSCALING_REFUSED = (
     "spec.multiNode cannot be combined with spec.scale.enabled or spec.autoscaling: "
     "a multi-node group is scaled by spec.replicas only"
+)
+COMPUTE_DOMAIN_CREATE_OR_NAME = (
+    "multiNode.computeDomain takes either create: true (a ComputeDomain named after the "
+    "NIMService) or the name of an existing ComputeDomain, not both and not neither"
 )
 MULTI_NODE_GPU_MISMATCH = (
     "with spec.multiNode, each pod has multiNode.parallelism.tensor GPUs: leave gpu.count and "
@@ -987,11 +993,29 @@ class MultiNodeMPI(_Model):
     mpi_start_timeout: Annotated[int, Field(ge=1)] = DEFAULT_MPI_START_TIMEOUT
 
 
+class MultiNodeComputeDomain(_Model):
+    """NVIDIA's multiNode.computeDomain: the groups' pods share a ComputeDomain of NVIDIA's DRA
+    driver (resource.nvidia.com/v1beta1), a Multi-Node NVLink (IMEX) domain. `create` has the
+    operator create one named after the NIMService; otherwise `name` is an existing one."""
+
+    create: bool | None = None
+    name: ObjectName | None = None
+
+    @model_validator(mode="after")
+    def _create_or_name(self) -> MultiNodeComputeDomain:
+        if self.create and self.name is not None:
+            raise ValueError(COMPUTE_DOMAIN_CREATE_OR_NAME)
+        if not self.create and not self.name:
+            raise ValueError(COMPUTE_DOMAIN_CREATE_OR_NAME)
+        return self
+
+
 class MultiNodeSpec(_Model):
     # lws is the only backend, at NVIDIA too; the enum keeps the field's place for others.
     backend_type: Literal["lws"] = "lws"
     parallelism: MultiNodeParallelism
     mpi: MultiNodeMPI | None = None
+    compute_domain: MultiNodeComputeDomain | None = None
 
     def tensor_size(self) -> int:
         return self.parallelism.tensor or 1

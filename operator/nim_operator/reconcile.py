@@ -29,7 +29,16 @@ from typing import Any, Literal
 
 from pydantic import ValidationError
 
-from nim_operator import API_GROUP, API_VERSION, PLURAL, child_records, events, exposure, multinode
+from nim_operator import (
+    API_GROUP,
+    API_VERSION,
+    PLURAL,
+    child_records,
+    compute_domain,
+    events,
+    exposure,
+    multinode,
+)
 from nim_operator.conditions import (
     AUTOSCALER_CONDITION_TYPES,
     OWNED_STATUS_FIELDS,
@@ -419,6 +428,8 @@ async def _sync_children(
     previous_service: str | None,
     claim_templates: bool = False,
     leader_worker_sets: bool = False,
+    compute_domains: bool = False,
+    compute_domain_channel: str | None = None,
 ) -> Mapping[str, Any] | None:
     """Delete what is off, apply the rest; the workload (the Deployment, or with spec.multiNode
     the LeaderWorkerSet) as the apply left it (None if none)."""
@@ -436,6 +447,8 @@ async def _sync_children(
         grpc_routes_supported=gateway.grpc_routes,
         previous_service=previous_service,
         leader_worker_sets_supported=leader_worker_sets,
+        compute_domains_supported=compute_domains,
+        compute_domain_channel=compute_domain_channel,
     )
     if claim_templates:
         # spec.draResources' generated ResourceClaimTemplates, before the pods that use them.
@@ -642,6 +655,11 @@ async def _reconcile_held(
     if spec is not None and problem is None:
         lws_served = await multinode.leader_worker_sets_served(runtime.capabilities)
         problem = multinode.missing_backend(spec, lws_served)
+    cd_served, cd_channel = False, None
+    if spec is not None and problem is None:
+        cd_served = await compute_domain.compute_domains_served(runtime.capabilities)
+        channel = await compute_domain.existing_channel(runtime.kube, owner, spec, cd_served)
+        problem, cd_channel = (channel, None) if isinstance(channel, Problem) else (None, channel)
     dra_api = False
     if spec is not None and problem is None:
         dra_api = await dra_served(runtime.capabilities)
@@ -665,6 +683,8 @@ async def _reconcile_held(
                 previous_service=exposure.previous_service_name(reported),
                 claim_templates=dra_api,
                 leader_worker_sets=lws_served,
+                compute_domains=cd_served,
+                compute_domain_channel=cd_channel,
             )
             report = exposure.exposure_report(owner, spec, gateway)
             exposed = () if report is None else (report,)

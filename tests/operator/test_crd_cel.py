@@ -138,6 +138,18 @@ INVALID_SPECS = {
         {"multiNode": {"parallelism": {"pipeline": 2}}, "gpu": {"count": 0}},
         "each pod has multiNode.parallelism.tensor GPUs",
     ),
+    "multiNode.computeDomain created and named": (
+        {"multiNode": {"parallelism": {}, "computeDomain": {"create": True, "name": "rack-1"}}},
+        "multiNode.computeDomain takes either create: true",
+    ),
+    "multiNode.computeDomain neither created nor named": (
+        {"multiNode": {"parallelism": {}, "computeDomain": {"create": False}}},
+        "multiNode.computeDomain takes either create: true",
+    ),
+    "multiNode.computeDomain empty": (
+        {"multiNode": {"parallelism": {}, "computeDomain": {}}},
+        "multiNode.computeDomain takes either create: true",
+    ),
     "replicas with autoscaling": (
         {"replicas": 2, "scale": {"enabled": True, "hpa": {"maxReplicas": 3}}},
         "spec.replicas and spec.scale.enabled are mutually exclusive",

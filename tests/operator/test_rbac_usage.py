@@ -35,6 +35,7 @@ import yaml
 from nim_operator.kube import KubeClient, ResourceKind
 from tests.operator.test_nimcache_e2e import download_ends
 from tests.operator.test_operator_e2e import condition, cpu_spec
+from tests.support.compute_domain import COMPUTE_DOMAIN_CRD
 from tests.support.dra_api import serve_dra
 from tests.support.gateway_api import GATEWAY_API_CRDS
 from tests.support.kmock_cluster import EmulatedCluster, project_crds
@@ -73,6 +74,7 @@ HTTP_ROUTES = ResourceKind("gateway.networking.k8s.io/v1", "httproutes")
 GRPC_ROUTES = ResourceKind("gateway.networking.k8s.io/v1", "grpcroutes")
 CLAIM_TEMPLATES = ResourceKind("resource.k8s.io/v1", "resourceclaimtemplates")
 LEADER_WORKER_SETS = ResourceKind("leaderworkerset.x-k8s.io/v1", "leaderworkersets")
+COMPUTE_DOMAINS = ResourceKind("resource.nvidia.com/v1beta1", "computedomains")
 SECRETS_RESOURCE = kmock.resource("", "v1", "secrets")
 
 # The prometheus-operator's CRD, as far as the operator cares: it exists and stores objects.
@@ -163,7 +165,13 @@ def authorizer() -> RbacAuthorizer:
 
 @pytest.fixture(scope="module")
 def cluster(authorizer: RbacAuthorizer) -> Iterator[EmulatedCluster]:
-    crds = [*project_crds(), SERVICE_MONITOR_CRD, *GATEWAY_API_CRDS, LEADER_WORKER_SET_CRD]
+    crds = [
+        *project_crds(),
+        SERVICE_MONITOR_CRD,
+        *GATEWAY_API_CRDS,
+        LEADER_WORKER_SET_CRD,
+        COMPUTE_DOMAIN_CRD,
+    ]
     with EmulatedCluster(crds, authorizer=authorizer) as emulated:
         emulated.inspect(serve_dra)  # resource.k8s.io/v1, for spec.draResources
         yield emulated
@@ -286,6 +294,22 @@ async def scenario(kube: KubeClient, namespace: str, context: Callable[[], str])
     await kube.merge_patch(NIMSERVICES, namespace, "llm", {"spec": multi_node})
     await until(exists(LEADER_WORKER_SETS, "llm"), "the LeaderWorkerSet")
     await until(exists(DEPLOYMENTS, "llm", present=False), "the Deployment deleted")
+    # multiNode.computeDomain: one created for the NIMService, then an existing one read for
+    # its channel instead (and the created one deleted).
+    parallelism = {"pipeline": 2}
+    created = {"parallelism": parallelism, "computeDomain": {"create": True}}
+    await kube.merge_patch(NIMSERVICES, namespace, "llm", {"spec": {"multiNode": created}})
+    await until(exists(COMPUTE_DOMAINS, "llm"), "the ComputeDomain")
+    channel = {"resourceClaimTemplate": {"name": "rack-1-channel"}}
+    rack = {"metadata": {"name": "rack-1"}, "spec": {"numNodes": 0, "channel": channel}}
+    await kube.create(
+        COMPUTE_DOMAINS,
+        namespace,
+        {"apiVersion": COMPUTE_DOMAINS.api_version, "kind": "ComputeDomain", **rack},
+    )
+    existing = {"computeDomain": {"create": None, "name": "rack-1"}}  # a merge patch
+    await kube.merge_patch(NIMSERVICES, namespace, "llm", {"spec": {"multiNode": existing}})
+    await until(exists(COMPUTE_DOMAINS, "llm", present=False), "the ComputeDomain deleted")
     single_node = {"gpu": {"count": 0}, "multiNode": None}
     await kube.merge_patch(NIMSERVICES, namespace, "llm", {"spec": single_node})
     await until(exists(DEPLOYMENTS, "llm"), "the Deployment back")

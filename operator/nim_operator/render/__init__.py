@@ -10,6 +10,7 @@ from typing import Any
 
 from nim_operator.models import NIMServiceSpec
 from nim_operator.render.common import ChildRef, Owner
+from nim_operator.render.compute_domain import COMPUTE_DOMAIN_API_VERSION, render_compute_domain
 from nim_operator.render.deployment import render_deployment
 from nim_operator.render.hpa import render_hpa
 from nim_operator.render.httproute import GATEWAY_API_VERSION, render_grpc_route, render_http_route
@@ -29,6 +30,7 @@ __all__ = [
     "child_labels",
     "pvc_name",
     "render_children",
+    "render_compute_domain",
     "render_deployment",
     "render_grpc_route",
     "render_hpa",
@@ -57,6 +59,8 @@ def render_children(
     grpc_routes_supported: bool = False,
     previous_service: str | None = None,
     leader_worker_sets_supported: bool = False,
+    compute_domains_supported: bool = False,
+    compute_domain_channel: str | None = None,
 ) -> list[tuple[ChildRef, Manifest | None]]:
     """Every child in apply order; a None manifest means "delete it if we own it".
 
@@ -65,6 +69,9 @@ def render_children(
     - an HTTPRoute or GRPCRoute when the cluster does not serve that Gateway API kind;
     - the LeaderWorkerSet when the cluster does not serve that kind (with spec.multiNode,
       reconcile stops before rendering: the server would have nowhere to run);
+    - the ComputeDomain when the cluster does not serve that kind (likewise with
+      multiNode.computeDomain); `compute_domain_channel` is the channel template of an existing
+      ComputeDomain that multiNode.computeDomain.name names (reconcile reads it);
 
     `previous_service` is the Service name the status last reported: renamed since, it is deleted.
     - the PVC when the spec mounts an existing claim under the default name, which is the user's.
@@ -91,12 +98,20 @@ def render_children(
             render_deployment(owner, spec, replicas=replicas) if single_node else None,
         )
     )
-    if leader_worker_sets_supported:
+    if compute_domains_supported:
+        # Before the LeaderWorkerSet: its pods claim from the domain's channel template.
         children.append(
             (
-                ChildRef(LWS_API_VERSION, "LeaderWorkerSet", "leaderworkersets", name),
-                render_leader_worker_set(owner, spec, replicas=replicas),
+                ChildRef(COMPUTE_DOMAIN_API_VERSION, "ComputeDomain", "computedomains", name),
+                render_compute_domain(owner, spec),
             )
+        )
+    if leader_worker_sets_supported:
+        lws = render_leader_worker_set(
+            owner, spec, replicas=replicas, compute_domain_channel=compute_domain_channel
+        )
+        children.append(
+            (ChildRef(LWS_API_VERSION, "LeaderWorkerSet", "leaderworkersets", name), lws)
         )
     children += [
         (

@@ -19,6 +19,8 @@ security, scheduling and credentials are the same; then:
   address the LeaderWorkerSet controller gives it (LWS_LEADER_ADDRESS) and stays until the
   group stops. A `spec.command` replaces both on the leader.
 * workers have no probes, ports or sidecars: there is no server in them to probe or serve.
+* with multiNode.computeDomain, every pod claims the ComputeDomain's channel
+  (nim_operator.render.compute_domain).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from typing import Any
 
 from nim_operator.models import MultiNodeSpec, NIMServiceSpec
 from nim_operator.render.common import Owner, object_meta
+from nim_operator.render.compute_domain import add_channel_claim, created_channel_template
 from nim_operator.render.deployment import CONTAINER_NAME, pod_spec
 from nim_operator.render.labels import ROLE_LABEL, child_labels
 
@@ -118,6 +121,22 @@ def _server(pod: dict[str, Any]) -> dict[str, Any]:
     return dict(server)
 
 
+def _channel_template(
+    owner: Owner, multi_node: MultiNodeSpec, compute_domain_channel: str | None
+) -> str | None:
+    """The ComputeDomain channel's ResourceClaimTemplate the pods claim, or None."""
+    domain = multi_node.compute_domain
+    if domain is None:
+        return None
+    if domain.create:
+        return created_channel_template(owner.name)
+    if compute_domain_channel is None:
+        # An existing ComputeDomain's template is read from it; rendering without it would
+        # silently leave the pods outside the NVLink domain.
+        raise ValueError("multiNode.computeDomain.name needs its channel's template name")
+    return compute_domain_channel
+
+
 def _leader_pod(owner: Owner, spec: NIMServiceSpec, multi_node: MultiNodeSpec) -> dict[str, Any]:
     pod = pod_spec(owner, spec)
     server = _server(pod)
@@ -154,12 +173,26 @@ def _template(owner: Owner, spec: NIMServiceSpec, role: str, pod: dict[str, Any]
 
 
 def render_leader_worker_set(
-    owner: Owner, spec: NIMServiceSpec, *, replicas: int | None
+    owner: Owner,
+    spec: NIMServiceSpec,
+    *,
+    replicas: int | None,
+    compute_domain_channel: str | None = None,
 ) -> dict[str, Any] | None:
-    """The LeaderWorkerSet `<name>` when spec.multiNode is set, else None (delete it)."""
+    """The LeaderWorkerSet `<name>` when spec.multiNode is set, else None (delete it).
+
+    `compute_domain_channel` is the channel ResourceClaimTemplate of the existing ComputeDomain
+    multiNode.computeDomain.name names (required then; a created one's is known).
+    """
     multi_node = spec.multi_node
     if multi_node is None:
         return None
+    leader = _leader_pod(owner, spec, multi_node)
+    worker = _worker_pod(owner, spec, multi_node)
+    channel = _channel_template(owner, multi_node, compute_domain_channel)
+    if channel is not None:
+        for pod in (leader, worker):
+            add_channel_claim(pod, CONTAINER_NAME, channel)
     lws_spec: dict[str, Any] = {}
     if replicas is not None:
         lws_spec["replicas"] = replicas
@@ -178,12 +211,8 @@ def render_leader_worker_set(
                 "size": multi_node.pipeline_size(),
                 # A group is one model: a pod lost is the whole group restarted.
                 "restartPolicy": "RecreateGroupOnPodRestart",
-                "leaderTemplate": _template(
-                    owner, spec, "leader", _leader_pod(owner, spec, multi_node)
-                ),
-                "workerTemplate": _template(
-                    owner, spec, "worker", _worker_pod(owner, spec, multi_node)
-                ),
+                "leaderTemplate": _template(owner, spec, "leader", leader),
+                "workerTemplate": _template(owner, spec, "worker", worker),
             },
         }
     )
