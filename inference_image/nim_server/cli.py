@@ -51,6 +51,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"nim-serve: {error}", file=sys.stderr)
         raise SystemExit(2) from None
     configure_logging(settings)
+    if (notice := settings.ignored_profile_notice()) is not None:
+        log.warning("%s", notice)
     # uvloop, the loop vLLM's own server runs on: bench.server compares the two servers on
     # equal terms, and its transports cost less per chunk written than asyncio's.
     sys.exit(uvloop.run(serve(settings)))

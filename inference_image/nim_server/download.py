@@ -5,6 +5,8 @@ no model means the embedded SmolLM2 default, a GGUF file is converted once into 
 local directory is used as it is. Here a local directory outside the cache is copied into it
 (the cache is what outlives this pod), and a hub id, which serving leaves to the engine, is
 fetched with huggingface_hub (HF_TOKEN, HF_ENDPOINT and the proxy variables as it reads them).
+`--dataset` fetches a hub dataset repository instead (a NIMCache's `datasetName`): kept under
+`datasets/` in the cache for whatever reads it; no server serves it.
 
 The result goes to three places: a log line per step (the Job's log), `nimcache.json` in the
 cache, and, as JSON, the container's termination message, which is how the operator learns the
@@ -68,6 +70,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="a hub id (org/name), a local model directory or .gguf file; empty: the embedded "
         "SmolLM2-135M-Instruct default (env NIM_MODEL_NAME)",
     )
+    parser.add_argument(
+        "--dataset",
+        default=None,
+        help="a hub dataset id (org/name) to download instead of a model: the cache then holds "
+        "a dataset (a NIMCache's datasetName), under datasets/",
+    )
     parser.add_argument("--revision", default=None, help="hub revision: branch, tag or commit")
     parser.add_argument(
         "--cache-path",
@@ -88,13 +96,17 @@ def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     try:
-        result = download(args.model, args.cache_path, revision=args.revision)
+        if args.dataset:
+            result = download_dataset(args.dataset, args.cache_path, revision=args.revision)
+        else:
+            result = download(args.model, args.cache_path, revision=args.revision)
     except DownloadError as error:
         reason = REASONS.get(error.code, "DownloadFailed")
         log.error("%s: %s", reason, error)
         _report(args.termination_log, {"reason": reason, "message": str(error)})
         return error.code
-    log.info("cached %s at %s (%d bytes)", result["model"], result["path"], result["sizeBytes"])
+    what = result.get("model") or result.get("dataset")
+    log.info("cached %s at %s (%d bytes)", what, result["path"], result["sizeBytes"])
     _report(args.termination_log, result)
     print(json.dumps(result))
     return EXIT_OK
@@ -132,7 +144,41 @@ def download(model: str | None, cache: Path, *, revision: str | None = None) -> 
     return result
 
 
-def _fetch_from_hub(repo_id: str, cache: Path, revision: str | None) -> Path:
+def download_dataset(dataset: str, cache: Path, *, revision: str | None = None) -> dict[str, Any]:
+    """Fetch the hub dataset repository `dataset` under `cache`/datasets; what was cached."""
+    if problem := _dataset_id_problem(dataset):
+        raise DownloadError(EXIT_NOT_FOUND, problem)
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+        target = _fetch_from_hub(dataset, cache, revision, repo_type="dataset")
+        result = {
+            "dataset": dataset,
+            "path": str(target.resolve().relative_to(cache.resolve())),
+            "sizeBytes": _size(target),
+        }
+        (cache / MANIFEST).write_text(json.dumps(result, indent=2) + "\n")
+    except DownloadError:
+        raise
+    except OSError as error:
+        if error.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise DownloadError(EXIT_DISK_FULL, f"no space left in {cache}: {error}") from error
+        raise DownloadError(EXIT_FAILED, f"{type(error).__name__}: {error}") from error
+    except Exception as error:  # a surprise of a library: say it, let the Job retry
+        log.exception("downloading the dataset failed")
+        raise DownloadError(EXIT_FAILED, f"{type(error).__name__}: {error}") from error
+    return result
+
+
+def _dataset_id_problem(dataset: str) -> str | None:
+    # A dataset only comes from a hub: a path here is a mistake, not a local copy.
+    if dataset.startswith(("/", ".")) or dataset.count("/") > 1:
+        return f"--dataset {dataset!r} is not a hub dataset id (name or org/name)"
+    return None
+
+
+def _fetch_from_hub(
+    repo_id: str, cache: Path, revision: str | None, *, repo_type: str = "model"
+) -> Path:
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import (
         GatedRepoError,
@@ -142,10 +188,11 @@ def _fetch_from_hub(repo_id: str, cache: Path, revision: str | None) -> Path:
         RevisionNotFoundError,
     )
 
-    target = cache / "models" / repo_id.replace("/", "--")
-    log.info("downloading %s%s into %s", repo_id, f"@{revision}" if revision else "", target)
+    target = cache / f"{repo_type}s" / repo_id.replace("/", "--")
+    at = f"@{revision}" if revision else ""
+    log.info("downloading %s %s%s into %s", repo_type, repo_id, at, target)
     try:
-        snapshot_download(repo_id, revision=revision, local_dir=target)
+        snapshot_download(repo_id, repo_type=repo_type, revision=revision, local_dir=target)
     except GatedRepoError as error:  # (a RepositoryNotFoundError too: test it first)
         raise DownloadError(
             EXIT_AUTH, f"{repo_id} is gated: HF_TOKEN is missing or has no access"
@@ -153,7 +200,8 @@ def _fetch_from_hub(repo_id: str, cache: Path, revision: str | None) -> Path:
     except RepositoryNotFoundError as error:
         raise DownloadError(
             EXIT_NOT_FOUND,
-            f"{repo_id} not found on the hub (or private: HF_TOKEN is missing or has no access)",
+            f"{repo_type} {repo_id} not found on the hub "
+            "(or private: HF_TOKEN is missing or has no access)",
         ) from error
     except RevisionNotFoundError as error:
         raise DownloadError(EXIT_NOT_FOUND, f"{repo_id} has no revision {revision}") from error

@@ -71,6 +71,14 @@ class Settings(BaseSettings):
         str | None,
         Field(description="NIM 2.x's name for NIM_MODEL_NAME; give one of the two."),
     ] = None
+    model_profile: Annotated[
+        str | None,
+        Field(
+            description="NVIDIA NIM's model profile (an engine build NIM downloads). nim-serve "
+            "has no profiles: one given is logged and ignored, and the model is served as "
+            "NIM_MODEL_NAME names it.",
+        ),
+    ] = None
     served_model_name: Annotated[
         str | None,
         Field(description="Model id clients send in `model` (default: derived from the model)."),
@@ -308,6 +316,16 @@ class Settings(BaseSettings):
     def model(self) -> str | None:
         """The model to serve: NIM_MODEL_NAME (NIM 1.x) or NIM_MODEL_PATH (NIM 2.x)."""
         return self.model_name or self.model_path
+
+    def ignored_profile_notice(self) -> str | None:
+        """What the server logs at start when NIM_MODEL_PROFILE is set (an operator sets it for
+        storage.nimCache.profile, as for NVIDIA's NIM images): said, not silently dropped."""
+        if not self.model_profile:
+            return None
+        return (
+            f"NIM_MODEL_PROFILE={self.model_profile} ignored: nim-serve has no NIM model "
+            f"profiles and serves {self.model or 'the embedded default model'} as it is"
+        )
 
     def chat_template_text(self) -> str | None:
         """The chat template's text: the file NIM_CHAT_TEMPLATE names, or the value itself."""

@@ -481,16 +481,8 @@ class NIMCacheRef(_Model):
     """A NIMCache in the NIMService's namespace whose claim holds the model (read-only)."""
 
     name: Annotated[str, Field(min_length=1)]
+    # NVIDIA's NIM model profile to serve: NIM_MODEL_PROFILE on the server (see nimcache_mount).
     profile: str | None = None
-
-    @model_validator(mode="after")
-    def _no_profile(self) -> NIMCacheRef:
-        if self.profile:
-            raise ValueError(
-                "storage.nimCache.profile is not supported: a NIMCache here holds one model "
-                "(NGC profiles need NVIDIA's NIM images)"
-            )
-        return self
 
 
 class ClaimSpec(_Model):

@@ -1,9 +1,13 @@
 """Pydantic models of the NIMCache custom resource: a model downloaded once into a PVC.
 
 These mirror `crds/nimcache.yaml` field for field (tests/operator/test_crd_models_sync.py).
-Field names follow NVIDIA's NIMCache. Sources our server image cannot fill (`ngc`, `dataStore`,
-a dataset, custom CA certificates) are accepted by the schema's shape so that NVIDIA's manifests
-parse, then refused by CEL and here with the same messages: never silently ignored.
+Field names follow NVIDIA's NIMCache, and every source NVIDIA's accepts is honoured:
+
+- `hf` and `dataStore` (NeMo Data Store's Hugging Face-compatible API) run the nimstack server
+  image's `nim-serve download`, for a model or a dataset repository;
+- `ngc` runs NVIDIA's NIM image itself with its `download-to-cache` command, as NVIDIA's
+  operator does. NIM images and NGC cannot run in this project's tests: that Job is checked as
+  rendered (tests/operator/test_render_nimcache_sources.py) and through the reconcile path.
 """
 
 from __future__ import annotations
@@ -22,13 +26,21 @@ from nim_operator.models import (
 )
 
 __all__ = [
+    "ALL_PROFILES",
     "CACHE_NAME_MAX_LENGTH",
+    "CacheCertConfig",
     "CachePVC",
     "CacheProxy",
     "CacheSource",
     "CacheStorage",
     "CachedModel",
+    "CachedProfile",
+    "DataStoreSource",
+    "GPUSelector",
     "HFSource",
+    "HubDownload",
+    "NGCModel",
+    "NGCSource",
     "NIMCacheSpec",
     "NIMCacheStatus",
     "cache_name_problem",
@@ -36,26 +48,17 @@ __all__ = [
 
 # The Job is `<name>-download` and its name is also a label value (63 characters at most).
 CACHE_NAME_MAX_LENGTH = 54
+# NVIDIA's profile name for "every profile of the image" (`download-to-cache --all`).
+ALL_PROFILES = "all"
 
-UNSUPPORTED_NGC = (
-    "spec.source.ngc is not supported: NGC model profiles need NVIDIA's NIM images; "
-    "use spec.source.hf with a Hugging Face model id"
-)
-UNSUPPORTED_DATA_STORE = (
-    "spec.source.dataStore is not supported: use spec.source.hf with endpoint set to the "
-    "data store's Hugging Face-compatible API"
-)
-UNSUPPORTED_DATASET = (
-    "spec.source.hf.datasetName is not supported: a NIMCache here holds a model for a NIMService"
-)
-UNSUPPORTED_CERTS = (
-    "spec.certConfig and spec.proxy.certConfigMap are not supported: the download uses the "
-    "image's CA bundle"
-)
+
+def _set(value: str | None) -> bool:
+    return bool(value)
 
 
 class HFSource(_Model):
-    """A model from a Hugging Face-compatible hub, a path in the puller image, or its default."""
+    """A model or dataset from a Hugging Face-compatible hub, a path in the puller image, or
+    the image's default model."""
 
     endpoint: str | None = None
     namespace: str | None = None
@@ -66,6 +69,12 @@ class HFSource(_Model):
     dataset_name: str | None = None
     revision: str | None = None
 
+    @model_validator(mode="after")
+    def _model_or_dataset(self) -> HFSource:
+        if _set(self.model_name) and _set(self.dataset_name):
+            raise ValueError("spec.source.hf takes modelName or datasetName, not both")
+        return self
+
     def model_id(self) -> str | None:
         """What `nim-serve download --model` gets: `namespace/modelName`, a path, or None."""
         if not self.model_name:
@@ -74,24 +83,146 @@ class HFSource(_Model):
             return f"{self.namespace}/{self.model_name}"
         return self.model_name
 
+    def dataset_id(self) -> str | None:
+        if not self.dataset_name:
+            return None
+        return f"{self.namespace}/{self.dataset_name}" if self.namespace else self.dataset_name
+
+
+class GPUSelector(_Model):
+    product: str | None = None
+    ids: Annotated[list[str], Field(max_length=16)] | None = None
+
+
+class NGCModel(_Model):
+    """Which NIM profiles to cache: by id/name, or by NVIDIA's selectors."""
+
+    profiles: Annotated[list[Annotated[str, Field(min_length=1)]], Field(max_length=64)] | None = (
+        None
+    )
+    precision: str | None = None
+    engine: str | None = None
+    tensor_parallelism: str | None = None
+    qos_profile: str | None = None
+    gpus: Annotated[list[GPUSelector], Field(max_length=16)] | None = None
+    lora: bool | None = None
+    buildable: bool | None = None
+
+    def selectors(self) -> dict[str, str]:
+        """The selectors that are set, by their field names, as strings (NVIDIA's tag shape)."""
+        found: dict[str, str] = {}
+        for key, value in (
+            ("engine", self.engine),
+            ("precision", self.precision),
+            ("tensorParallelism", self.tensor_parallelism),
+            ("qosProfile", self.qos_profile),
+        ):
+            if value:
+                found[key] = value
+        products = [gpu.product for gpu in self.gpus or [] if gpu.product]
+        if products:
+            found["gpus"] = ",".join(products)
+        for key, flag in (("lora", self.lora), ("buildable", self.buildable)):
+            if flag is not None:
+                found[key] = str(flag).lower()
+        return found
+
+
+class NGCSource(_Model):
+    """A NIM image that downloads its own model profiles from NGC (`download-to-cache`)."""
+
+    auth_secret: Annotated[str, Field(min_length=1)]
+    model_puller: Annotated[str, Field(min_length=1)]
+    pull_secret: str | None = None
+    model_endpoint: str | None = None
+    model: NGCModel | None = None
+
+    @model_validator(mode="after")
+    def _model_or_endpoint(self) -> NGCSource:
+        if self.model is not None and self.model_endpoint is not None:
+            raise ValueError("spec.source.ngc takes model or modelEndpoint, not both")
+        return self
+
+    def profiles(self) -> list[str]:
+        return list(self.model.profiles or []) if self.model is not None else []
+
+
+class DataStoreSource(_Model):
+    """NeMo Data Store through its Hugging Face-compatible API (`endpoint` ends in /v1/hf)."""
+
+    endpoint: Annotated[str, Field(min_length=1)]
+    namespace: str = "default"
+    auth_secret: Annotated[str, Field(min_length=1)]
+    model_puller: Annotated[str, Field(min_length=1)]
+    pull_secret: str | None = None
+    model_name: str | None = None
+    checkpoint_name: str | None = None
+    dataset_name: str | None = None
+
+    @model_validator(mode="after")
+    def _model_or_dataset(self) -> DataStoreSource:
+        if _set(self.model_name) == _set(self.dataset_name):
+            raise ValueError("spec.source.dataStore needs exactly one of modelName, datasetName")
+        if _set(self.checkpoint_name) and not _set(self.model_name):
+            raise ValueError("spec.source.dataStore.checkpointName needs modelName")
+        return self
+
+
+class HubDownload(_Model):
+    """What `nim-serve download` is asked for, whichever hub source it came from."""
+
+    model_puller: str
+    pull_secret: str | None = None
+    endpoint: str | None = None
+    auth_secret: str | None = None
+    model: str | None = None
+    dataset: str | None = None
+    revision: str | None = None
+
 
 class CacheSource(_Model):
     hf: HFSource | None = None
-    # NVIDIA's shapes, kept free-form: they are refused whole, whatever they hold.
-    ngc: dict[str, Any] | None = None
-    data_store: dict[str, Any] | None = None
+    ngc: NGCSource | None = None
+    data_store: DataStoreSource | None = None
 
     @model_validator(mode="after")
-    def _one_usable_source(self) -> CacheSource:
+    def _exactly_one(self) -> CacheSource:
         if sum(s is not None for s in (self.hf, self.ngc, self.data_store)) != 1:
             raise ValueError("spec.source needs exactly one of hf, ngc, dataStore")
-        if self.ngc is not None:
-            raise ValueError(UNSUPPORTED_NGC)
-        if self.data_store is not None:
-            raise ValueError(UNSUPPORTED_DATA_STORE)
-        if self.hf is not None and self.hf.dataset_name:
-            raise ValueError(UNSUPPORTED_DATASET)
         return self
+
+    def hub_download(self) -> HubDownload | None:
+        """The `nim-serve download` an hf or dataStore source asks for; None for ngc."""
+        if self.hf is not None:
+            hf = self.hf
+            return HubDownload(
+                model_puller=hf.model_puller,
+                pull_secret=hf.pull_secret,
+                endpoint=hf.endpoint,
+                auth_secret=hf.auth_secret,
+                model=hf.model_id(),
+                dataset=hf.dataset_id(),
+                revision=hf.revision,
+            )
+        if self.data_store is not None:
+            ds = self.data_store
+            name = ds.model_name or ds.dataset_name
+            repo = f"{ds.namespace}/{name}" if ds.namespace else name
+            return HubDownload(
+                model_puller=ds.model_puller,
+                pull_secret=ds.pull_secret,
+                endpoint=ds.endpoint,
+                auth_secret=ds.auth_secret,
+                model=repo if ds.model_name else None,
+                dataset=repo if ds.dataset_name else None,
+                revision=ds.checkpoint_name or None,
+            )
+        return None
+
+    @property
+    def holds_dataset(self) -> bool:
+        download = self.hub_download()
+        return download is not None and download.dataset is not None
 
 
 CachePVC = ClaimSpec  # the same fields and rules as a NIMService's, less annotations
@@ -108,6 +239,13 @@ class CacheProxy(_Model):
     cert_config_map: str | None = None
 
 
+class CacheCertConfig(_Model):
+    """NVIDIA's older CA setting: a ConfigMap mounted at mountPath."""
+
+    name: Annotated[str, Field(min_length=1)]
+    mount_path: Annotated[str, Field(pattern=r"^/")]
+
+
 class NIMCacheSpec(_Model):
     """Desired state of a NIMCache."""
 
@@ -119,22 +257,33 @@ class NIMCacheSpec(_Model):
     user_id: Annotated[int, Field(ge=1, alias="userID")] = 1000
     group_id: Annotated[int, Field(ge=0, alias="groupID")] = 2000
     proxy: CacheProxy | None = None
-    cert_config: dict[str, Any] | None = None
-
-    @model_validator(mode="after")
-    def _no_custom_certificates(self) -> NIMCacheSpec:
-        if self.cert_config is not None or (self.proxy and self.proxy.cert_config_map):
-            raise ValueError(UNSUPPORTED_CERTS)
-        return self
+    cert_config: CacheCertConfig | None = None
 
     @classmethod
     def from_body(cls, spec: dict[str, Any]) -> NIMCacheSpec:
         return cls.model_validate(spec)
 
     @property
-    def hf(self) -> HFSource:
-        assert self.source.hf is not None  # the only source the validator lets through
-        return self.source.hf
+    def model_puller(self) -> str:
+        source = self.source.ngc or self.source.hf or self.source.data_store
+        assert source is not None  # exactly one, by the validator
+        return source.model_puller
+
+    @property
+    def pull_secret(self) -> str | None:
+        source = self.source.ngc or self.source.hf or self.source.data_store
+        assert source is not None
+        return source.pull_secret or None
+
+    def auth_secret(self) -> tuple[str, str, str] | None:
+        """(field, Secret name, key the download reads) of the source's credentials, if any."""
+        if self.source.ngc is not None:
+            return "source.ngc.authSecret", self.source.ngc.auth_secret, "NGC_API_KEY"
+        if self.source.data_store is not None:
+            return "source.dataStore.authSecret", self.source.data_store.auth_secret, "HF_TOKEN"
+        if self.source.hf is not None and self.source.hf.auth_secret:
+            return "source.hf.authSecret", self.source.hf.auth_secret, "HF_TOKEN"
+        return None
 
     def pvc_name(self, cache_name: str) -> str:
         return self.storage.pvc.name or f"{cache_name}-pvc"
@@ -161,10 +310,20 @@ class CachedModel(_Model):
     size_bytes: Annotated[int, Field(ge=0)] | None = None
 
 
+class CachedProfile(_Model):
+    """One NIM profile an ngc source cached, in NVIDIA's status shape."""
+
+    name: str | None = None
+    model: str | None = None
+    release: str | None = None
+    config: StringMap | None = None
+
+
 class NIMCacheStatus(_Model):
     observed_generation: int | None = None
     state: Literal["Pending", "InProgress", "Ready", "Failed"] | None = None
     pvc: str | None = None
     job: str | None = None
+    profiles: list[CachedProfile] | None = None
     model: CachedModel | None = None
     conditions: list[Condition] | None = None

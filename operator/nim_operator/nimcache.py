@@ -2,9 +2,8 @@
 
 `reconcile_cache()` reads the NIMCache as it is and makes the cluster match:
 
-1. Parse the spec (pydantic). Invalid or unsupported (an `ngc` source, ...) -> Failed with the
-   reason, nothing applied.
-2. Check what it refers to: the `hf.authSecret` (metadata only) and an existing claim.
+1. Parse the spec (pydantic). Invalid -> Failed with the reason, nothing applied.
+2. Check what it refers to: the source's authSecret (metadata only) and an existing claim.
 3. Apply the claim when `storage.pvc.create`; apply the download Job when it is absent. A Job's
    pod template cannot change, so a Job rendered from an older spec (its digest annotation
    differs) is deleted, and the next run (its DELETED event) creates the new one.
@@ -37,6 +36,7 @@ from nim_operator.render.nimcache_job import (
     render_cache_pvc,
     render_download_job,
 )
+from nim_operator.render.nimcache_ngc import asked_profiles
 
 __all__ = ["NIMCACHES", "CacheOutcome", "reconcile_cache"]
 
@@ -79,12 +79,12 @@ def _parse(owner: CacheOwner, body: Mapping[str, Any]) -> NIMCacheSpec | Problem
 
 async def _missing(kube: KubeClient, owner: CacheOwner, spec: NIMCacheSpec) -> Problem | None:
     ns = owner.namespace
-    secret = spec.hf.auth_secret
-    if secret and await kube.get(SECRETS, ns, secret, metadata_only=True) is None:
+    auth = spec.auth_secret()
+    if auth is not None and await kube.get(SECRETS, ns, auth[1], metadata_only=True) is None:
+        field, secret, key = auth
         return Problem(
             "SecretNotFound",
-            f'source.hf.authSecret "{secret}" not found in namespace {ns}: '
-            "create it with an HF_TOKEN key",
+            f'{field} "{secret}" not found in namespace {ns}: create it with an {key} key',
         )
     pvc = spec.storage.pvc
     if (
@@ -137,6 +137,17 @@ async def _finished_pods(
     return await kube.list(PODS, meta.get("namespace"), label_selector=selector)
 
 
+def _nim_asked(spec: NIMCacheSpec | None) -> dict[str, Any]:
+    """What an ngc source asked for, for the status once its Job completes."""
+    if spec is None or spec.source.ngc is None:
+        return {}
+    ngc = spec.source.ngc
+    return {
+        "nim_model": ngc.model_endpoint or ngc.model_puller,
+        "nim_profiles": asked_profiles(ngc),
+    }
+
+
 async def reconcile_cache(
     runtime: Runtime, body: Mapping[str, Any], *, logger: Logger
 ) -> CacheOutcome | None:
@@ -175,6 +186,7 @@ async def reconcile_cache(
             job=job,
             pods=pods,
             replacing=replacing,
+            **_nim_asked(spec),
         )
         status = await _write_status(runtime, body, owner, obs, logger=logger)
     return CacheOutcome(status=status, failure=problem)
@@ -194,7 +206,7 @@ async def _write_status(
     status = compute_cache_status(obs, previous, now=_now())
     if status in (stored, slot.last_status):
         return status  # (kopf's body can lag behind our own last write: both count)
-    patch = {"status": {**dict.fromkeys(("model", "pvc", "job")), **status}}
+    patch = {"status": {**dict.fromkeys(("model", "profiles", "pvc", "job")), **status}}
     written = await runtime.kube.merge_patch(
         NIMCACHES,
         owner.namespace,

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from nim_operator.conditions import AS_EXPECTED, Problem
-from nim_operator.models_nimcache import CachedModel, NIMCacheStatus
+from nim_operator.models_nimcache import CachedModel, CachedProfile, NIMCacheStatus
 from nim_operator.render.nimcache_job import CONTAINER_NAME, EXIT_REASONS
 
 __all__ = ["CacheObservation", "compute_cache_status", "job_outcome"]
@@ -36,6 +36,10 @@ class CacheObservation:
     pods: Sequence[Mapping[str, Any]] = ()
     # Set while an outdated Job is being replaced.
     replacing: bool = False
+    # An ngc source: the NIM image writes no result of ours, so what was asked is what the
+    # status reports once the Job completes (its model name, and NVIDIA's status.profiles).
+    nim_model: str | None = None
+    nim_profiles: Sequence[CachedProfile] = ()
 
 
 def _clip(message: str) -> str:
@@ -81,7 +85,7 @@ def _cached_model(pods: Sequence[Mapping[str, Any]]) -> CachedModel | None:
         if terminated.get("exitCode") == 0 and result.get("path"):
             size = result.get("sizeBytes")
             return CachedModel(
-                name=str(result.get("model") or "") or None,
+                name=str(result.get("model") or result.get("dataset") or "") or None,
                 served_name=str(result.get("servedName") or "") or None,
                 path=str(result["path"]),
                 size_bytes=size if isinstance(size, int) and size >= 0 else None,
@@ -152,6 +156,8 @@ def compute_cache_status(
             failure = found
         elif found is not None:
             model = found
+    if state == "Ready" and model is None and obs.nim_model:
+        model = CachedModel(name=obs.nim_model)
     if state == "Ready" and model is None and previous.get("model"):
         # The pod that said what it cached is gone (garbage collected): what it said stays.
         model = CachedModel.model_validate(previous["model"])
@@ -185,6 +191,7 @@ def compute_cache_status(
             "state": state,
             "pvc": obs.pvc,
             "job": obs.job_name,
+            "profiles": [p.to_k8s() for p in obs.nim_profiles] if state == "Ready" else None,
             "model": model.to_k8s() if model is not None else None,
             "conditions": conditions,
         }

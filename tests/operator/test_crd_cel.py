@@ -195,10 +195,6 @@ INVALID_SPECS = {
         {"storage": {"nimCache": {"name": "llama", "profile": ""}, "pvc": {"name": "cache"}}},
         "storage.nimCache mounts the NIMCache's claim",
     ),
-    "nimCache profile": (
-        {"storage": {"nimCache": {"name": "llama", "profile": "tensorrt_llm-h100-fp8"}}},
-        "storage.nimCache.profile is not supported",
-    ),
     "nimCache with model.name": (
         {"storage": {"nimCache": {"name": "llama"}}, "model": {"name": "org/other"}},
         "model.name and storage.nimCache are mutually exclusive",
@@ -412,6 +408,13 @@ class TestValidObjects:
         spec = NIMServiceSpec.from_body(obj["spec"])
         assert spec.proxy is not None
         assert spec.proxy.cert_config_map == "corp-ca"
+
+    def test_nimcache_profile_passes(self) -> None:
+        obj = nimservice(storage={"nimCache": {"name": "llama", "profile": "vllm-bf16-tp1"}})
+        assert cel_violations(obj) == []
+        ref = NIMServiceSpec.from_body(obj["spec"]).storage.nim_cache
+        assert ref is not None
+        assert ref.profile == "vllm-bf16-tp1"
 
     def test_nvidia_extra_containers_pass(self) -> None:
         image = {"repository": "busybox", "tag": "1.36", "pullPolicy": "IfNotPresent"}

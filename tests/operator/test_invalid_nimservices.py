@@ -272,12 +272,6 @@ INVALID = [
         "spec.inferencePlatform",
     ),
     Invalid(
-        "nimCache profile",
-        C,
-        {"storage": {"nimCache": {"name": "llama", "profile": "vllm-fp16"}}},
-        "nimCache.profile is not supported",
-    ),
-    Invalid(
         "pvc access mode",
         S,
         {

@@ -1,4 +1,5 @@
-"""crds/nimcache.yaml and nim_operator.models_nimcache agree, and refuse what cannot work.
+"""crds/nimcache.yaml and nim_operator.models_nimcache agree, accept every source NVIDIA's
+NIMCache accepts, and refuse what is contradictory.
 
 The schema and the models are compared field by field (as test_crd_models_sync does for the
 NIMService); every invalid NIMCache below is rejected by the CRD's CEL rules (evaluated with
@@ -65,34 +66,54 @@ class TestCRDMatchesModels:
 
 
 HF = {"modelPuller": "nimstack/nim-server:0.1.0"}
+NGC = {
+    "modelPuller": "nvcr.io/nim/meta/llama-3.1-8b-instruct:1.3.3",
+    "authSecret": "ngc-api-secret",
+    "model": {"profiles": ["tensorrt_llm-h100-fp8-tp1-throughput"]},
+}
+DATA_STORE = {
+    "endpoint": "http://nemo-data-store:3000/v1/hf",
+    "authSecret": "ds-token",
+    "modelPuller": "nimstack/nim-server:0.1.0",
+    "modelName": "llama-lora",
+}
 INVALID = {
     "no source": (
         {"source": {}},
         "spec.source needs exactly one of hf, ngc, dataStore",
     ),
     "two sources": (
-        {"source": {"hf": HF, "dataStore": {"endpoint": "http://ds"}}},
+        {"source": {"hf": HF, "dataStore": DATA_STORE}},
         "spec.source needs exactly one of hf, ngc, dataStore",
     ),
-    "ngc": (
-        {"source": {"ngc": {"modelPuller": "nvcr.io/nim/meta/llama:1", "model": {"engine": "x"}}}},
-        "spec.source.ngc is not supported",
+    "hf model and dataset": (
+        {"source": {"hf": {**HF, "modelName": "org/m", "datasetName": "org/d"}}},
+        "spec.source.hf takes modelName or datasetName, not both",
     ),
-    "dataStore": (
-        {"source": {"dataStore": {"endpoint": "http://ds", "modelName": "m"}}},
-        "spec.source.dataStore is not supported",
+    "ngc model and modelEndpoint": (
+        {"source": {"ngc": {**NGC, "modelEndpoint": "ngc://nim/meta/llama"}}},
+        "spec.source.ngc takes model or modelEndpoint, not both",
     ),
-    "dataset": (
-        {"source": {"hf": {**HF, "datasetName": "squad"}}},
-        "spec.source.hf.datasetName is not supported",
+    "dataStore without a name": (
+        {"source": {"dataStore": {**DATA_STORE, "modelName": ""}}},
+        "spec.source.dataStore needs exactly one of modelName, datasetName",
     ),
-    "certConfig": (
-        {"certConfig": {"name": "ca", "mountPath": "/certs"}},
-        "spec.certConfig and spec.proxy.certConfigMap are not supported",
+    "dataStore model and dataset": (
+        {"source": {"dataStore": {**DATA_STORE, "datasetName": "d"}}},
+        "spec.source.dataStore needs exactly one of modelName, datasetName",
     ),
-    "proxy certConfigMap": (
-        {"proxy": {"httpsProxy": "http://proxy:3128", "certConfigMap": "ca"}},
-        "spec.certConfig and spec.proxy.certConfigMap are not supported",
+    "dataStore checkpoint of a dataset": (
+        {
+            "source": {
+                "dataStore": {
+                    **DATA_STORE,
+                    "modelName": "",
+                    "datasetName": "d",
+                    "checkpointName": "c",
+                }
+            }
+        },
+        "spec.source.dataStore.checkpointName needs modelName",
     ),
     "pvc created without size": (
         {"storage": {"pvc": {"create": True}}},
@@ -138,20 +159,58 @@ class TestValidNIMCaches:
         cache, service = yaml.safe_load_all(SAMPLE.read_text())
         assert cel_violations(cache) == []
         spec = NIMCacheSpec.from_body(apply_defaults(ROOT, copy.deepcopy(cache))["spec"])
-        assert spec.hf.model_id() is None  # the image's embedded model
+        assert spec.source.hf is not None
+        assert spec.source.hf.model_id() is None  # the image's embedded model
         assert nimservice_cel_violations(service) == []
         served = NIMServiceSpec.model_validate(service["spec"])
         assert served.storage.nim_cache is not None
         assert served.storage.nim_cache.name == cache["metadata"]["name"]
 
+    @pytest.mark.parametrize(
+        "spec",
+        [
+            {"source": {"ngc": NGC}},
+            {"source": {"ngc": {**NGC, "model": {"engine": "vllm", "lora": True}}}},
+            {"source": {"ngc": {k: v for k, v in NGC.items() if k != "model"}}},
+            {"source": {"dataStore": DATA_STORE}},
+            {"source": {"dataStore": {**DATA_STORE, "checkpointName": "step-100"}}},
+            {"source": {"hf": {**HF, "namespace": "rajpurkar", "datasetName": "squad"}}},
+            {"certConfig": {"name": "corp-ca", "mountPath": "/etc/ssl/corp"}},
+            {"proxy": {"httpsProxy": "http://proxy:3128", "certConfigMap": "corp-ca"}},
+        ],
+        ids=[
+            "ngc profiles",
+            "ngc selectors",
+            "ngc default profile",
+            "dataStore model",
+            "dataStore checkpoint",
+            "hf dataset",
+            "certConfig",
+            "proxy certConfigMap",
+        ],
+    )
+    def test_nvidias_other_sources_and_ca_settings_pass_both(self, spec: dict[str, Any]) -> None:
+        obj = nimcache(**spec)
+        assert cel_violations(obj) == []
+        NIMCacheSpec.from_body(apply_defaults(ROOT, copy.deepcopy(obj))["spec"])
+
+    def test_a_data_store_namespace_defaults_as_nvidias_does(self) -> None:
+        obj = apply_defaults(ROOT, nimcache(source={"dataStore": DATA_STORE}))
+        assert obj["spec"]["source"]["dataStore"]["namespace"] == "default"
+        download = NIMCacheSpec.from_body(obj["spec"]).source.hub_download()
+        assert download is not None
+        assert (download.model, download.dataset) == ("default/llama-lora", None)
+
     def test_namespace_prefixes_a_hub_model_but_not_a_path(self) -> None:
         hub: dict[str, Any] = {
             "source": {"hf": {**HF, "namespace": "meta-llama", "modelName": "Llama-3.1-8B"}}
         }
-        assert NIMCacheSpec.from_body(nimcache(**hub)["spec"]).hf.model_id() == (
-            "meta-llama/Llama-3.1-8B"
-        )
+        hub_source = NIMCacheSpec.from_body(nimcache(**hub)["spec"]).source.hf
+        assert hub_source is not None
+        assert hub_source.model_id() == "meta-llama/Llama-3.1-8B"
         path: dict[str, Any] = {
             "source": {"hf": {**HF, "namespace": "x", "modelName": "/models/m.gguf"}}
         }
-        assert NIMCacheSpec.from_body(nimcache(**path)["spec"]).hf.model_id() == "/models/m.gguf"
+        path_source = NIMCacheSpec.from_body(nimcache(**path)["spec"]).source.hf
+        assert path_source is not None
+        assert path_source.model_id() == "/models/m.gguf"

@@ -225,16 +225,78 @@ async def test_without_a_message_the_exit_code_names_the_cause(e2e: E2E) -> None
     assert condition(failed, "Failed")["reason"] == "DiskFull"
 
 
-async def test_an_ngc_source_is_refused_not_ignored(e2e: E2E) -> None:
-    # The API server's CEL rule refuses this; the emulator does not run CEL, so the operator's
-    # own check is what shows here (a NIMCache stored under an older CRD would meet it too).
-    spec = {"source": {"ngc": {"modelPuller": "nvcr.io/nim/x:1"}}, **cache_spec()}
-    spec["source"] = {"ngc": {"modelPuller": "nvcr.io/nim/x:1"}}
-    await create_cache(e2e, "ngc", spec)
-    failed = await cache_where(e2e, "ngc", "Failed")
-    assert condition(failed, "Failed")["reason"] == "InvalidSpec"
-    assert "spec.source.ngc is not supported" in condition(failed, "Failed")["message"]
-    assert await e2e.get(JOBS, "ngc-download") is None
+NIM_IMAGE = "nvcr.io/nim/meta/llama-3.1-8b-instruct:1.3.3"
+
+
+def ngc_spec(**model: Any) -> dict[str, Any]:
+    source = {"modelPuller": NIM_IMAGE, "pullSecret": "ngc-secret", "authSecret": "ngc-api"}
+    return {
+        "source": {"ngc": {**source, "model": model}},
+        "storage": {"pvc": {"create": True, "size": "50Gi"}},
+    }
+
+
+async def test_an_ngc_source_runs_the_nim_image_and_a_nimservice_picks_a_profile(
+    e2e: E2E,
+) -> None:
+    """NGC and NIM images cannot be reached here: the Job's pod is played (exit 0, no result
+    of ours, as NIM's `download-to-cache` writes none) and the Deployment is checked, not run."""
+    await create_cache(e2e, "nim", ngc_spec(profiles=["p1", "p2"]))
+    missing = await cache_where(e2e, "nim", "Failed")
+    assert condition(missing, "Failed")["reason"] == "SecretNotFound"
+    assert "NGC_API_KEY" in condition(missing, "Failed")["message"]
+
+    key = base64.b64encode(b"nvapi-test").decode()
+    await e2e.api.create(
+        SECRETS, e2e.namespace, {"metadata": {"name": "ngc-api"}, "data": {"NGC_API_KEY": key}}
+    )
+    job = await e2e.child(JOBS, "nim-download")
+    (container,) = job["spec"]["template"]["spec"]["containers"]
+    assert (container["image"], container["command"]) == (NIM_IMAGE, ["download-to-cache"])
+    assert container["args"] == ["--profiles", "p1", "p2"]
+    env = {e["name"]: e for e in container["env"]}
+    assert env["NIM_CACHE_PATH"]["value"] == "/model-store"
+    assert env["NGC_API_KEY"]["valueFrom"]["secretKeyRef"] == {
+        "name": "ngc-api",
+        "key": "NGC_API_KEY",
+    }
+    await download_ends(e2e.api, e2e.namespace, "nim-download", exit_code=0, message="done")
+    ready = await cache_where(e2e, "nim", "Ready")
+    assert ready["status"]["profiles"] == [{"name": "p1"}, {"name": "p2"}]
+    assert ready["status"]["model"] == {"name": NIM_IMAGE}
+
+    await e2e.create("llm", cpu_spec(storage={"nimCache": {"name": "nim", "profile": "p2"}}))
+    deployment = await e2e.child(DEPLOYMENTS, "llm")
+    (server,) = deployment["spec"]["template"]["spec"]["containers"]
+    served = {e["name"]: e.get("value") for e in server["env"]}
+    assert (served["NIM_MODEL_PROFILE"], served["NIM_CACHE_PATH"]) == ("p2", "/model-store")
+    volumes = deployment["spec"]["template"]["spec"]["volumes"]
+    (volume,) = [v for v in volumes if v["name"] == "model-store"]
+    assert volume["persistentVolumeClaim"]["claimName"] == "nim-pvc"
+
+    await e2e.create("other", cpu_spec(storage={"nimCache": {"name": "nim", "profile": "p3"}}))
+    refused = await e2e.status_where(
+        "other",
+        lambda o: condition(o, "Failed").get("reason") == "NIMCacheProfileNotFound",
+        "profile not cached",
+    )
+    assert '"p3"' in condition(refused, "Failed")["message"]
+    assert await e2e.get(DEPLOYMENTS, "other") is None
+
+
+async def test_a_dataset_cache_is_no_model_for_a_nimservice(e2e: E2E) -> None:
+    spec = cache_spec(modelName=None, datasetName="rajpurkar/squad")
+    del spec["source"]["hf"]["modelName"]
+    await create_cache(e2e, "squad", spec)
+    job = await e2e.child(JOBS, "squad-download")
+    args = job["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args[-2:] == ["--dataset", "rajpurkar/squad"]
+    await e2e.create("llm", cpu_spec(storage={"nimCache": {"name": "squad"}}))
+    failed = await e2e.status_where(
+        "llm", lambda o: condition(o, "Failed").get("reason") == "NIMCacheHoldsDataset", "dataset"
+    )
+    assert 'NIMCache "squad" holds a dataset' in condition(failed, "Failed")["message"]
+    assert await e2e.get(DEPLOYMENTS, "llm") is None
 
 
 async def test_a_nimservice_waits_for_its_cache_then_mounts_it_read_only(e2e: E2E) -> None:

@@ -1,9 +1,12 @@
 """A NIMCache's children: the claim it fills (when `storage.pvc.create`) and the download Job.
 
-Pure, like every renderer. The Job runs the puller image's `nim-serve download` (nim_server's
-download command) with the claim mounted at the server's cache path, and reports its result in
-the termination message. Its spec cannot change once created, so it carries a digest of what it
-was rendered from: reconcile replaces a Job whose digest differs.
+Pure, like every renderer. For the `hf` and `dataStore` sources the Job runs the puller image's
+`nim-serve download` (render/nimcache_hub.py) and reports its result in the termination
+message; for `ngc` it runs NVIDIA's NIM image's `download-to-cache` (render/nimcache_ngc.py).
+Either way the claim is mounted at the server's cache path, and a CA bundle (`proxy.certConfigMap`
+or `certConfig`) is mounted and pointed at as render/proxy.py does it for a NIMService. A Job's
+spec cannot change once created, so it carries a digest of what it was rendered from: reconcile
+replaces a Job whose digest differs.
 """
 
 from __future__ import annotations
@@ -23,6 +26,15 @@ from nim_operator.render.labels import (
     MANAGED_BY_LABEL,
     NAME_LABEL,
     PART_OF_LABEL,
+)
+from nim_operator.render.nimcache_hub import HUB_COMMAND, TMP_PATH, hub_args, hub_env
+from nim_operator.render.nimcache_ngc import NGC_COMMAND, ngc_args, ngc_env
+from nim_operator.render.proxy import (
+    PROXY_CA_PATH,
+    PROXY_CA_VOLUME,
+    ca_bundle_env,
+    ca_bundle_volume,
+    proxy_variables,
 )
 
 __all__ = [
@@ -52,7 +64,6 @@ EXIT_REASONS = {10: "AuthFailed", 11: "ModelNotFound", 12: "DiskFull", 13: "Down
 _FINAL_EXIT_CODES = [10, 11, 12]
 MODEL_STORE_VOLUME = "model-store"
 TMP_VOLUME = "tmp"
-TMP_PATH = "/tmp"  # noqa: S108 (an emptyDir: the root filesystem is read-only)
 
 
 @dataclass(frozen=True)
@@ -104,59 +115,63 @@ def render_cache_pvc(owner: CacheOwner, spec: NIMCacheSpec) -> dict[str, Any] | 
     }
 
 
+def _ca_bundle(spec: NIMCacheSpec) -> tuple[str, str] | None:
+    """(ConfigMap, directory it is mounted at): proxy.certConfigMap, else NVIDIA's older
+    certConfig; an empty name is no bundle, as NVIDIA treats it."""
+    if spec.proxy is not None and spec.proxy.cert_config_map:
+        return spec.proxy.cert_config_map, PROXY_CA_PATH
+    if spec.cert_config is not None:
+        return spec.cert_config.name, spec.cert_config.mount_path.rstrip("/") or "/"
+    return None
+
+
 def _env(spec: NIMCacheSpec) -> list[dict[str, Any]]:
-    hf = spec.hf
-    env: list[dict[str, Any]] = [
-        # huggingface_hub and transformers keep small files under HF_HOME: the writable /tmp.
-        {"name": "HF_HOME", "value": f"{TMP_PATH}/hf-home"},
-        {"name": "XDG_CACHE_HOME", "value": f"{TMP_PATH}/.cache"},
-    ]
-    if hf.endpoint:
-        env.append({"name": "HF_ENDPOINT", "value": hf.endpoint})
-    if hf.auth_secret:
-        # By reference only: the token never appears in the Job, the status or a log.
-        ref = {"name": hf.auth_secret, "key": "HF_TOKEN"}
-        env.append({"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": ref}})
-    proxy = spec.proxy
-    if proxy is not None:
-        for name, value in (
-            ("HTTP_PROXY", proxy.http_proxy),
-            ("HTTPS_PROXY", proxy.https_proxy),
-            ("NO_PROXY", proxy.no_proxy),
-        ):
-            if value:
-                env.append({"name": name, "value": value})
+    download = spec.source.hub_download()
+    if download is not None:
+        env = hub_env(download)
+    else:
+        assert spec.source.ngc is not None
+        env = ngc_env(spec.source.ngc)
+    env += proxy_variables(spec.proxy)
+    if (bundle := _ca_bundle(spec)) is not None:
+        env += ca_bundle_env(bundle[1])
+        if spec.source.ngc is not None:
+            # NVIDIA sets this with a proxy: the NIM SDK then uses the OpenSSL trust store
+            # (SSL_CERT_FILE) rather than the roots compiled into it.
+            env.append({"name": "NIM_SDK_USE_NATIVE_TLS", "value": "1"})
     return env
-
-
-def _args(spec: NIMCacheSpec) -> list[str]:
-    args = ["download", "--cache-path", MODEL_STORE_PATH]
-    model = spec.hf.model_id()
-    if model:
-        args += ["--model", model]
-    if spec.hf.revision:
-        args += ["--revision", spec.hf.revision]
-    return args
 
 
 def _container(spec: NIMCacheSpec) -> dict[str, Any]:
     mount: dict[str, Any] = {"name": MODEL_STORE_VOLUME, "mountPath": MODEL_STORE_PATH}
     if spec.storage.pvc.sub_path:
         mount["subPath"] = spec.storage.pvc.sub_path
+    mounts = [mount, {"name": TMP_VOLUME, "mountPath": TMP_PATH}]
+    if (bundle := _ca_bundle(spec)) is not None:
+        mounts.append({"name": PROXY_CA_VOLUME, "mountPath": bundle[1], "readOnly": True})
+    download = spec.source.hub_download()
+    if download is not None:
+        command, args = HUB_COMMAND, hub_args(download)
+    else:
+        assert spec.source.ngc is not None
+        command, args = NGC_COMMAND, ngc_args(spec.source.ngc)
     container: dict[str, Any] = {
         "name": CONTAINER_NAME,
-        "image": spec.hf.model_puller,
-        "command": ["nim-serve"],
-        "args": _args(spec),
+        "image": spec.model_puller,
+        "command": list(command),
+        "args": args,
         "env": _env(spec),
-        "volumeMounts": [mount, {"name": TMP_VOLUME, "mountPath": TMP_PATH}],
+        "volumeMounts": mounts,
         # The JSON result (or the failure's reason) for the operator; the log's tail if the
-        # process died before writing it.
+        # process died before writing it (and always for a NIM image, which writes none).
         "terminationMessagePolicy": "FallbackToLogsOnError",
         "securityContext": {
             "allowPrivilegeEscalation": False,
             "capabilities": {"drop": ["ALL"]},
-            "readOnlyRootFilesystem": True,
+            # Our image is built for a read-only root; NIM images write outside their cache
+            # path and NVIDIA's operator does not set it. The restricted Pod Security Standard
+            # holds either way (non-root, no escalation, no capabilities, seccomp).
+            "readOnlyRootFilesystem": download is not None,
             "runAsNonRoot": True,
         },
     }
@@ -167,6 +182,15 @@ def _container(spec: NIMCacheSpec) -> dict[str, Any]:
 
 
 def _pod_spec(owner: CacheOwner, spec: NIMCacheSpec) -> dict[str, Any]:
+    volumes: list[dict[str, Any]] = [
+        {
+            "name": MODEL_STORE_VOLUME,
+            "persistentVolumeClaim": {"claimName": spec.pvc_name(owner.name)},
+        },
+        {"name": TMP_VOLUME, "emptyDir": {}},
+    ]
+    if (bundle := _ca_bundle(spec)) is not None:
+        volumes.append(ca_bundle_volume(PROXY_CA_VOLUME, bundle[0]))
     pod: dict[str, Any] = {
         "restartPolicy": "Never",  # the Job retries with new pods (backoffLimit)
         "automountServiceAccountToken": False,  # the download never talks to the API server
@@ -178,16 +202,10 @@ def _pod_spec(owner: CacheOwner, spec: NIMCacheSpec) -> dict[str, Any]:
             "seccompProfile": {"type": "RuntimeDefault"},
         },
         "containers": [_container(spec)],
-        "volumes": [
-            {
-                "name": MODEL_STORE_VOLUME,
-                "persistentVolumeClaim": {"claimName": spec.pvc_name(owner.name)},
-            },
-            {"name": TMP_VOLUME, "emptyDir": {}},
-        ],
+        "volumes": volumes,
     }
-    if spec.hf.pull_secret:
-        pod["imagePullSecrets"] = [{"name": spec.hf.pull_secret}]
+    if spec.pull_secret:
+        pod["imagePullSecrets"] = [{"name": spec.pull_secret}]
     if spec.node_selector:
         pod["nodeSelector"] = dict(sorted(spec.node_selector.items()))
     if spec.tolerations:
@@ -195,24 +213,22 @@ def _pod_spec(owner: CacheOwner, spec: NIMCacheSpec) -> dict[str, Any]:
     return pod
 
 
+def _failure_rules(spec: NIMCacheSpec) -> list[dict[str, Any]]:
+    # A pod evicted or preempted is not the download's fault: not counted.
+    rules: list[dict[str, Any]] = [
+        {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]}
+    ]
+    if spec.source.ngc is None:  # the exit codes are nim-serve's; a NIM image has its own
+        final = {"containerName": CONTAINER_NAME, "operator": "In", "values": _FINAL_EXIT_CODES}
+        rules.insert(0, {"action": "FailJob", "onExitCodes": final})
+    return rules
+
+
 def render_download_job(owner: CacheOwner, spec: NIMCacheSpec) -> dict[str, Any]:
     """The Job `<name>-download`, its digest in an annotation (see the module docstring)."""
     job_spec = {
         "backoffLimit": JOB_BACKOFF_LIMIT,
-        "podFailurePolicy": {
-            "rules": [
-                {
-                    "action": "FailJob",
-                    "onExitCodes": {
-                        "containerName": CONTAINER_NAME,
-                        "operator": "In",
-                        "values": _FINAL_EXIT_CODES,
-                    },
-                },
-                # A pod evicted or preempted is not the download's fault: not counted.
-                {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
-            ]
-        },
+        "podFailurePolicy": {"rules": _failure_rules(spec)},
         "template": {
             "metadata": {"labels": cache_labels(owner.name, managed=False)},
             "spec": _pod_spec(owner, spec),
