@@ -20,7 +20,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from nim_operator.models import Condition, ModelStatus, NIMServiceSpec, NIMServiceStatus
+from nim_operator.models import (
+    Condition,
+    DRAResourceStatus,
+    ModelStatus,
+    NIMServiceSpec,
+    NIMServiceStatus,
+)
 from nim_operator.render import Owner, selector_labels, service_endpoint
 
 __all__ = [
@@ -52,6 +58,7 @@ OWNED_STATUS_FIELDS = (
     "model",
     "state",
     "conditions",
+    "draResourceStatuses",
 )
 MAX_MESSAGE = 1024
 AS_EXPECTED = "AsExpected"
@@ -97,6 +104,8 @@ class Observation:
     external_endpoint: str | None = None
     # Written after the four conditions above, e.g. the autoscaler's ScalingActive.
     extra_conditions: Sequence[ConditionReport] = ()
+    # status.draResourceStatuses (nim_operator.dra_status); None: the field is not reported.
+    dra_resource_statuses: Sequence[DRAResourceStatus] | None = None
 
 
 def label_selector(name: str) -> str:
@@ -460,5 +469,8 @@ def compute_status(
         model=model,
         state=state,
         conditions=conditions,
+        dra_resource_statuses=(
+            list(obs.dra_resource_statuses) if obs.dra_resource_statuses is not None else None
+        ),
     )
     return status.to_k8s()

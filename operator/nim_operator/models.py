@@ -1288,6 +1288,38 @@ class AutoscalingStatus(_Model):
     history: Annotated[list[ScaleRecord], Field(max_length=10)] | None = None
 
 
+class DRAResourceClaimStatusInfo(_Model):
+    """One ResourceClaim of a draResources entry (status.draResourceStatuses)."""
+
+    name: str
+    # Comma-separated, as NVIDIA's: deleted, pending, allocated, reserved; or missing (ours) when
+    # a resourceClaimName does not exist.
+    state: str
+
+
+class DRAResourceClaimTemplateStatusInfo(_Model):
+    """The template a draResources entry's claims are made from, and those claims."""
+
+    name: str
+    resource_claim_statuses: list[DRAResourceClaimStatusInfo] | None = None
+
+
+class DRAResourceStatus(_Model):
+    """A draResources entry by its pod claim name: its claim, or its template's claims."""
+
+    name: str
+    resource_claim_status: DRAResourceClaimStatusInfo | None = None
+    resource_claim_template_status: DRAResourceClaimTemplateStatusInfo | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> DRAResourceStatus:
+        if (self.resource_claim_status is None) == (self.resource_claim_template_status is None):
+            raise ValueError(
+                "exactly one of resourceClaimStatus and resourceClaimTemplateStatus must be set"
+            )
+        return self
+
+
 class NIMServiceStatus(_Model):
     """Observed state of a NIMService, as written by the operator."""
 
@@ -1301,3 +1333,5 @@ class NIMServiceStatus(_Model):
     state: Literal["Pending", "NotReady", "Ready", "Failed"] | None = None
     conditions: list[Condition] | None = None
     autoscaling: AutoscalingStatus | None = None
+    # Written only while spec.draResources is set (nim_operator.dra_status).
+    dra_resource_statuses: list[DRAResourceStatus] | None = None

@@ -55,6 +55,7 @@ from nim_operator.dra import (
     dra_served,
     dra_unavailable,
 )
+from nim_operator.dra_status import observe_dra_statuses
 from nim_operator.gateway_status import GatewayDirectory, routed_condition
 from nim_operator.heap import HeapTrimmer, libc_malloc_trim
 from nim_operator.kube import ApiError, CapabilityCache, KubeClient, ResourceKind, TransientApiError
@@ -702,6 +703,14 @@ async def _reconcile_held(
     deployment, pods = await _observe(
         runtime, owner, applied, periodic=periodic, multi_node=multi_node
     )
+    dra_statuses = await observe_dra_statuses(
+        runtime.kube,
+        owner,
+        spec,
+        pods,
+        dra_served=dra_api,
+        previous=runtime.slot(owner.uid).last_status or body.get("status") or {},
+    )
     obs = Observation(
         owner=owner,
         generation=int(meta.get("generation") or 0),
@@ -716,6 +725,7 @@ async def _reconcile_held(
             *exposed,
             *await routed_condition(runtime.gateways, owner, spec, deployment),
         ),
+        dra_resource_statuses=dra_statuses,
     )
     status = await _write_status(runtime, body, owner, obs, logger=logger, periodic=periodic)
     return Outcome(status=status, failure=problem, permanent=spec is None or rejected)

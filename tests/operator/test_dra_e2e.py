@@ -22,9 +22,13 @@ from nim_operator.kube import KubeClient, ResourceKind
 from tests.operator.test_operator_e2e import DEPLOYMENTS, E2E, condition
 from tests.support.dra_api import serve_dra, stop_serving_dra
 from tests.support.kmock_cluster import EmulatedCluster
-from tests.support.kmock_harness import ClusterDriver, OperatorProcess
+from tests.support.kmock_harness import ClusterDriver, OperatorProcess, PodState
 
 TEMPLATES = ResourceKind("resource.k8s.io/v1", "resourceclaimtemplates")
+CLAIMS = ResourceKind("resource.k8s.io/v1", "resourceclaims")
+PODS = ResourceKind("v1", "pods")
+# What Kubernetes' resourceclaim controller writes on a claim it makes from a pod's template.
+POD_CLAIM_ANNOTATION = "resource.kubernetes.io/pod-claim-name"
 
 # config/samples/nim/serving/advanced/dra of NVIDIA's operator, combined: a template the
 # operator creates from selectors, and one made beforehand of which the server takes one request.
@@ -191,7 +195,7 @@ async def test_an_nvidia_shaped_nimservice_with_dra_resources(
     async def pods_use_it() -> bool:
         live = await e2e.get(DEPLOYMENTS, "llama-dra")
         claims = (pod_of(live).get("resourceClaims") if live else None) or [{}]
-        return claims[0].get("resourceClaimTemplateName") == new["metadata"]["name"]
+        return bool(claims[0].get("resourceClaimTemplateName") == new["metadata"]["name"])
 
     await e2e.until(pods_use_it, "the Deployment on the new template")
 
@@ -208,3 +212,139 @@ async def test_an_nvidia_shaped_nimservice_with_dra_resources(
         return live is not None and "resourceClaims" not in pod_of(live)
 
     await e2e.until(no_claims, "a pod spec without claims")
+
+
+def dra_statuses(nim: dict[str, Any]) -> list[dict[str, Any]] | None:
+    statuses: list[dict[str, Any]] | None = (nim.get("status") or {}).get("draResourceStatuses")
+    return statuses
+
+
+async def make_claim(
+    e2e: E2E,
+    name: str,
+    *,
+    pod: dict[str, Any] | None = None,
+    pod_claim: str = "",
+    labels: dict[str, str] | None = None,
+    reserved: bool = False,
+) -> None:
+    """A ResourceClaim; with `pod`, one the resourceclaim controller made for it (owned by the
+    pod, annotated with its pod claim), allocated by the scheduler unless it stays pending."""
+    meta: dict[str, Any] = {"name": name, "labels": labels or {}}
+    if pod is not None:
+        pod_meta = pod["metadata"]
+        meta["annotations"] = {POD_CLAIM_ANNOTATION: pod_claim}
+        meta["ownerReferences"] = [
+            {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "name": pod_meta["name"],
+                "uid": pod_meta["uid"],
+                "controller": True,
+                "blockOwnerDeletion": True,
+            }
+        ]
+    request = {"name": "gpu", "exactly": {"deviceClassName": "gpu.nvidia.com"}}
+    body = {"metadata": meta, "spec": {"devices": {"requests": [request]}}}
+    await e2e.api.create(CLAIMS, e2e.namespace, body)
+    if pod is None or reserved:
+        result = {"request": "gpu", "driver": "gpu.nvidia.com", "pool": "node-a", "device": name}
+        status: dict[str, Any] = {"allocation": {"devices": {"results": [result]}}}
+        if reserved and pod is not None:
+            user = {
+                "resource": "pods",
+                "name": pod["metadata"]["name"],
+                "uid": pod["metadata"]["uid"],
+            }
+            status["reservedFor"] = [user]
+        await e2e.api.merge_patch(
+            CLAIMS, e2e.namespace, name, {"status": status}, subresource="status"
+        )
+
+
+async def test_the_status_reports_the_claims_of_each_dra_resource(
+    e2e: E2E, emulated: EmulatedCluster | None, turn_dra_on: Callable[[], None]
+) -> None:
+    """status.draResourceStatuses follows the claims as Kubernetes makes and allocates them.
+
+    The test plays Kubernetes' resourceclaim controller and scheduler (a claim per pod and
+    template, then its allocation), so it needs the emulator: on a real cluster they would
+    need DRA devices to allocate.
+    """
+    if emulated is None:
+        pytest.skip("plays the resourceclaim controller and the scheduler (kmock only)")
+    turn_dra_on()
+    spec = yaml.safe_load(NVIDIA_DRA)["spec"]
+    spec["draResources"].append({"resourceClaimName": "shared-gpu"})
+    await e2e.create("llama-dra", spec)
+    (template,) = await e2e.until(lambda: templates_of(e2e, "llama-dra"), "a generated template")
+    generated = template["metadata"]["name"]
+
+    # Before any pod: the templates have made no claim, and the named claim does not exist.
+    before_pods = [
+        {"name": "dra-0", "resourceClaimTemplateStatus": {"name": generated}},
+        {"name": "dra-1", "resourceClaimTemplateStatus": {"name": "rdma-nics"}},
+        {"name": "dra-2", "resourceClaimStatus": {"name": "shared-gpu", "state": "missing"}},
+    ]
+    await e2e.status_where(
+        "llama-dra", lambda o: dra_statuses(o) == before_pods, "the entries, without claims"
+    )
+
+    await e2e.driver.pods_become(e2e.namespace, "llama-dra", PodState.READY)
+    selector = "app.kubernetes.io/instance=llama-dra,app.kubernetes.io/name=nim-service"
+    (pod,) = await e2e.api.list(PODS, e2e.namespace, label_selector=selector)
+    pod_name = pod["metadata"]["name"]
+    # A claim carries the labels of the template it was made from (ours: the instance labels).
+    made_labels = template["spec"]["metadata"]["labels"]
+    await make_claim(
+        e2e, f"{pod_name}-dra-0-x1", pod=pod, pod_claim="dra-0", labels=made_labels, reserved=True
+    )
+    await make_claim(e2e, f"{pod_name}-dra-1-x2", pod=pod, pod_claim="dra-1")
+    await make_claim(e2e, "shared-gpu")  # the user's, allocated before the pod uses it
+    expected = [
+        {
+            "name": "dra-0",
+            "resourceClaimTemplateStatus": {
+                "name": generated,
+                "resourceClaimStatuses": [
+                    {"name": f"{pod_name}-dra-0-x1", "state": "allocated,reserved"}
+                ],
+            },
+        },
+        {
+            "name": "dra-1",
+            "resourceClaimTemplateStatus": {
+                "name": "rdma-nics",
+                "resourceClaimStatuses": [{"name": f"{pod_name}-dra-1-x2", "state": "pending"}],
+            },
+        },
+        {"name": "dra-2", "resourceClaimStatus": {"name": "shared-gpu", "state": "allocated"}},
+    ]
+    # No event tells the operator about claims: its timer ticks read them.
+    await e2e.status_where(
+        "llama-dra", lambda o: dra_statuses(o) == expected, "the claims and their states"
+    )
+
+    # Nothing changes from here: timer ticks read the claims but write no status.
+    def status_writes() -> int:
+        return emulated.inspect(
+            lambda emulator: sum(
+                request.subresource == "status"
+                and request.name == "llama-dra"
+                and request.namespace == e2e.namespace
+                for request in emulator._requests
+            )
+        )
+
+    written = status_writes()
+
+    async def no_new_writes() -> bool:
+        return status_writes() == written
+
+    await e2e.stays(no_new_writes, "no status write while nothing changes", seconds=5)
+
+    # draResources removed: the field goes with them.
+    await e2e.patch_spec("llama-dra", {"draResources": None})
+    await e2e.status_where(
+        "llama-dra", lambda o: "draResourceStatuses" not in o["status"], "the field removed"
+    )
