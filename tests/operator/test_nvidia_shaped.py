@@ -6,7 +6,8 @@ Every object must pass our CRDs as the API server checks them (strict field vali
 field is pruned; defaults; CEL) and our pydantic models; then the real operator process
 reconciles each file on the API-server emulator and the test reads the children it rendered.
 (The proxy / initContainers / sidecarContainers / hf:// sample is test_operator_e2e's
-NVIDIA_SHAPED; multiNode and draResources have their own e2e modules.)
+NVIDIA_SHAPED; multiNode and draResources have their own e2e modules, which also cover what the
+multiNode.computeDomain sample here leaves out: an existing ComputeDomain, the kind missing.)
 """
 
 from __future__ import annotations
@@ -37,9 +38,11 @@ from tests.operator.test_operator_e2e import (
     SERVICES,
     condition,
 )
+from tests.support.compute_domain import COMPUTE_DOMAIN_CRD
 from tests.support.crd_validation import schema_errors
 from tests.support.gateway_api import GATEWAY_API_CRDS
 from tests.support.kmock_harness import ClusterDriver, OperatorProcess, install_crds
+from tests.support.leaderworkerset import LEADER_WORKER_SET_CRD
 
 REPO = Path(__file__).parents[2]
 SAMPLES = Path(__file__).with_name("nvidia_shaped")
@@ -47,6 +50,8 @@ OURS = "nimstack.dev/v1alpha1"
 INGRESSES = ResourceKind("networking.k8s.io/v1", "ingresses")
 HTTP_ROUTES = ResourceKind("gateway.networking.k8s.io/v1", "httproutes")
 GRPC_ROUTES = ResourceKind("gateway.networking.k8s.io/v1", "grpcroutes")
+LEADER_WORKER_SETS = ResourceKind("leaderworkerset.x-k8s.io/v1", "leaderworkersets")
+COMPUTE_DOMAINS = ResourceKind("resource.nvidia.com/v1beta1", "computedomains")
 KINDS = {"NIMService": NIMSERVICES, "NIMCache": NIMCACHES}
 
 
@@ -206,6 +211,82 @@ async def nimcache(e2e: E2E) -> None:
     assert model.endswith("models/HuggingFaceTB--SmolLM2-135M-Instruct")
 
 
+async def nimcache_ngc(e2e: E2E) -> None:
+    """NGC and NIM images cannot be reached here: the download is played (exit 0), the Job and
+    the Deployment are read, never run."""
+    await apply(e2e, "llm-nimcache-ngc.yaml")
+    name = "meta-llama3-8b-instruct"
+    profile = "8835c31752fbc67ef658b20a9f78e056914fdef0660206d82f252d62fd96064d"
+    job = await e2e.child(JOBS, f"{name}-download")
+    pod = job["spec"]["template"]["spec"]
+    (download,) = pod["containers"]
+    assert download["image"] == "nvcr.io/nim/meta/llama-3.1-8b-instruct:1.3.3"
+    assert (download["command"], download["args"]) == (
+        ["download-to-cache"],
+        ["--profiles", profile],
+    )
+    job_env = {e["name"]: e for e in download["env"]}
+    assert job_env["NGC_API_KEY"]["valueFrom"]["secretKeyRef"] == {
+        "name": "ngc-api-secret",
+        "key": "NGC_API_KEY",
+    }
+    assert job_env["NIM_CACHE_PATH"]["value"] == "/model-store"
+    assert job_env["HTTPS_PROXY"]["value"] == "http://proxy.corp.example:3128"
+    assert job_env["SSL_CERT_FILE"]["value"] == "/etc/nim/proxy-ca/ca-bundle.crt"
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["proxy-ca"]["configMap"]["name"] == "corp-ca"
+    assert pod["imagePullSecrets"] == [{"name": "ngc-secret"}]
+    await download_ends(e2e.api, e2e.namespace, f"{name}-download", exit_code=0, message="")
+    deployment = await e2e.child(DEPLOYMENTS, name)
+    env = env_of(deployment)
+    assert env["NIM_MODEL_PROFILE"]["value"] == profile
+    assert env["NIM_CACHE_PATH"]["value"] == "/model-store"
+    claim = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
+    assert claim["model-store"]["persistentVolumeClaim"]["claimName"] == f"{name}-pvc"
+    cache = await e2e.get(NIMCACHES, name)
+    assert cache is not None
+    assert cache["status"]["profiles"] == [{"name": profile}]
+
+
+async def nimcache_datastore(e2e: E2E) -> None:
+    await secret(e2e, "hf-auth", HF_TOKEN="ds-token")
+    await apply(e2e, "llm-nimcache-datastore.yaml")
+    name = "llama-3-1b-ds"
+    job = await e2e.child(JOBS, f"{name}-download")
+    pod = job["spec"]["template"]["spec"]
+    (download,) = pod["containers"]
+    assert download["args"] == [
+        *("download", "--cache-path", "/model-store"),
+        *("--model", "default/llama-3.2-1b-instruct"),
+    ]
+    job_env = {e["name"]: e for e in download["env"]}
+    assert job_env["HF_ENDPOINT"]["value"] == (
+        "http://nemo-data-store.nemo.svc.cluster.local:3000/v1/hf"
+    )
+    assert job_env["HF_TOKEN"]["valueFrom"]["secretKeyRef"] == {
+        "name": "hf-auth",
+        "key": "HF_TOKEN",
+    }
+    assert job_env["REQUESTS_CA_BUNDLE"]["value"] == "/etc/ssl/datastore/ca-bundle.crt"
+    mounts = {m["name"]: m for m in download["volumeMounts"]}
+    assert mounts["proxy-ca"]["mountPath"] == "/etc/ssl/datastore"
+    assert {v["name"]: v for v in pod["volumes"]}["proxy-ca"]["configMap"]["name"] == (
+        "datastore-ca"
+    )
+    message = {
+        "model": "default/llama-3.2-1b-instruct",
+        "servedName": "default/llama-3.2-1b-instruct",
+        "path": "models/default--llama-3.2-1b-instruct",
+        "sizeBytes": 2471645608,
+    }
+    await download_ends(
+        e2e.api, e2e.namespace, f"{name}-download", exit_code=0, message=json.dumps(message)
+    )
+    deployment = await e2e.child(DEPLOYMENTS, name)
+    model = env_of(deployment)["NIM_MODEL_NAME"]["value"]
+    assert model == "/model-store/models/default--llama-3.2-1b-instruct"
+
+
 async def ingress(e2e: E2E) -> None:
     await apply(e2e, "llm-ingress.yaml")
     created = await e2e.child(INGRESSES, "llama-ingress")
@@ -306,13 +387,48 @@ async def pod_settings(e2e: E2E) -> None:
         )
 
 
+async def multinode_compute_domain(e2e: E2E) -> None:
+    # The emulator serves neither kind until their CRDs are installed (the NVIDIA DRA driver's
+    # and the LeaderWorkerSet controller's, here with no controller behind them).
+    for crd, kind in (
+        (LEADER_WORKER_SET_CRD, LEADER_WORKER_SETS),
+        (COMPUTE_DOMAIN_CRD, COMPUTE_DOMAINS),
+    ):
+        if not await e2e.api.has_resource(kind.api_version, kind.plural):
+            await install_crds(e2e.api, [crd], field_manager="nimstack-e2e")
+    await apply(e2e, "llm-multinode-computedomain.yaml")
+    name = "deepseek-r1"
+    domain = await e2e.child(COMPUTE_DOMAINS, name)
+    template = domain["spec"]["channel"]["resourceClaimTemplate"]["name"]
+    assert domain["spec"]["channel"]["allocationMode"] == "Single"
+    lws = await e2e.child(LEADER_WORKER_SETS, name)
+    group = lws["spec"]["leaderWorkerTemplate"]
+    assert group["size"] == 2
+    for role in ("leaderTemplate", "workerTemplate"):
+        pod = group[role]["spec"]
+        (claim,) = pod["resourceClaims"]
+        assert claim["resourceClaimTemplateName"] == template
+        container = pod["containers"][0]
+        assert container["image"] == "nvcr.io/nim/deepseek-ai/deepseek-r1:1.7.3"
+        assert container["resources"]["limits"]["nvidia.com/gpu"] in (4, "4")
+        assert container["resources"]["claims"] == [{"name": claim["name"]}]
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        assert volumes["model-store"]["persistentVolumeClaim"]["claimName"] == f"{name}-pvc"
+    claim = await e2e.child(PVCS, f"{name}-pvc")
+    assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
+    assert await e2e.get(DEPLOYMENTS, name) is None
+
+
 SCENARIOS: dict[str, Callable[[E2E], Coroutine[Any, Any, None]]] = {
     "llm-ngc-pvc.yaml": ngc_pvc,
     "llm-nimcache.yaml": nimcache,
+    "llm-nimcache-ngc.yaml": nimcache_ngc,
+    "llm-nimcache-datastore.yaml": nimcache_datastore,
     "llm-ingress.yaml": ingress,
     "llm-router.yaml": router,
     "llm-hpa.yaml": hpa,
     "llm-pod-settings.yaml": pod_settings,
+    "llm-multinode-computedomain.yaml": multinode_compute_domain,
 }
 
 
