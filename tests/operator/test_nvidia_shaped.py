@@ -287,82 +287,6 @@ async def nimcache_datastore(e2e: E2E) -> None:
     assert model == "/model-store/models/default--llama-3.2-1b-instruct"
 
 
-async def nimcache_ngc(e2e: E2E) -> None:
-    """NGC and NIM images cannot be reached here: the download is played (exit 0), the Job and
-    the Deployment are read, never run."""
-    await apply(e2e, "llm-nimcache-ngc.yaml")
-    name = "meta-llama3-8b-instruct"
-    profile = "8835c31752fbc67ef658b20a9f78e056914fdef0660206d82f252d62fd96064d"
-    job = await e2e.child(JOBS, f"{name}-download")
-    pod = job["spec"]["template"]["spec"]
-    (download,) = pod["containers"]
-    assert download["image"] == "nvcr.io/nim/meta/llama-3.1-8b-instruct:1.3.3"
-    assert (download["command"], download["args"]) == (
-        ["download-to-cache"],
-        ["--profiles", profile],
-    )
-    job_env = {e["name"]: e for e in download["env"]}
-    assert job_env["NGC_API_KEY"]["valueFrom"]["secretKeyRef"] == {
-        "name": "ngc-api-secret",
-        "key": "NGC_API_KEY",
-    }
-    assert job_env["NIM_CACHE_PATH"]["value"] == "/model-store"
-    assert job_env["HTTPS_PROXY"]["value"] == "http://proxy.corp.example:3128"
-    assert job_env["SSL_CERT_FILE"]["value"] == "/etc/nim/proxy-ca/ca-bundle.crt"
-    volumes = {v["name"]: v for v in pod["volumes"]}
-    assert volumes["proxy-ca"]["configMap"]["name"] == "corp-ca"
-    assert pod["imagePullSecrets"] == [{"name": "ngc-secret"}]
-    await download_ends(e2e.api, e2e.namespace, f"{name}-download", exit_code=0, message="")
-    deployment = await e2e.child(DEPLOYMENTS, name)
-    env = env_of(deployment)
-    assert env["NIM_MODEL_PROFILE"]["value"] == profile
-    assert env["NIM_CACHE_PATH"]["value"] == "/model-store"
-    claim = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
-    assert claim["model-store"]["persistentVolumeClaim"]["claimName"] == f"{name}-pvc"
-    cache = await e2e.get(NIMCACHES, name)
-    assert cache is not None
-    assert cache["status"]["profiles"] == [{"name": profile}]
-
-
-async def nimcache_datastore(e2e: E2E) -> None:
-    await secret(e2e, "hf-auth", HF_TOKEN="ds-token")
-    await apply(e2e, "llm-nimcache-datastore.yaml")
-    name = "llama-3-1b-ds"
-    job = await e2e.child(JOBS, f"{name}-download")
-    pod = job["spec"]["template"]["spec"]
-    (download,) = pod["containers"]
-    assert download["args"] == [
-        *("download", "--cache-path", "/model-store"),
-        *("--model", "default/llama-3.2-1b-instruct"),
-    ]
-    job_env = {e["name"]: e for e in download["env"]}
-    assert job_env["HF_ENDPOINT"]["value"] == (
-        "http://nemo-data-store.nemo.svc.cluster.local:3000/v1/hf"
-    )
-    assert job_env["HF_TOKEN"]["valueFrom"]["secretKeyRef"] == {
-        "name": "hf-auth",
-        "key": "HF_TOKEN",
-    }
-    assert job_env["REQUESTS_CA_BUNDLE"]["value"] == "/etc/ssl/datastore/ca-bundle.crt"
-    mounts = {m["name"]: m for m in download["volumeMounts"]}
-    assert mounts["proxy-ca"]["mountPath"] == "/etc/ssl/datastore"
-    assert {v["name"]: v for v in pod["volumes"]}["proxy-ca"]["configMap"]["name"] == (
-        "datastore-ca"
-    )
-    message = {
-        "model": "default/llama-3.2-1b-instruct",
-        "servedName": "default/llama-3.2-1b-instruct",
-        "path": "models/default--llama-3.2-1b-instruct",
-        "sizeBytes": 2471645608,
-    }
-    await download_ends(
-        e2e.api, e2e.namespace, f"{name}-download", exit_code=0, message=json.dumps(message)
-    )
-    deployment = await e2e.child(DEPLOYMENTS, name)
-    model = env_of(deployment)["NIM_MODEL_NAME"]["value"]
-    assert model == "/model-store/models/default--llama-3.2-1b-instruct"
-
-
 async def ingress(e2e: E2E) -> None:
     await apply(e2e, "llm-ingress.yaml")
     created = await e2e.child(INGRESSES, "llama-ingress")
@@ -498,8 +422,6 @@ async def multinode_compute_domain(e2e: E2E) -> None:
 SCENARIOS: dict[str, Callable[[E2E], Coroutine[Any, Any, None]]] = {
     "llm-ngc-pvc.yaml": ngc_pvc,
     "llm-nimcache.yaml": nimcache,
-    "llm-nimcache-ngc.yaml": nimcache_ngc,
-    "llm-nimcache-datastore.yaml": nimcache_datastore,
     "llm-nimcache-ngc.yaml": nimcache_ngc,
     "llm-nimcache-datastore.yaml": nimcache_datastore,
     "llm-ingress.yaml": ingress,
