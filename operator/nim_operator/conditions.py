@@ -305,6 +305,14 @@ def _waiting_reason(pods: Sequence[Mapping[str, Any]], counts: _Counts) -> Probl
     return Problem("WaitingForPods", f"0/{counts.desired} replicas exist yet")
 
 
+def _workload_missing(spec: NIMServiceSpec | None) -> Problem:
+    """Why there is nothing to count replicas of: the workload the spec asks for is not there."""
+    if spec is not None and spec.multi_node is not None:
+        # Not LeaderWorkerSetMissing: that one says the cluster does not serve the kind.
+        return Problem("LeaderWorkerSetNotCreated", "the LeaderWorkerSet does not exist yet")
+    return Problem("DeploymentMissing", "the Deployment does not exist yet")
+
+
 def _conditions(obs: Observation) -> tuple[dict[str, _State], ServiceState]:
     """The four conditions and the summary state."""
     config = obs.config_problem
@@ -343,7 +351,7 @@ def _conditions(obs: Observation) -> tuple[dict[str, _State], ServiceState]:
     )
 
     if deployment is None:
-        why = config or waiting or Problem("DeploymentMissing", "the Deployment does not exist yet")
+        why = config or waiting or _workload_missing(obs.spec)
         ready = _State("False", why.reason, why.message)
         progressing = _State("False", why.reason, why.message)
         return _summarised(ready, progressing, degraded, failed, desired=None)

@@ -22,6 +22,7 @@ _WAITING_REASONS = {
     "RolloutPending",
     "WaitingForPods",
     "DeploymentMissing",
+    "LeaderWorkerSetNotCreated",
     "ScaledToZero",
 }
 

@@ -22,7 +22,7 @@ from nim_operator.conditions import (
     label_selector,
     rollout_problem,
 )
-from nim_operator.models import NIMServiceSpec, NIMServiceStatus
+from nim_operator.models import MultiNodeSpec, NIMServiceSpec, NIMServiceStatus
 from nim_operator.render import Owner
 
 OWNER = Owner(name="llama", namespace="models", uid="0b7c5a4e-8e47-4bb4-9a43-2f2f4f1d2c11")
@@ -349,6 +349,18 @@ class TestComputeStatus:
             "clusterEndpoint": "http://llama.models.svc.cluster.local:8000",
         }
         assert conditions_of(status)["Ready"]["message"] == "1/1 replicas ready"
+
+    def test_before_the_workload_exists_the_reason_names_it(self) -> None:
+        single = compute_status(observe(deployment=None, pods=[]), None, now=NOW)
+        assert brief(single)["Ready"] == ("False", "DeploymentMissing")
+        multi_node = SPEC.model_copy(
+            update={"multi_node": MultiNodeSpec.model_validate({"parallelism": {"pipeline": 2}})}
+        )
+        multi = compute_status(observe(spec=multi_node, deployment=None, pods=[]), None, now=NOW)
+        assert brief(multi)["Ready"] == ("False", "LeaderWorkerSetNotCreated")
+        assert conditions_of(multi)["Ready"]["message"] == "the LeaderWorkerSet does not exist yet"
+        assert brief(multi)["Failed"] == ("False", "AsExpected")
+        assert multi["state"] == "Pending"
 
     def test_waiting_for_gpus_is_pending_and_degraded(self) -> None:
         status = compute_status(observe(deployment=deployment(), pods=[GPU_PENDING]), None, now=NOW)
