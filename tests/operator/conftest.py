@@ -26,6 +26,7 @@ import pytest
 import pytest_asyncio
 
 from nim_operator.kube import KubeClient, ResourceKind
+from tests.support.fake_nim_pods import FakeReplicaSet
 from tests.support.kmock_cluster import EmulatedCluster, project_crds, sent_invalid_on_purpose
 from tests.support.kmock_harness import (
     ClusterDriver,
@@ -36,6 +37,7 @@ from tests.support.kmock_harness import (
     delete_namespace,
     install_crds,
 )
+from tests.support.nimservice_e2e import E2E
 
 NAMESPACE_PREFIX = "nimtest-"
 # The operator's timer, shortened from 60 s so "restored within the interval" is quick to see.
@@ -130,6 +132,22 @@ async def namespace(
     await delete_namespace(api, name)
     if emulated is not None:
         emulated.assert_no_unexpected_rejections(since=refused_before)
+
+
+@pytest.fixture
+def e2e(
+    api: KubeClient, namespace: str, driver: ClusterDriver, operator_process: OperatorProcess
+) -> E2E:
+    return E2E(api, namespace, driver, operator_process)
+
+
+@pytest.fixture
+async def pods(e2e: E2E) -> AsyncIterator[FakeReplicaSet]:
+    """The pods of Deployment `llm`, with metrics endpoints; kmock only."""
+    if not e2e.driver.emulated:
+        pytest.skip("needs pods whose metrics endpoints the test serves (kmock)")
+    async with FakeReplicaSet(e2e.api, e2e.namespace, "llm") as replica_set:
+        yield replica_set
 
 
 @pytest.fixture

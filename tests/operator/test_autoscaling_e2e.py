@@ -18,12 +18,11 @@ Short windows and a 1 s interval keep each scenario to seconds.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
-from nim_operator.kube import ApiError, KubeClient
+from nim_operator.kube import ApiError
 from tests.operator.test_operator_e2e import (
     DEPLOYMENTS,
     E2E,
@@ -33,7 +32,7 @@ from tests.operator.test_operator_e2e import (
     cpu_spec,
 )
 from tests.support.fake_nim_pods import FakeReplicaSet, free_port
-from tests.support.kmock_harness import ClusterDriver, OperatorProcess, PodState
+from tests.support.kmock_harness import PodState
 
 DOWN_WINDOW = 5
 # The fake pods serve their metrics on the pod's `api` port, set as a user would (see
@@ -56,22 +55,6 @@ def autoscaling(**overrides: Any) -> dict[str, Any]:
     }
     spec.update(overrides)
     return spec
-
-
-@pytest.fixture
-def e2e(
-    api: KubeClient, namespace: str, driver: ClusterDriver, operator_process: OperatorProcess
-) -> E2E:
-    return E2E(api, namespace, driver, operator_process)
-
-
-@pytest.fixture
-async def pods(e2e: E2E) -> AsyncIterator[FakeReplicaSet]:
-    """The pods of Deployment `llm`, with metrics endpoints; kmock only."""
-    if not e2e.driver.emulated:
-        pytest.skip("needs pods whose metrics endpoints the test serves (kmock)")
-    async with FakeReplicaSet(e2e.api, e2e.namespace, "llm") as replica_set:
-        yield replica_set
 
 
 async def replicas(e2e: E2E, name: str = "llm") -> int | None:

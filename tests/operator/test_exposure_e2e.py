@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from nim_operator.kube import KubeClient, ResourceKind
+from nim_operator.kube import ResourceKind
 from tests.operator.test_operator_e2e import (
     DEPLOYMENTS,
     E2E,
@@ -24,18 +24,11 @@ from tests.operator.test_operator_e2e import (
 )
 from tests.support.gateway_api import GATEWAY_API_CRDS
 from tests.support.kmock_cluster import EmulatedCluster
-from tests.support.kmock_harness import ClusterDriver, OperatorProcess, install_crds
+from tests.support.kmock_harness import install_crds
 
 INGRESSES = ResourceKind("networking.k8s.io/v1", "ingresses")
 HTTP_ROUTES = ResourceKind("gateway.networking.k8s.io/v1", "httproutes")
 GRPC_ROUTES = ResourceKind("gateway.networking.k8s.io/v1", "grpcroutes")
-
-
-@pytest.fixture
-def e2e(
-    api: KubeClient, namespace: str, driver: ClusterDriver, operator_process: OperatorProcess
-) -> E2E:
-    return E2E(api, namespace, driver, operator_process)
 
 
 def ingress(host: str, **extra: Any) -> dict[str, Any]:

@@ -10,23 +10,22 @@ runs, busybox exiting non-zero for a crash loop, `gpu.count: 1` for Insufficient
 
 from __future__ import annotations
 
-import asyncio
 import copy
 import secrets
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from typing import Any, TypeVar
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 import yaml
 
-from nim_operator.kube import ApiError, KubeClient, ResourceKind
+from nim_operator.kube import ApiError, ResourceKind
 from tests.operator.conftest import NAMESPACE_PREFIX, NAMESPACES, RECONCILE_INTERVAL
-from tests.support.kmock_harness import ClusterDriver, OperatorProcess, PodState, eventually
+from tests.support.kmock_harness import PodState
 
-T = TypeVar("T")
+# Re-exported: the e2e modules import the handle and its kind from here, with the specs.
+from tests.support.nimservice_e2e import E2E as E2E
+from tests.support.nimservice_e2e import NIMSERVICES as NIMSERVICES
 
-NIMSERVICES = ResourceKind("nimstack.dev/v1alpha1", "nimservices")
 DEPLOYMENTS = ResourceKind("apps/v1", "deployments")
 SERVICES = ResourceKind("v1", "services")
 SERVICE_ACCOUNTS = ResourceKind("v1", "serviceaccounts")
@@ -34,7 +33,6 @@ HPAS = ResourceKind("autoscaling/v2", "horizontalpodautoscalers")
 PDBS = ResourceKind("policy/v1", "poddisruptionbudgets")
 PVCS = ResourceKind("v1", "persistentvolumeclaims")
 SECRETS = ResourceKind("v1", "secrets")
-EVENTS = ResourceKind("v1", "events")
 
 # Runs as any non-root user and does nothing: "Running" without a model server.
 PAUSE = {"repository": "registry.k8s.io/pause", "tag": "3.10"}
@@ -68,82 +66,6 @@ def condition(obj: dict[str, Any] | None, kind: str) -> dict[str, Any]:
         if item["type"] == kind:
             return dict(item)
     return {}
-
-
-@dataclass
-class E2E:
-    api: KubeClient
-    namespace: str
-    driver: ClusterDriver
-    operator: OperatorProcess
-
-    async def create(self, name: str, spec: dict[str, Any]) -> dict[str, Any]:
-        return await self.api.create(
-            NIMSERVICES,
-            self.namespace,
-            {
-                "apiVersion": "nimstack.dev/v1alpha1",
-                "kind": "NIMService",
-                "metadata": {"name": name},
-                "spec": spec,
-            },
-        )
-
-    async def get(self, kind: ResourceKind, name: str) -> dict[str, Any] | None:
-        return await self.api.get(kind, self.namespace, name)
-
-    async def patch_spec(self, name: str, spec: dict[str, Any]) -> None:
-        await self.api.merge_patch(NIMSERVICES, self.namespace, name, {"spec": spec})
-
-    async def until(
-        self, probe: Callable[[], Awaitable[T | None]], what: str, *, within: float | None = None
-    ) -> T:
-        return await eventually(
-            probe,
-            within=within or self.driver.timeout,
-            what=what,
-            context=self.operator.log_tail,
-        )
-
-    async def child(self, kind: ResourceKind, name: str) -> dict[str, Any]:
-        async def exists() -> dict[str, Any] | None:
-            return await self.get(kind, name)
-
-        return await self.until(exists, f"{kind.plural}/{name}")
-
-    async def status_where(
-        self, name: str, test: Callable[[dict[str, Any]], bool], what: str
-    ) -> dict[str, Any]:
-        async def matching() -> dict[str, Any] | None:
-            obj = await self.get(NIMSERVICES, name)
-            return obj if obj is not None and test(obj) else None
-
-        return await self.until(matching, f"{name}: {what}")
-
-    async def events_for(self, name: str) -> list[dict[str, Any]]:
-        return [
-            event
-            for event in await self.api.list(EVENTS, self.namespace)
-            if event.get("involvedObject", {}).get("name") == name
-            and event.get("involvedObject", {}).get("kind") == "NIMService"
-        ]
-
-    async def stays(
-        self, probe: Callable[[], Awaitable[bool]], what: str, *, seconds: float
-    ) -> None:
-        """Assert `probe` holds on every check for `seconds` (e.g. across timer ticks)."""
-        loop_time = asyncio.get_running_loop().time
-        deadline = loop_time() + seconds
-        while loop_time() < deadline:
-            assert await probe(), f"{what} stopped holding\n{self.operator.log_tail()}"
-            await asyncio.sleep(0.2)
-
-
-@pytest.fixture
-def e2e(
-    api: KubeClient, namespace: str, driver: ClusterDriver, operator_process: OperatorProcess
-) -> E2E:
-    return E2E(api, namespace, driver, operator_process)
 
 
 def _owner_refs(obj: dict[str, Any]) -> list[dict[str, Any]]:

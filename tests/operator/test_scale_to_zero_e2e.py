@@ -14,15 +14,13 @@ import datetime
 import os
 import subprocess
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 
 from nim_operator.autoscaling.idle import DEMAND_ANNOTATION
-from nim_operator.kube import KubeClient, ResourceKind
+from nim_operator.kube import ResourceKind
 from tests.operator.test_autoscaling_e2e import (
     PORT_ENV,
     autoscaling,
@@ -33,25 +31,8 @@ from tests.operator.test_autoscaling_e2e import (
 )
 from tests.operator.test_operator_e2e import DEPLOYMENTS, E2E, NIMSERVICES, condition, cpu_spec
 from tests.support.fake_nim_pods import FakeReplicaSet, free_port
-from tests.support.kmock_harness import ClusterDriver, OperatorProcess
 
 IDLE = 3  # scaleToZeroAfter, seconds
-
-
-@pytest.fixture
-def e2e(
-    api: KubeClient, namespace: str, driver: ClusterDriver, operator_process: OperatorProcess
-) -> E2E:
-    return E2E(api, namespace, driver, operator_process)
-
-
-@pytest.fixture
-async def pods(e2e: E2E) -> AsyncIterator[FakeReplicaSet]:
-    """The pods of Deployment `llm`, with metrics endpoints; kmock only."""
-    if not e2e.driver.emulated:
-        pytest.skip("needs pods whose metrics endpoints the test serves (kmock)")
-    async with FakeReplicaSet(e2e.api, e2e.namespace, "llm") as replica_set:
-        yield replica_set
 
 
 async def to_zero_events(e2e: E2E) -> list[dict[str, Any]]:

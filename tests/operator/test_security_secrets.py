@@ -16,13 +16,9 @@ import secrets
 from collections.abc import Callable
 from typing import Any
 
-import pytest
-
-from nim_operator.kube import KubeClient
 from tests.operator.test_operator_e2e import (
     DEPLOYMENTS,
     E2E,
-    EVENTS,
     NIMSERVICES,
     PDBS,
     SECRETS,
@@ -31,16 +27,10 @@ from tests.operator.test_operator_e2e import (
     condition,
     cpu_spec,
 )
-from tests.support.kmock_harness import ClusterDriver, OperatorProcess, PodState
+from tests.support.kmock_harness import PodState
+from tests.support.nimservice_e2e import EVENTS
 
 CREDENTIAL_ENV = ("NGC_API_KEY", "HF_TOKEN", "NIM_API_KEY")
-
-
-@pytest.fixture
-def e2e(
-    api: KubeClient, namespace: str, driver: ClusterDriver, operator_process: OperatorProcess
-) -> E2E:
-    return E2E(api, namespace, driver, operator_process)
 
 
 def _canaries() -> dict[str, str]:
