@@ -39,8 +39,9 @@ def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
 def test_help_lists_the_options_and_exit_codes() -> None:
     done = run_cli("--help")
     assert done.returncode == 0, done.stderr
-    for word in ("--model", "--revision", "--cache-path", "--termination-log", "11 model not"):
+    for word in ("--model", "--dataset", "--revision", "--cache-path", "--termination-log"):
         assert word in done.stdout, word
+    assert "11 model not" in done.stdout
 
 
 def test_the_embedded_model_is_converted_into_the_cache(tmp_path: Path) -> None:
@@ -166,3 +167,58 @@ def test_hub_failures_exit_with_their_cause(
     exit_code, result = _run_hub(tmp_path)
     assert (exit_code, result["reason"]) == (code, reason)
     assert result["message"]
+
+
+# --- datasets (a NIMCache's datasetName) --------------------------------------------------------
+
+
+def test_a_hub_dataset_lands_under_datasets(tmp_path: Path, fake_hub: dict[str, Any]) -> None:
+    message = tmp_path / "termination-log"
+    cache = tmp_path / "cache"
+    code = download.main(
+        [
+            *("--dataset", "rajpurkar/squad", "--revision", "v2"),
+            *("--cache-path", str(cache), "--termination-log", str(message)),
+        ]
+    )
+    assert code == download.EXIT_OK
+    result = json.loads(message.read_text())
+    assert result == {
+        "dataset": "rajpurkar/squad",
+        "path": "datasets/rajpurkar--squad",
+        "sizeBytes": 4096 + len('{"model_type": "llama"}'),
+    }
+    ((repo_id, kwargs),) = fake_hub["calls"]
+    assert (repo_id, kwargs["repo_type"], kwargs["revision"]) == (
+        "rajpurkar/squad",
+        "dataset",
+        "v2",
+    )
+    assert json.loads((cache / download.MANIFEST).read_text()) == result
+
+
+def test_a_missing_dataset_is_not_found(tmp_path: Path, fake_hub: dict[str, Any]) -> None:
+    fake_hub["raise"] = RepositoryNotFoundError("nope", response=_hub_response(404))
+    message = tmp_path / "termination-log"
+    code = download.main(
+        ["--dataset", "org/none", "--cache-path", str(tmp_path), "--termination-log", str(message)]
+    )
+    result = json.loads(message.read_text())
+    assert (code, result["reason"]) == (download.EXIT_NOT_FOUND, "ModelNotFound")
+    assert result["message"].startswith("dataset org/none not found")
+
+
+def test_a_dataset_is_never_a_local_path(tmp_path: Path, fake_hub: dict[str, Any]) -> None:
+    message = tmp_path / "termination-log"
+    code = download.main(
+        ["--dataset", "/etc", "--cache-path", str(tmp_path), "--termination-log", str(message)]
+    )
+    assert code == download.EXIT_NOT_FOUND
+    assert "not a hub dataset id" in json.loads(message.read_text())["message"]
+    assert fake_hub["calls"] == []
+
+
+def test_hub_models_are_fetched_as_models(tmp_path: Path, fake_hub: dict[str, Any]) -> None:
+    _run_hub(tmp_path)
+    ((_, kwargs),) = fake_hub["calls"]
+    assert kwargs["repo_type"] == "model"

@@ -253,3 +253,22 @@ def test_the_engine_workers_run_where_the_parallelism_says(
     assert executor_backend(settings) == backend
     assert settings.pipeline_parallel_size == int(env.get("NIM_PIPELINE_PARALLEL_SIZE", "1"))
     assert settings.multi_node is ("NIM_MULTI_NODE" in env)
+
+
+def test_a_nim_model_profile_is_accepted_and_said_to_be_ignored(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """An operator sets NIM_MODEL_PROFILE for storage.nimCache.profile (NVIDIA's NIM images
+    pick that engine build); nim-serve has none, so it starts and says it ignores it."""
+    monkeypatch.setenv("NIM_MODEL_PROFILE", "vllm-bf16-tp1")
+    model = tmp_path / "org--m"
+    model.mkdir()
+    monkeypatch.setenv("NIM_MODEL_NAME", str(model))
+    settings = load_settings([])
+    assert settings.model_profile == "vllm-bf16-tp1"
+    notice = settings.ignored_profile_notice()
+    assert notice is not None
+    assert "NIM_MODEL_PROFILE=vllm-bf16-tp1 ignored" in notice
+    assert str(model) in notice
+    monkeypatch.delenv("NIM_MODEL_PROFILE")
+    assert load_settings([]).ignored_profile_notice() is None
