@@ -3,6 +3,8 @@
 Backends are either real `nim-serve` processes (test_gateway_e2e) or `StubReplica`s: small
 aiohttp servers in the test's event loop that answer like nim-serve where the gateway looks
 (/v1/models, /metrics, the three POST routes) and can be told to be slow, busy or failing.
+A gateway that finds its backends in Kubernetes watches the API-server emulator
+(tests/support/kmock_cluster), one per module: `cluster`, `kubeconfig`, `kube`.
 """
 
 from __future__ import annotations
@@ -14,25 +16,48 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+import pytest_asyncio
 import yaml
 from aiohttp import web
 
 # The tiny model the server tests build, shared by the end-to-end tests here.
 from tests.server.conftest import tiny_model_dir
+from tests.support.kmock_cluster import EmulatedCluster, project_crds
 from tests.support.server_process import free_port, stop_session
+
+# The emulator's admin token: the test code's own requests and the gateway's kubeconfig.
+TOKEN = "kmock-test-token"
 
 
 def pytest_configure(config: pytest.Config) -> None:
     # kmock 0.8 (the API-server emulator of test_discovery_kubernetes) loads its bundled
     # resource list with a deprecated importlib call.
     config.addinivalue_line("filterwarnings", "ignore::DeprecationWarning:kmock.*")
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[EmulatedCluster]:
+    with EmulatedCluster(project_crds()) as emulated:
+        yield emulated
+
+
+@pytest.fixture(scope="module")
+def kubeconfig(cluster: EmulatedCluster, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return cluster.write_kubeconfig(tmp_path_factory.mktemp("kube") / "kubeconfig", token=TOKEN)
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def kube(cluster: EmulatedCluster) -> AsyncIterator[httpx.AsyncClient]:
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    async with httpx.AsyncClient(base_url=cluster.url, headers=headers) as client:
+        yield client
 
 
 def gateway_command() -> list[str]:
@@ -140,7 +165,7 @@ async def running_gateway(
         await asyncio.to_thread(stop_session, process, 15)
 
 
-__all__ = ["GatewayProcess", "StubReplica", "running_gateway", "tiny_model_dir"]
+__all__ = ["TOKEN", "GatewayProcess", "StubReplica", "running_gateway", "tiny_model_dir"]
 
 
 @dataclass

@@ -10,41 +10,19 @@ from __future__ import annotations
 import asyncio
 import base64
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
-import pytest_asyncio
 
 from nim_gateway.backends import BackendTable
 from nim_gateway.discovery import KubernetesDiscovery
 from nim_gateway.kube import KubeApi, connection_from_environment
 from tests.gateway.conftest import StubReplica, running_gateway
-from tests.support.kmock_cluster import EmulatedCluster, project_crds
 
 NIMSERVICES = "/apis/nimstack.dev/v1alpha1/namespaces/{ns}/nimservices"
 SLICES = "/apis/discovery.k8s.io/v1/namespaces/{ns}/endpointslices"
-TOKEN = "kmock-test-token"
-
-
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[EmulatedCluster]:
-    with EmulatedCluster(project_crds()) as emulated:
-        yield emulated
-
-
-@pytest.fixture(scope="module")
-def kubeconfig(cluster: EmulatedCluster, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return cluster.write_kubeconfig(tmp_path_factory.mktemp("kube") / "kubeconfig", token=TOKEN)
-
-
-@pytest_asyncio.fixture(loop_scope="session")
-async def kube(cluster: EmulatedCluster) -> AsyncIterator[httpx.AsyncClient]:
-    headers = {"Authorization": f"Bearer {TOKEN}"}
-    async with httpx.AsyncClient(base_url=cluster.url, headers=headers) as client:
-        yield client
 
 
 def b64(text: str) -> str:

@@ -9,19 +9,19 @@ EndpointSlice the Deployment and EndpointSlice controllers would, pointing at a 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import httpx
 import pytest
-import pytest_asyncio
 import yaml
 
 from nim_gateway.discovery import wake_target
 from nim_gateway.wake import DEMAND_ANNOTATION
-from tests.gateway.conftest import StubReplica, running_gateway
+from tests.gateway.conftest import TOKEN, GatewayProcess, StubReplica, running_gateway
 from tests.gateway.test_discovery_kubernetes import endpoint_slice, make_namespace
 from tests.support.kmock_cluster import EmulatedCluster, project_crds
 from tests.support.kmock_rbac import Permission, RbacAuthorizer, bound_permissions
@@ -29,27 +29,8 @@ from tests.support.kmock_rbac import Permission, RbacAuthorizer, bound_permissio
 NIMSERVICES = "/apis/nimstack.dev/v1alpha1/namespaces/{ns}/nimservices"
 DEPLOYMENTS = "/apis/apps/v1/namespaces/{ns}/deployments"
 SLICES = "/apis/discovery.k8s.io/v1/namespaces/{ns}/endpointslices"
-TOKEN = "kmock-test-token"
 COMPONENT_RBAC = Path(__file__).parents[2] / "manifests/gateway/scale-from-zero/rbac.yaml"
 CHAT = {"messages": [{"role": "user", "content": "hi"}]}
-
-
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[EmulatedCluster]:
-    with EmulatedCluster(project_crds()) as emulated:
-        yield emulated
-
-
-@pytest.fixture(scope="module")
-def kubeconfig(cluster: EmulatedCluster, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return cluster.write_kubeconfig(tmp_path_factory.mktemp("kube") / "kubeconfig", token=TOKEN)
-
-
-@pytest_asyncio.fixture(loop_scope="session")
-async def kube(cluster: EmulatedCluster) -> AsyncIterator[httpx.AsyncClient]:
-    headers = {"Authorization": f"Bearer {TOKEN}"}
-    async with httpx.AsyncClient(base_url=cluster.url, headers=headers) as client:
-        yield client
 
 
 def nimservice(name: str, served: str, **spec: Any) -> dict[str, Any]:
@@ -94,6 +75,45 @@ async def until(predicate: Any, what: str, within: float = 15) -> None:
     while not await predicate():
         assert time.monotonic() < deadline, f"{what} never happened"
         await asyncio.sleep(0.05)
+
+
+class HeldRequest(NamedTuple):
+    gateway: GatewayProcess
+    client: httpx.AsyncClient
+    response: asyncio.Task[httpx.Response]
+    sent: float  # time.monotonic()
+
+
+@contextlib.asynccontextmanager
+async def held_request(
+    kube: httpx.AsyncClient,
+    kubeconfig: Path,
+    work: Path,
+    ns: str,
+    settings: Mapping[str, str],
+    *,
+    model: str,
+    scale: str,
+    client_timeout: float,
+) -> AsyncIterator[HeldRequest]:
+    """A gateway discovering `ns` with `settings` (NIM_GATEWAY_*), and a chat request for
+    `model` it holds, sent once it is running and yielded once the gateway has set the /scale
+    at `scale` to 1 (as it does before it waits for a replica)."""
+    env = {"KUBECONFIG": str(kubeconfig), "NIM_GATEWAY_NAMESPACES": ns, **settings}
+    async with (
+        running_gateway(work, None, env=env) as gateway,
+        httpx.AsyncClient(base_url=gateway.base_url, timeout=client_timeout) as client,
+    ):
+        sent = time.monotonic()
+        response = asyncio.create_task(
+            client.post("/v1/chat/completions", json={"model": model, **CHAT})
+        )
+
+        async def woken() -> bool:
+            return await replicas(kube, scale) == 1
+
+        await until(woken, f"{scale} set to 1 by the gateway")
+        yield HeldRequest(gateway, client, response, sent)
 
 
 class TestWakeTarget:
@@ -143,25 +163,10 @@ async def test_a_held_request_is_answered_once_the_woken_replica_is_ready(
     (await kube.post(NIMSERVICES.format(ns=ns), json=service)).raise_for_status()
     (await kube.post(DEPLOYMENTS.format(ns=ns), json=deployment("cold", 0))).raise_for_status()
     scale = f"{DEPLOYMENTS.format(ns=ns)}/cold/scale"
-    env = {
-        "KUBECONFIG": str(kubeconfig),
-        "NIM_GATEWAY_NAMESPACES": ns,
-        "NIM_GATEWAY_WAKE_INTERVAL": "0.3",
-        "NIM_GATEWAY_HOLD_TIMEOUT": "30",
-    }
-    async with (
-        running_gateway(tmp_path, None, env=env) as gateway,
-        httpx.AsyncClient(base_url=gateway.base_url, timeout=60) as client,
-    ):
-        started = time.monotonic()
-        held = asyncio.create_task(
-            client.post("/v1/chat/completions", json={"model": "cold", **CHAT})
-        )
-
-        async def woken() -> bool:
-            return await replicas(kube, scale) == 1
-
-        await until(woken, "the Deployment scaled 0 -> 1 by the gateway")
+    settings = {"NIM_GATEWAY_WAKE_INTERVAL": "0.3", "NIM_GATEWAY_HOLD_TIMEOUT": "30"}
+    async with held_request(
+        kube, kubeconfig, tmp_path, ns, settings, model="cold", scale=scale, client_timeout=60
+    ) as (gateway, client, held, started):
         live = (await kube.get(f"{NIMSERVICES.format(ns=ns)}/cold")).json()
         stamp = live["metadata"]["annotations"][DEMAND_ANNOTATION]
         assert stamp.endswith("Z")
@@ -220,28 +225,15 @@ async def test_the_hold_is_bounded_in_time_and_in_number(
     off = nimservice("off", "off", replicas=0)
     for body in (asleep, off):
         (await kube.post(NIMSERVICES.format(ns=ns), json=body)).raise_for_status()
-    env = {
-        "KUBECONFIG": str(kubeconfig),
-        "NIM_GATEWAY_NAMESPACES": ns,
+    settings = {
         "NIM_GATEWAY_HOLD_TIMEOUT": "3",
         "NIM_GATEWAY_HOLD_MAX_PER_MODEL": "1",
         "NIM_GATEWAY_RETRY_AFTER": "7",
     }
-    async with (
-        running_gateway(tmp_path, None, env=env) as gateway,
-        httpx.AsyncClient(base_url=gateway.base_url, timeout=30) as client,
-    ):
-        started = time.monotonic()
-        held = asyncio.create_task(
-            client.post("/v1/chat/completions", json={"model": "asleep", **CHAT})
-        )
-        path = f"{NIMSERVICES.format(ns=ns)}/asleep/scale"
-
-        async def woken() -> bool:
-            return await replicas(kube, path) == 1
-
-        await until(woken, "the NIMService scaled 0 -> 1 through its /scale")
-
+    scale = f"{NIMSERVICES.format(ns=ns)}/asleep/scale"
+    async with held_request(
+        kube, kubeconfig, tmp_path, ns, settings, model="asleep", scale=scale, client_timeout=30
+    ) as (_, client, held, started):
         second = time.monotonic()
         response = await client.post("/v1/chat/completions", json={"model": "asleep", **CHAT})
         assert time.monotonic() - second < 1.0
