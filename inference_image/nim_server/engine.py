@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from nim_server.engine_args import executor_backend, passthrough_overrides
+from nim_server.lora_slots import LoraSlots
 from nim_server.model_source import ResolvedModel, resolve_model
 from nim_server.settings import Settings, default_cache_path
 
@@ -82,6 +83,14 @@ class EngineRequestError(Exception):
     def __init__(self, message: str, param: str | None = None) -> None:
         super().__init__(message)
         self.param = param
+
+
+class AdapterRemoved(EngineRequestError):
+    """The LoRA adapter a request named was removed before the request reached the engine."""
+
+    def __init__(self, model: str) -> None:
+        super().__init__(f"The model `{model}` does not exist.", param="model")
+        self.model = model
 
 
 class EngineFailure(Exception):
@@ -155,7 +164,7 @@ class InferenceEngine(ABC):
         raise EngineRequestError("this engine does not serve LoRA adapters")
 
     def remove_adapter(self, name: str) -> None:
-        """Stop serving the adapter `name` (requests already running finish)."""
+        """Stop serving the adapter `name`; it is unloaded once the requests running on it end."""
         raise EngineRequestError("this engine does not serve LoRA adapters")
 
     def tokenizer(self) -> Any:
@@ -183,6 +192,8 @@ class VllmEngine(InferenceEngine):
         self._chat_template = settings.chat_template_text()
         self._adapters: dict[str, ServedModel] = {}
         self._adapter_ids = itertools.count(1)  # vLLM's LoRA ids start at 1
+        self._lora_slots = LoraSlots(self._unload_lora)
+        self._lora_names: dict[int, str] = {}  # engine id -> model id, while loaded
 
     @property
     def model(self) -> ServedModel:
@@ -317,17 +328,46 @@ class VllmEngine(InferenceEngine):
             raise EngineDead(self.reason) from None
         except Exception as error:  # the engine core reports a failed load as a plain error
             raise EngineRequestError(str(error)) from None
+        self._lora_names[lora.engine_id] = name
+        self._lora_slots.loaded(lora)
         base = self.model
         served = dataclasses.replace(
             base, name=name, root=path, parent=base.name, lora=lora, created=int(time.time())
         )
+        self.remove_adapter(name)  # a reload: the previous version goes once it is unused
         self._adapters[name] = served
         return served
 
     def remove_adapter(self, name: str) -> None:
-        # The engine keeps the weights in its LRU cache until they are evicted: unloading them
-        # now would make it re-read the (possibly deleted) directory for requests still running.
-        self._adapters.pop(name, None)
+        served = self._adapters.pop(name, None)
+        if served is None or served.lora is None:
+            return
+        running = self._lora_slots.retire(served.lora)
+        if running:
+            log.info(
+                "LoRA adapter %s (engine id %d) stays loaded until its %d running request(s) end",
+                name,
+                served.lora.engine_id,
+                running,
+            )
+
+    async def _unload_lora(self, lora: LoraAdapter) -> None:
+        from vllm.v1.engine.exceptions import EngineDeadError
+
+        try:
+            llm = self.llm
+            await llm.remove_lora(lora.engine_id)
+            held = await llm.list_loras()
+        except (EngineDead, EngineDeadError):
+            return  # a stopped or dead engine holds nothing to release
+        finally:
+            self._lora_names.pop(lora.engine_id, None)
+        log.info(
+            "LoRA adapter %s (engine id %d) unloaded from the engine; it holds: %s",
+            lora.name,
+            lora.engine_id,
+            ", ".join(sorted(self._lora_names.get(i, f"id {i}") for i in held)) or "none",
+        )
 
     async def generate(
         self,
@@ -339,7 +379,13 @@ class VllmEngine(InferenceEngine):
         from vllm.exceptions import VLLMClientError, VLLMValidationError
         from vllm.v1.engine.exceptions import EngineDeadError
 
-        lora_request = _lora_request(lora) if lora is not None else None
+        lora_request = None
+        if lora is not None:
+            # Taken before the engine sees the request, so the adapter cannot be unloaded
+            # under it; refused if the adapter was removed while the prompt was rendered.
+            if not self._lora_slots.acquire(lora):
+                raise AdapterRemoved(lora.name)
+            lora_request = _lora_request(lora)
         try:
             # aclosing: if our caller stops early, close vLLM's generator now, which aborts the
             # request in the engine, instead of whenever it is garbage collected.
@@ -372,6 +418,9 @@ class VllmEngine(InferenceEngine):
         except EngineDeadError:
             self.check_health()
             raise EngineDead(self.reason) from None
+        finally:
+            if lora is not None:
+                self._lora_slots.release(lora)
 
     def tokenizer(self) -> TokenizerLike:
         return self._tokenizer

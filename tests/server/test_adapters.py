@@ -1,7 +1,7 @@
 """LoRA adapters from NIM_PEFT_SOURCE, served by the real engine as model ids of their own.
 
-One server for the module: an adapter present at start, two directories it must skip, and an
-adapter added and removed while it runs (NIM_PEFT_REFRESH_INTERVAL).
+One server for the module: an adapter present at start, directories it must skip, and adapters
+added and removed while it runs (NIM_PEFT_REFRESH_INTERVAL), one of them under a running request.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import pytest
 
 from nim_server.serving.adapters import scan_adapters
 from nim_server.settings import SettingsError, load_settings
-from tests.server.conftest import SERVED_NAME, chat_body, tiny_server_env
+from tests.server.conftest import SERVED_NAME, TINY_MAX_MODEL_LEN, chat_body, tiny_server_env
 from tests.support.server_process import ServerProcess, ready_server
 from tests.support.tiny_adapter import build_lora_adapter
 
@@ -145,6 +145,64 @@ def test_adapters_follow_the_directory_while_running(
     assert model_ids(http) == [SERVED_NAME, "alpha"]
 
 
+def test_a_removed_adapter_is_unloaded_once_its_running_requests_end(
+    http: httpx.Client, lora_server: ServerProcess, adapters: Path, peft_source: Path
+) -> None:
+    shutil.copytree(adapters / "beta", peft_source / ".delta-incoming")
+    (peft_source / ".delta-incoming").rename(peft_source / "delta")
+    wait_for(lambda: "delta" in model_ids(http))
+    # Four long samples: over ten seconds of engine work here, many refresh intervals.
+    long = {"max_tokens": TINY_MAX_MODEL_LEN - 64, "ignore_eos": True, "n": 4}
+    body = chat_body(
+        model="delta", stream=True, stream_options={"include_usage": True}, temperature=1, **long
+    )
+    with http.stream("POST", "/v1/chat/completions", json=body) as running:
+        assert running.status_code == 200
+        lines = running.iter_lines()
+        assert next(lines).startswith("data: ")  # the engine is generating for it
+
+        shutil.rmtree(peft_source / "delta")
+        wait_for(lambda: "delta" not in model_ids(http))
+        for path, request in (
+            ("/v1/chat/completions", chat_body(model="delta")),
+            ("/v1/responses", {"model": "delta", "input": "Hi", "max_output_tokens": 4}),
+        ):
+            gone = http.post(path, json=request)
+            assert gone.status_code == 404, gone.text
+            assert gone.json()["error"]["code"] == "model_not_found"
+        assert http.get("/v1/models/delta").status_code == 404
+        # Still running on it: the engine keeps the adapter until it ends.
+        assert re.search(
+            r"LoRA adapter delta \(engine id \d+\) stays loaded until its 1 running request",
+            lora_server.log(),
+        )
+        assert "LoRA adapter delta (engine id" not in unloaded_lines(lora_server)
+
+        chunks = [json.loads(line[6:]) for line in lines if line.startswith("data: {")]
+    assert not [chunk for chunk in chunks if "error" in chunk]
+    finishes = [c["finish_reason"] for chunk in chunks for c in chunk["choices"]]
+    assert [reason for reason in finishes if reason] == ["length"] * long["n"]
+    assert chunks[-1]["usage"]["completion_tokens"] == long["n"] * long["max_tokens"]
+
+    # Then its slot in the engine is released: the engine no longer lists it.
+    wait_for(lambda: "LoRA adapter delta" in unloaded_lines(lora_server))
+    held = re.search(
+        r"LoRA adapter delta \(engine id \d+\) unloaded .*; it holds: (.*)$",
+        unloaded_lines(lora_server),
+        re.MULTILINE,
+    )
+    assert held is not None
+    assert "delta" not in held.group(1).split(", ")
+    assert "alpha" in held.group(1).split(", ")
+    assert answer(http, "alpha")  # the engine serves the adapters still listed
+
+
+def unloaded_lines(server: ServerProcess) -> str:
+    return "\n".join(
+        line for line in server.log().splitlines() if "unloaded from the engine" in line
+    )
+
+
 def test_a_fixed_adapter_is_served_after_the_next_scan(
     http: httpx.Client, adapters: Path, peft_source: Path
 ) -> None:
@@ -162,6 +220,22 @@ def test_metrics_carry_the_adapter(http: httpx.Client) -> None:
     assert float(ours.group(1)) >= 1
     # vLLM's own gauge names the adapters that were running in a step.
     assert re.search(r'^vllm:lora_requests_info\{[^}]*running_lora_adapters="alpha"', metrics, re.M)
+
+
+def test_responses_are_counted_under_the_adapter_they_name(http: httpx.Client) -> None:
+    def counts() -> tuple[float, float]:
+        metrics = http.get("/metrics").text
+        found = dict(re.findall(r'^model_requests_total\{model="([^"]+)"\} (\S+)$', metrics, re.M))
+        return float(found.get("alpha", 0)), float(found.get(SERVED_NAME, 0))
+
+    alpha_before, base_before = counts()
+    body = {"model": "alpha", "input": "Hi", "max_output_tokens": 4}
+    created = http.post("/v1/responses", json=body)
+    assert created.status_code == 200, created.text
+    assert created.json()["model"] == "alpha"
+    streamed = http.post("/v1/responses", json={**body, "stream": True})
+    assert streamed.status_code == 200, streamed.text
+    assert counts() == (alpha_before + 2, base_before)
 
 
 def test_scan_says_why_a_directory_is_skipped(adapters: Path, tmp_path: Path) -> None:

@@ -50,9 +50,14 @@ async def serve_admitted(
     weight: int,
     request_id: str,
     work: Callable[[], Awaitable[BaseModel | AsyncIterator[str] | AsyncIterator[SSEEvent]]],
-    model: str | None = None,
+    *,
+    model: str | None,
 ) -> Response:
-    """Run ``work`` holding an admission ticket until its response (or stream) is finished."""
+    """Run ``work`` holding an admission ticket until its response (or stream) is finished.
+
+    ``model`` is the id the request named (None or "" for the base model): no default, so no
+    route can leave it out and count its requests under the base model.
+    """
     admission = services.admission
     ticket = admission.admit(weight)
     try:
@@ -99,7 +104,7 @@ async def chat_completions(request: Request, services: ServicesDep) -> Response:
         body.n,
         request_id,
         lambda: services.chat.create(body, request_id),
-        body.model,
+        model=body.model,
     )
 
 
@@ -118,7 +123,7 @@ async def completions(request: Request, services: ServicesDep) -> Response:
         body.n * body.prompt_count,
         request_id,
         lambda: services.completions.create(body, request_id),
-        body.model,
+        model=body.model,
     )
 
 

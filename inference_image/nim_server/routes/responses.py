@@ -32,7 +32,12 @@ async def create_response(request: Request, services: ServicesDep) -> Response:
         raise _named_plainly(error) from None
     request_id = new_request_id("resp", request.headers.get("x-request-id"))
     return await serve_admitted(
-        request, services, 1, request_id, lambda: services.responses.create(body, request_id)
+        request,
+        services,
+        1,
+        request_id,
+        lambda: services.responses.create(body, request_id),
+        model=body.model,
     )
 
 

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from nim_server.engine import (
+    AdapterRemoved,
     EngineFailure,
     EngineRequestError,
     EngineState,
@@ -109,6 +110,8 @@ def as_api_error(error: BaseException) -> APIError:
     """Map an engine-side failure to the error the client sees."""
     if isinstance(error, APIError):
         return error
+    if isinstance(error, AdapterRemoved):  # as if it had been gone when the request came
+        return model_not_found(error.model)
     if isinstance(error, EngineRequestError):
         return invalid_request(str(error), param=error.param)
     if isinstance(error, EngineFailure):
