@@ -9,8 +9,10 @@ another's cache. Arms (`--arms`), in an order that rotates each round:
 
   round-robin                  each replica in turn: a plain Service, the baseline
   least-load                   the gateway's default: the shortest queue
-  prefix-affinity              the gateway's defaults (a 512-character prefix key)
-  prefix-affinity-long-key     the key reaches past the system prompt into the first question
+  prefix-affinity              the gateway's defaults: a key of the system prompt and the first
+                               512 characters after it
+  prefix-affinity-key-from-start   the 512 characters counted from the prompt's start (all system
+                               prompt here: one key for every conversation)
 
 Reported per arm (medians over rounds) and as ratios over round-robin from the same run: TTFT
 p50/p99, throughput, the replicas' prefix-cache hit rate (vllm:prefix_cache_hits / queries),
@@ -43,29 +45,29 @@ from bench.gateway.report import BASELINE, merge_rounds, ratios, write
 from bench.gateway.run import gateway_overhead, measure_arm, warm_up
 from bench.gateway.scale_from_zero import scale_from_zero
 from bench.gateway.stub_replica import stub_replica
-from bench.gateway.workload import Conversation, Shape, conversations, key_past_system_prompt
+from bench.gateway.workload import Shape, conversations
 from nim_gateway.settings import GatewaySettings
 from tests.support.server_process import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 RESULTS = REPO / "bench" / "results"
-ARMS = (BASELINE, "least-load", "prefix-affinity", "prefix-affinity-long-key")
+ARMS = (BASELINE, "least-load", "prefix-affinity", "prefix-affinity-key-from-start")
 
 
-def arm_gateway(arm: str, chats: list[Conversation]) -> tuple[str, dict[str, str]]:
+def arm_gateway(arm: str) -> tuple[str, dict[str, str]]:
     """The gateway's routing and NIM_GATEWAY_* settings for `arm`."""
-    if arm == "prefix-affinity-long-key":
-        return "prefix-affinity", {
-            "NIM_GATEWAY_PREFIX_CHARS": str(key_past_system_prompt(chats[0]))
-        }
+    if arm == "prefix-affinity-key-from-start":
+        return "prefix-affinity", {"NIM_GATEWAY_PREFIX_CHARS_FROM": "start"}
     return arm, {}
 
 
 def describe_setting(routing: str, env: dict[str, str]) -> str:
     if routing != "prefix-affinity":
         return routing
-    chars = env.get("NIM_GATEWAY_PREFIX_CHARS", str(GatewaySettings().prefix_chars))
-    return f"prefix-affinity, PREFIX_CHARS={chars}"
+    defaults = GatewaySettings()
+    chars = env.get("NIM_GATEWAY_PREFIX_CHARS", str(defaults.prefix_chars))
+    start = env.get("NIM_GATEWAY_PREFIX_CHARS_FROM", defaults.prefix_chars_from)
+    return f"prefix-affinity, PREFIX_CHARS={chars}, PREFIX_CHARS_FROM={start}"
 
 
 def source_version() -> str:
@@ -146,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
                 shift = round_index % len(chosen)
                 for arm in chosen[shift:] + chosen[:shift]:
                     chats = conversations(shape, f"{round_index}-{arm}", args.seed)
-                    routing, env = arm_gateway(arm, chats)
+                    routing, env = arm_gateway(arm)
                     settings[arm] = describe_setting(routing, env)
                     with running_gateway(work / "gateway", urls, routing, env) as gateway:
                         metrics = measure_arm(gateway, servers, chats, shape, args.idle_seconds)

@@ -21,9 +21,7 @@ import random
 from dataclasses import dataclass
 from typing import Any
 
-from nim_gateway.routing import affinity_text
-
-__all__ = ["Conversation", "Shape", "conversations", "key_past_system_prompt"]
+__all__ = ["Conversation", "Shape", "conversations"]
 
 # Common words, so both models' tokenizers see text of ordinary density (~4 characters a token
 # for SmolLM2; the tiny model's 384-token vocabulary cuts finer).
@@ -38,10 +36,6 @@ _VOCABULARY = (
     "address product price support"
 )
 _WORDS = tuple(_VOCABULARY.split())
-
-# How much of the first user message, past the system prompt, identifies a conversation when the
-# gateway's prefix key is set to reach it (every turn's prompt begins with it).
-FIRST_QUESTION_KEY_CHARS = 64
 
 
 @dataclass(frozen=True)
@@ -114,17 +108,3 @@ def conversations(shape: Shape, tenant: str, seed: int) -> list[Conversation]:
         )
         for i in range(shape.conversations)
     ]
-
-
-def key_past_system_prompt(conversation: Conversation) -> int:
-    """NIM_GATEWAY_PREFIX_CHARS that reaches `FIRST_QUESTION_KEY_CHARS` into the first question.
-
-    Measured with the gateway's own key function, so it follows the key's format.
-    """
-    first = {
-        "messages": [
-            {"role": "system", "content": conversation.system},
-            {"role": "user", "content": conversation.questions[0][:FIRST_QUESTION_KEY_CHARS]},
-        ]
-    }
-    return len(affinity_text(first, 1 << 30)) - len("\x00")

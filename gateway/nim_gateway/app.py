@@ -30,7 +30,7 @@ from nim_gateway.errors import error_response
 from nim_gateway.kube import ApiError, KubeApi, connection_from_environment
 from nim_gateway.load import Scraper
 from nim_gateway.proxy import Proxy, ProxyResponse, Router
-from nim_gateway.response_affinity import ResponseAffinity
+from nim_gateway.response_affinity import RECENT_MISSES_ENTRIES, RecentMisses, ResponseAffinity
 from nim_gateway.settings import GatewaySettings
 from nim_gateway.stored_responses import Placement, StoredResponses
 from nim_gateway.wake import Waker
@@ -89,7 +89,9 @@ def build_app(settings: GatewaySettings | None = None) -> Starlette:
             stack.push_async_callback(session.close)
             gateway.proxy = Proxy(settings, gateway.table, Router(settings), session)
             gateway.stored = StoredResponses(
-                gateway.proxy, ResponseAffinity(settings.response_affinity_entries)
+                gateway.proxy,
+                ResponseAffinity(settings.response_affinity_entries),
+                RecentMisses(RECENT_MISSES_ENTRIES, settings.response_miss_ttl),
             )
             tasks: list[asyncio.Task[None]] = []
             stack.callback(lambda: [task.cancel() for task in tasks])

@@ -61,6 +61,9 @@ class Endpoint:
     # Requests this gateway has open on the replica: exact and current, where the scraped
     # numbers are up to one scrape interval old.
     inflight: int = 0
+    # `inflight` when the last scrape was answered: the scraped queue counted those requests,
+    # so the rest of it is other clients' (other gateway pods', direct callers').
+    inflight_at_scrape: int = 0
     # None until the first scrape; False after a refused connection or an error status (a slow
     # scrape changes nothing).
     healthy: bool | None = None
@@ -72,9 +75,11 @@ class Endpoint:
         return set(self.declared_models)
 
     def load(self) -> float:
-        # The scrape counts this gateway's requests too (and other gateways'), but late; our own
-        # count is exact but partial. The larger of the two is the best guess of the queue.
-        return max(self.running + self.waiting, float(self.inflight))
+        # Our own requests as they are now, plus the others' as of the last scrape. The scrape
+        # alone is up to an interval late: it still counts our requests that finished since, so
+        # a replica that had just emptied looked busy and new requests went elsewhere.
+        others = max(0.0, self.running + self.waiting - self.inflight_at_scrape)
+        return self.inflight + others
 
     def available(self, now: float) -> bool:
         return now >= self.backoff_until
@@ -86,6 +91,7 @@ class Endpoint:
             "models": sorted(self.model_ids()),
             "healthy": self.healthy,
             "inflight": self.inflight,
+            "inflight_at_scrape": self.inflight_at_scrape,
             "running": self.running,
             "waiting": self.waiting,
             "kv_cache_usage": self.kv_usage,

@@ -45,7 +45,9 @@ def parse_load(text: str) -> LoadSample:
         name = line[:name_end]
         if name not in _WANTED:
             continue
-        value_text = line.rsplit("}", 1)[-1].split()
+        # After the labels if any (`name{...} value`), else after the name (`name value`).
+        rest = line[name_end:]
+        value_text = (rest.rsplit("}", 1)[-1] if rest[0] == "{" else rest).split()
         with contextlib.suppress(ValueError, IndexError):
             value = float(value_text[0])
             if math.isfinite(value):
@@ -92,9 +94,12 @@ class Scraper:
                 endpoint.url + "/metrics", headers=self._headers, timeout=self._timeout
             ) as response:
                 response.raise_for_status()
-                endpoint.running, endpoint.waiting, endpoint.kv_usage = parse_load(
-                    await response.text()
-                )
+                # The page was written just before its headers came: our requests open now are
+                # the ones it counted (nearest to it that the gateway can tell).
+                ours = endpoint.inflight
+                running, waiting, kv_usage = parse_load(await response.text())
+            endpoint.running, endpoint.waiting, endpoint.kv_usage = running, waiting, kv_usage
+            endpoint.inflight_at_scrape = ours
         except TimeoutError:
             # A slow answer is a busy replica (on CPU, generation starves its event loop), not
             # a dead one: it keeps its place and its last known load.

@@ -98,7 +98,11 @@ class Router:
         routing = lookup.routing or self._settings.default_routing
         if routing == "prefix-affinity":
             loads = {url: e.load() for url, e in by_url.items()}
-            key = affinity_text(body, self._settings.prefix_chars)
+            key = affinity_text(
+                body,
+                self._settings.prefix_chars,
+                after_system_prompt=self._settings.prefix_chars_from == "after-system-prompt",
+            )
             url = pick_prefix_affinity(
                 self._ring(by_url), key, loads, self._settings.prefix_load_factor
             )

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from typing import Any
 
 __all__ = [
+    "RECENT_MISSES_ENTRIES",
+    "RecentMisses",
     "ResponseAffinity",
     "StoredAt",
     "asks_to_store",
@@ -24,6 +26,9 @@ __all__ = [
 # nim-serve's ids are `resp-<hex or the client's X-Request-Id>`, OpenAI's `resp_<...>`: another
 # kind of id in the header (a server that echoes the client's own) is not a response's.
 _RESPONSE_ID_PREFIX = "resp"
+# Unknown ids remembered at once, per gateway pod (about 150 bytes each): enough for every id a
+# client fleet polls in one short ttl; a flood of made-up ids only pushes out the oldest.
+RECENT_MISSES_ENTRIES = 10_000
 
 
 @dataclass(frozen=True)
@@ -59,6 +64,51 @@ class ResponseAffinity:
 
     def forget(self, response_id: str) -> None:
         self._entries.pop(response_id, None)
+
+
+class RecentMisses:
+    """Response ids that no replica held when last asked, each remembered for `ttl` seconds.
+
+    Finding an id this gateway pod did not see created asks every replica; without this a
+    client polling for an unknown id (a typo, a deleted response, another cluster's id) would
+    do that on every request. At most `max_entries` are kept, the oldest dropped first; all live
+    equally long, so the oldest is also the first to expire.
+    """
+
+    def __init__(self, max_entries: int, ttl: float) -> None:
+        # ttl 0 turns the cache off: every lookup asks the replicas.
+        self._max_entries = max_entries if ttl > 0 else 0
+        self._ttl = ttl
+        # response id -> (when the miss expires, the model whose replicas were asked; None: all).
+        self._entries: OrderedDict[str, tuple[float, str | None]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def add(self, response_id: str, model: str | None, now: float) -> None:
+        if self._max_entries <= 0:
+            return
+        previous = self._entries.pop(response_id, None)
+        if previous is not None and previous[1] is None:
+            model = None  # every replica said no then: still the wider answer
+        self._entries[response_id] = (now + self._ttl, model)
+        self._drop_expired(now)
+        while len(self._entries) > self._max_entries:
+            self._entries.popitem(last=False)
+
+    def recent(self, response_id: str, model: str | None, now: float) -> bool:
+        """Whether the replicas (those serving `model`, when given) said no less than ttl ago."""
+        self._drop_expired(now)
+        entry = self._entries.get(response_id)
+        return entry is not None and entry[1] in (None, model)
+
+    def discard(self, response_id: str) -> None:
+        """The id was just created through this gateway pod: no longer a miss."""
+        self._entries.pop(response_id, None)
+
+    def _drop_expired(self, now: float) -> None:
+        while self._entries and next(iter(self._entries.values()))[0] <= now:
+            self._entries.popitem(last=False)
 
 
 def asks_to_store(body: Mapping[str, Any]) -> bool:

@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import bisect
+import enum
 import hashlib
 import math
 import random
@@ -111,49 +112,90 @@ def pick_round_robin(nodes: Iterable[str], turn: int) -> str:
     return ordered[turn % len(ordered)]
 
 
-def affinity_text(body: Mapping[str, Any], limit: int) -> str:
-    """The model and the first `limit` characters the request's prompt begins with.
+def affinity_text(body: Mapping[str, Any], limit: int, *, after_system_prompt: bool) -> str:
+    """The model and the first `limit` characters of the request's prompt.
 
     The model is part of the key: the same prefix for two models shares no cache.
+
+    `after_system_prompt`: the key is the system prompt (the leading system/developer messages,
+    a Responses request's `instructions`) whole, and the first `limit` characters of the one
+    message after it. An application's conversations usually all begin with the same long
+    system prompt, so a key that ends inside it is one key for all of them; what tells them
+    apart is the user's first message, which every later turn resends. The key stops at that
+    message's end: the model's first answer, which follows it, is not in the first turn's prompt.
+    Otherwise the `limit` characters are counted from the prompt's start, across messages.
     """
+    system: list[str] = []
     pieces: list[str] = []
     size = 0
-    for piece in _prompt_texts(body):
+    for piece, part in _prompt_texts(body):
+        if after_system_prompt and part is _Part.SYSTEM:
+            system.append(piece)
+            continue
+        if after_system_prompt and part is _Part.LATER:
+            break
         pieces.append(piece)
         size += len(piece)
         if size >= limit:
             break
-    return f"{body.get('model', '')}\x00{''.join(pieces)[:limit]}"
+    key = "".join(pieces)[:limit]
+    if after_system_prompt:
+        return f"{body.get('model', '')}\x00{''.join(system)}\x00{key}"
+    return f"{body.get('model', '')}\x00{key}"
 
 
-def _prompt_texts(body: Mapping[str, Any]) -> Iterator[str]:
-    """The prompt's text pieces in order: chat messages, a completion prompt, a Responses input."""
+class _Part(enum.Enum):
+    """Where a piece of the prompt is: in the system prompt it begins with, in the first
+    message after that, or later."""
+
+    SYSTEM = enum.auto()
+    FIRST = enum.auto()
+    LATER = enum.auto()
+
+
+_INSTRUCTION_ROLES = frozenset({"system", "developer"})
+
+
+def _prompt_texts(body: Mapping[str, Any]) -> Iterator[tuple[str, _Part]]:
+    """The prompt's text pieces in order: chat messages, a completion prompt, a Responses
+    input."""
     messages = body.get("messages")
     if isinstance(messages, list):
-        for message in messages:
-            if isinstance(message, Mapping):
-                yield f"{message.get('role', '')}:"
-                yield from _content_texts(message.get("content"))
+        yield from _turns(messages)
         return
     prompt = body.get("prompt")
     if isinstance(prompt, str):
-        yield prompt
+        yield prompt, _Part.FIRST
         return
     if isinstance(prompt, list) and prompt:
         # A batch of prompts, or one prompt as token ids: the first element identifies it.
-        yield prompt[0] if isinstance(prompt[0], str) else ",".join(map(str, prompt))
+        first = prompt[0] if isinstance(prompt[0], str) else ",".join(map(str, prompt))
+        yield first, _Part.FIRST
         return
     instructions = body.get("instructions")
     if isinstance(instructions, str):
-        yield instructions
+        yield instructions, _Part.SYSTEM
     items = body.get("input")
     if isinstance(items, str):
-        yield items
+        yield items, _Part.FIRST
     elif isinstance(items, list):
-        for item in items:
-            if isinstance(item, Mapping):
-                yield f"{item.get('role', item.get('type', ''))}:"
-                yield from _content_texts(item.get("content"))
+        yield from _turns(items)
+
+
+def _turns(items: list[Any]) -> Iterator[tuple[str, _Part]]:
+    """Chat messages or Responses input items, each as its role and its texts."""
+    part = _Part.SYSTEM
+    for item in items:
+        if not isinstance(item, Mapping):
+            continue
+        role = item.get("role", item.get("type", ""))
+        if part is _Part.SYSTEM and role not in _INSTRUCTION_ROLES:
+            part = _Part.FIRST
+        elif part is _Part.FIRST:
+            part = _Part.LATER
+        yield f"{role}:", part
+        for text in _content_texts(item.get("content")):
+            yield text, part
 
 
 def _content_texts(content: object) -> Iterator[str]:

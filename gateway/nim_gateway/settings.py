@@ -8,9 +8,10 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["GatewaySettings", "RoutingName"]
+__all__ = ["GatewaySettings", "PrefixStart", "RoutingName"]
 
 RoutingName = Literal["least-load", "prefix-affinity", "round-robin"]
+PrefixStart = Literal["after-system-prompt", "start"]
 
 
 class GatewaySettings(BaseSettings):
@@ -43,8 +44,12 @@ class GatewaySettings(BaseSettings):
     # backends that name none).
     default_routing: RoutingName = "least-load"
     # How much of the conversation's beginning identifies a prefix (characters, not tokens: the
-    # gateway has no tokenizer, and a character prefix is a prefix of the token prefix).
+    # gateway has no tokenizer, and a character prefix is a prefix of the token prefix), counted
+    # from where: after the system prompt (which joins the key whole), or from the very start.
+    # After, by default: conversations that share one long system prompt (most applications')
+    # otherwise all get the same key (docs/benchmarks-gateway.md measures both).
     prefix_chars: int = Field(512, ge=1)
+    prefix_chars_from: PrefixStart = "after-system-prompt"
     # Bounded-load factor c of consistent hashing with bounded loads: no replica takes more than
     # ceil(c * average load); 1.25 is the paper's suggested trade-off between spill and skew.
     prefix_load_factor: float = Field(1.25, gt=1.0)
@@ -74,6 +79,10 @@ class GatewaySettings(BaseSettings):
     # remembers the replica of (least recently used first out; about 200 bytes each). An id it
     # does not know (created through another gateway pod) is looked for on the replicas.
     response_affinity_entries: int = Field(100_000, ge=0)
+    # How long an id that no replica held is answered 404 without asking them again (0: always
+    # ask). Short: a response created through another gateway pod just then is found once it
+    # has passed.
+    response_miss_ttl: float = Field(1.0, ge=0)
     # Answer with the replica that served a request in `x-nimstack-backend` (for debugging and
     # tests); pod addresses are not secret inside a cluster, but can be hidden.
     backend_header: bool = True

@@ -4,13 +4,17 @@
 `previous_response_id` prefers it over what routing would pick (any other replica could only
 answer "not found"). Where it is comes from the ResponseAffinity this gateway pod learned from
 the creations it forwarded; an id it did not see created (another gateway pod forwarded it, or
-this one restarted since) is looked for by asking the replicas, all at once, for it.
+this one restarted since) is looked for by asking the replicas, all at once, for it; when none
+holds it, the answer is remembered for a moment (RecentMisses), so an unknown id asked for again
+and again does not ask every replica every time.
 """
 
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -23,6 +27,7 @@ from nim_gateway.backends import Endpoint
 from nim_gateway.errors import error_response
 from nim_gateway.proxy import BACKEND_HEADER, DROPPED_RESPONSE_HEADERS, Answered, Proxy
 from nim_gateway.response_affinity import (
+    RecentMisses,
     ResponseAffinity,
     StoredAt,
     asks_to_store,
@@ -35,6 +40,15 @@ __all__ = ["Placement", "StoredResponses"]
 log = logging.getLogger(__name__)
 
 
+class _Unanswered(enum.Enum):
+    NOT_HELD = "the replica answered 404"
+    NO_ANSWER = "an error, a timeout, or an answer without a model"
+
+
+NOT_HELD = _Unanswered.NOT_HELD
+NO_ANSWER = _Unanswered.NO_ANSWER
+
+
 @dataclass(frozen=True)
 class Placement:
     """How a POST /v1/responses is forwarded: to which replica first, and what to learn."""
@@ -44,9 +58,12 @@ class Placement:
 
 
 class StoredResponses:
-    def __init__(self, proxy: Proxy, affinity: ResponseAffinity) -> None:
+    def __init__(
+        self, proxy: Proxy, affinity: ResponseAffinity, misses: RecentMisses | None = None
+    ) -> None:
         self.proxy = proxy
         self.affinity = affinity
+        self.misses = misses if misses is not None else RecentMisses(0, 0.0)
         settings = proxy.settings
         # Asking a replica for a response is a lookup in its memory: quick, or not at all.
         self._timeout = aiohttp.ClientTimeout(
@@ -81,6 +98,7 @@ class StoredResponses:
             response_id = stored_response_id(answer)
             if 200 <= status < 300 and response_id is not None:
                 self.affinity.record(response_id, endpoint.url, model)
+                self.misses.discard(response_id)
 
         return Placement(prefer, answered)
 
@@ -133,6 +151,8 @@ class StoredResponses:
         known = self.affinity.get(response_id)
         if known is not None:
             return known
+        if self.misses.recent(response_id, model, time.monotonic()):
+            return None
         urls = sorted(
             {
                 e.url
@@ -142,13 +162,20 @@ class StoredResponses:
         )
         found = await asyncio.gather(*(self._probe(url, response_id, headers) for url in urls))
         for url, stored_model in zip(urls, found, strict=True):
-            if stored_model is not None:
+            if isinstance(stored_model, str):
                 self.affinity.record(response_id, url, stored_model)
                 return StoredAt(url, stored_model)
+        # Remembered only when every replica asked answered no: one that could not be asked
+        # may hold it, and is asked again next time.
+        if urls and all(answer is NOT_HELD for answer in found):
+            self.misses.add(response_id, model, time.monotonic())
         return None
 
-    async def _probe(self, url: str, response_id: str, headers: Mapping[str, str]) -> str | None:
-        """The model of `response_id` if the replica at `url` holds it."""
+    async def _probe(
+        self, url: str, response_id: str, headers: Mapping[str, str]
+    ) -> str | _Unanswered:
+        """The model of `response_id` if the replica at `url` holds it; else whether it said
+        so (NOT_HELD) or could not be asked (NO_ANSWER)."""
         # Without the client's Accept-Encoding: this answer is read here, not passed on.
         plain = {k: v for k, v in headers.items() if k.lower() != "accept-encoding"}
         try:
@@ -157,14 +184,16 @@ class StoredResponses:
                 headers=plain,
                 timeout=self._timeout,
             ) as answer:
+                if answer.status == 404:
+                    return NOT_HELD
                 if answer.status != 200:
-                    return None
+                    return NO_ANSWER
                 body = await answer.json(content_type=None)
         except (aiohttp.ClientError, TimeoutError, ValueError) as error:
             log.info("could not ask %s for response %s: %s", url, response_id, error)
-            return None
+            return NO_ANSWER
         model = body.get("model") if isinstance(body, dict) else None
-        return model if isinstance(model, str) else None
+        return model if isinstance(model, str) else NO_ANSWER
 
     def _endpoint(self, url: str) -> Endpoint | None:
         return next((e for e in self.proxy.table.endpoints() if e.url == url), None)

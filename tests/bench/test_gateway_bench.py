@@ -23,7 +23,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 # least-load is left out here: a minute less, and nothing it reports is checked differently.
-ARMS = {"round-robin", "prefix-affinity", "prefix-affinity-long-key"}
+ARMS = {"round-robin", "prefix-affinity", "prefix-affinity-key-from-start"}
 
 
 @pytest.mark.timeout(600)
@@ -66,11 +66,12 @@ def test_gateway_bench_compares_routing_on_real_replicas(tmp_path: Path) -> None
         )
     # Each arm computes the system prompt on every replica it reaches, once, then reuses it;
     # round robin reuses a conversation's history only when a turn lands where the last one did.
-    rr, keyed = report["arms"]["round-robin"], report["arms"]["prefix-affinity-long-key"]
+    rr, keyed = report["arms"]["round-robin"], report["arms"]["prefix-affinity"]
     assert keyed["prefix_cache_hit_rate"] > rr["prefix_cache_hit_rate"]
     assert keyed["prompt_tokens_computed"] < rr["prompt_tokens_computed"]
-    # The default key (512 characters) is all system prompt: one key for every conversation.
-    assert "PREFIX_CHARS=512" in report["settings"]["prefix-affinity"]
+    # The default key is counted after the system prompt; the other arm's is all system prompt.
+    assert "PREFIX_CHARS_FROM=after-system-prompt" in report["settings"]["prefix-affinity"]
+    assert "PREFIX_CHARS_FROM=start" in report["settings"]["prefix-affinity-key-from-start"]
 
     for against in ("gateway_overhead", "gateway_overhead_stub_replica"):
         overhead = report[against]

@@ -275,7 +275,7 @@ async def test_prefix_affinity_keeps_a_prefix_on_one_replica(
     ring = HashRing(urls, virtual_nodes=64)
 
     def owner(prefix: str) -> str:
-        key = affinity_text(chat(SHARED, prefix), PREFIX_CHARS)
+        key = affinity_text(chat(SHARED, prefix), PREFIX_CHARS, after_system_prompt=True)
         return next(ring.walk(stable_hash(key)))
 
     # One prefix owned by each replica, from the same rule the gateway applies.

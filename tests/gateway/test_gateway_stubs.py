@@ -245,7 +245,7 @@ async def test_bounded_load_spills_a_hot_prefix_to_the_next_replica(
     services = [{"name": "s", "routing": "prefix-affinity", "urls": [first.url, second.url]}]
     body = {**CHAT, "stream": True}
     ring = HashRing([first.url, second.url], virtual_nodes=64)
-    owner = next(ring.walk(stable_hash(affinity_text(body, 512))))
+    owner = next(ring.walk(stable_hash(affinity_text(body, 512, after_system_prompt=True))))
     async with (
         running_gateway(tmp_path, services) as gateway,
         httpx.AsyncClient(base_url=gateway.base_url, timeout=30) as client,

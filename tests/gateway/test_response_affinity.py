@@ -10,6 +10,7 @@ test_gateway_e2e.py does the same with two real nim-serve replicas.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from collections import Counter
@@ -26,6 +27,7 @@ from aiohttp import web
 from nim_gateway.backends import BackendTable, ServiceSpec
 from nim_gateway.proxy import Proxy, Router
 from nim_gateway.response_affinity import (
+    RecentMisses,
     ResponseAffinity,
     StoredAt,
     asks_to_store,
@@ -33,7 +35,7 @@ from nim_gateway.response_affinity import (
     stored_response_id,
 )
 from nim_gateway.settings import GatewaySettings
-from nim_gateway.stored_responses import StoredResponses
+from nim_gateway.stored_responses import Placement, StoredResponses
 from tests.gateway.conftest import running_gateway
 from tests.support.server_process import free_port
 
@@ -107,6 +109,101 @@ async def test_a_response_whose_replica_is_gone_is_lost_not_an_error() -> None:
     assert "stored by a replica that is gone" in error["message"]
     assert "response is lost" in error["message"]
     assert stored.affinity.get("resp-1") is None
+
+
+class TestRecentMisses:
+    def test_a_miss_lasts_its_ttl(self) -> None:
+        misses = RecentMisses(10, ttl=1.0)
+        misses.add("resp-1", None, now=100.0)
+        assert misses.recent("resp-1", None, now=100.9)
+        assert misses.recent("resp-1", MODEL, now=100.9)  # no replica at all held it
+        assert not misses.recent("resp-2", None, now=100.9)
+        assert not misses.recent("resp-1", None, now=101.0)
+        assert len(misses) == 0  # expired ones are dropped, not kept
+
+    def test_a_miss_among_one_models_replicas_says_nothing_of_the_others(self) -> None:
+        misses = RecentMisses(10, ttl=1.0)
+        misses.add("resp-1", MODEL, now=0.0)
+        assert misses.recent("resp-1", MODEL, now=0.5)
+        assert not misses.recent("resp-1", OTHER, now=0.5)
+        assert not misses.recent("resp-1", None, now=0.5)
+        misses.add("resp-2", None, now=0.0)
+        misses.add("resp-2", MODEL, now=0.5)  # the wider miss is kept, its time renewed
+        assert misses.recent("resp-2", OTHER, now=1.2)
+
+    def test_a_creation_clears_the_miss(self) -> None:
+        misses = RecentMisses(10, ttl=1.0)
+        misses.add("resp-1", None, now=0.0)
+        misses.discard("resp-1")
+        misses.discard("resp-1")  # twice is harmless
+        assert not misses.recent("resp-1", None, now=0.1)
+
+    def test_is_bounded_oldest_first_and_ttl_zero_is_off(self) -> None:
+        misses = RecentMisses(2, ttl=10.0)
+        for i in range(3):
+            misses.add(f"resp-{i}", None, now=float(i))
+        assert len(misses) == 2
+        assert not misses.recent("resp-0", None, now=3.0)
+        assert misses.recent("resp-1", None, now=3.0)
+        assert misses.recent("resp-2", None, now=3.0)
+        off = RecentMisses(10, ttl=0.0)
+        off.add("resp-1", None, now=0.0)
+        assert len(off) == 0
+        assert not off.recent("resp-1", None, now=0.0)
+
+
+async def test_an_unknown_id_asks_the_replicas_once_per_ttl() -> None:
+    """GET of an id no replica holds: the first asks both replicas (two stub replicas in this
+    process); repeats within the ttl are answered 404 without asking; after it, they ask again.
+    A replica that could not be asked keeps the miss from being remembered, and a creation of
+    the id through this gateway clears it."""
+    replicas = [ResponsesReplica([MODEL]) for _ in range(2)]
+    for replica in replicas:
+        await replica.start()
+    gone = f"http://127.0.0.1:{free_port()}"
+    table = BackendTable()
+    table.sync([ServiceSpec("s", tuple(r.url for r in replicas))])
+    settings = GatewaySettings()
+    lookup = ("GET", "/v1/responses/resp-unknown")
+
+    def asked() -> list[int]:
+        return [replica.calls.count(lookup) for replica in replicas]
+
+    try:
+        async with aiohttp.ClientSession() as session:
+            proxy = Proxy(settings, table, Router(settings), session)
+            stored = StoredResponses(proxy, ResponseAffinity(10), RecentMisses(10, ttl=1.0))
+            for _ in range(3):
+                answer = await stored.serve("GET", "resp-unknown", "", {}, lambda model: True)
+                assert answer.status_code == 404
+            assert asked() == [1, 1]
+            await asyncio.sleep(1.1)
+            assert (await stored.locate("resp-unknown", {})) is None
+            assert asked() == [2, 2]
+
+            # One replica unreachable: it may hold the id, so the next lookup asks again.
+            table.sync([ServiceSpec("s", (*(r.url for r in replicas), gone))])
+            await asyncio.sleep(1.1)
+            for _ in range(2):
+                assert (await stored.locate("resp-unknown", {})) is None
+            assert asked() == [4, 4]
+
+            # Created through this gateway pod just after a miss: found at once, though this
+            # pod learns no ids here (0 entries) and has to ask.
+            table.sync([ServiceSpec("s", tuple(r.url for r in replicas))])
+            forgetful = StoredResponses(proxy, ResponseAffinity(0), stored.misses)
+            assert await forgetful.locate("resp-new", {}) is None
+            replicas[0].stored["resp-new"] = {"id": "resp-new", "model": MODEL}
+            assert await forgetful.locate("resp-new", {}) is None  # the miss, within its ttl
+            placement = await forgetful.place({"model": MODEL}, MODEL, {}, lambda model: True)
+            assert isinstance(placement, Placement)
+            assert placement.answered is not None
+            (endpoint,) = (e for e in table.endpoints() if e.url == replicas[0].url)
+            placement.answered(endpoint, 200, {"x-request-id": "resp-new"})
+            assert await forgetful.locate("resp-new", {}) == StoredAt(replicas[0].url, MODEL)
+    finally:
+        for replica in replicas:
+            await replica.stop()
 
 
 # --- the real gateway in front of stub replicas --------------------------------------------

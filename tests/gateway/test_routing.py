@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter
+from collections.abc import Mapping
 
 import pytest
 
@@ -19,7 +20,7 @@ from nim_gateway.routing import (
     pick_round_robin,
     stable_hash,
 )
-from nim_gateway.settings import GatewaySettings
+from nim_gateway.settings import GatewaySettings, PrefixStart
 
 NODES = [f"http://10.0.0.{i}:8000" for i in range(1, 6)]
 
@@ -140,19 +141,28 @@ class TestAffinityText:
                 {"role": "user", "content": [{"type": "text", "text": "Hi"}]},
             ],
         }
-        assert affinity_text(body, 100) == "m\x00system:Be brief.user:Hi"
+        assert affinity_text(body, 100, after_system_prompt=False) == "m\x00system:Be brief.user:Hi"
+        assert (
+            affinity_text(body, 100, after_system_prompt=True) == "m\x00system:Be brief.\x00user:Hi"
+        )
 
     def test_only_the_first_n_characters_count(self) -> None:
         shared = "s" * 50
         a = {"model": "m", "prompt": shared + "first question"}
         b = {"model": "m", "prompt": shared + "another question"}
-        assert affinity_text(a, 50) == affinity_text(b, 50)
-        assert affinity_text(a, 60) != affinity_text(b, 60)
+        for after in (False, True):  # a plain prompt has no system prompt to count from
+            assert affinity_text(a, 50, after_system_prompt=after) == affinity_text(
+                b, 50, after_system_prompt=after
+            )
+            assert affinity_text(a, 60, after_system_prompt=after) != affinity_text(
+                b, 60, after_system_prompt=after
+            )
 
     def test_the_model_is_part_of_the_key(self) -> None:
-        assert affinity_text({"model": "a", "prompt": "x"}, 10) != affinity_text(
-            {"model": "b", "prompt": "x"}, 10
-        )
+        for after in (False, True):
+            assert affinity_text(
+                {"model": "a", "prompt": "x"}, 10, after_system_prompt=after
+            ) != affinity_text({"model": "b", "prompt": "x"}, 10, after_system_prompt=after)
 
     def test_responses_input_and_token_prompts(self) -> None:
         body = {
@@ -160,6 +170,96 @@ class TestAffinityText:
             "instructions": "Be kind.",
             "input": [{"role": "user", "content": "Q"}],
         }
-        assert affinity_text(body, 100) == "m\x00Be kind.user:Q"
-        assert affinity_text({"model": "m", "prompt": [[1, 2, 3]]}, 100).startswith("m\x00")
-        assert affinity_text({"model": "m", "prompt": [1, 2, 3]}, 100) == "m\x001,2,3"
+        assert affinity_text(body, 100, after_system_prompt=False) == "m\x00Be kind.user:Q"
+        assert affinity_text(body, 100, after_system_prompt=True) == "m\x00Be kind.\x00user:Q"
+        tokens = {"model": "m", "prompt": [[1, 2, 3]]}
+        assert affinity_text(tokens, 100, after_system_prompt=False).startswith("m\x00")
+        assert affinity_text(
+            {"model": "m", "prompt": [1, 2, 3]}, 100, after_system_prompt=False
+        ) == ("m\x001,2,3")
+
+
+def conversation(system: str, first_question: str, turn: int) -> dict[str, object]:
+    """Turn `turn` of a chat: the system prompt, the history, then the next question."""
+    messages = [{"role": "system", "content": system}]
+    for t in range(turn):
+        messages += [
+            {"role": "user", "content": first_question if t == 0 else f"question {t}"},
+            {"role": "assistant", "content": f"answer {t}"},
+        ]
+    messages.append({"role": "user", "content": first_question if turn == 0 else f"q {turn}"})
+    return {"model": "m", "messages": messages}
+
+
+class TestKeyAfterTheSystemPrompt:
+    SYSTEM = "You are the support assistant of a shop. " * 40  # 1,680 characters
+
+    def key(self, body: Mapping[str, object], limit: int = 512) -> str:
+        return affinity_text(body, limit, after_system_prompt=True)
+
+    def test_conversations_under_one_system_prompt_get_keys_of_their_own(self) -> None:
+        first = conversation(self.SYSTEM, "Where is my order 1234?", 0)
+        other = conversation(self.SYSTEM, "How do I return a lamp?", 0)
+        assert self.key(first) != self.key(other)
+        # Counted from the start, 512 characters end inside the system prompt: one key for all.
+        assert affinity_text(first, 512, after_system_prompt=False) == affinity_text(
+            other, 512, after_system_prompt=False
+        )
+
+    @pytest.mark.parametrize("question_chars", [24, 720])
+    def test_every_turn_of_a_conversation_has_its_first_turns_key(
+        self, question_chars: int
+    ) -> None:
+        # The key reaches no further than the first question, which every turn resends: not
+        # into the first answer, which the first turn's prompt does not have yet.
+        question = ("Where is my order 1234? " * 30)[:question_chars]
+        keys = {self.key(conversation(self.SYSTEM, question, turn)) for turn in range(4)}
+        assert len(keys) == 1
+
+    def test_the_system_prompt_is_part_of_the_key(self) -> None:
+        # Another application's requests share no cached prefix, even with the same question.
+        a = conversation(self.SYSTEM, "Hi", 0)
+        b = conversation("You are a pirate.", "Hi", 0)
+        assert self.key(a) != self.key(b)
+
+    def test_only_instructions_the_prompt_begins_with_are_the_system_prompt(self) -> None:
+        body = {
+            "model": "m",
+            "messages": [
+                {"role": "developer", "content": "Rules."},
+                {"role": "system", "content": "More rules."},
+                {"role": "user", "content": "Hello"},
+                {"role": "system", "content": "A note in the middle."},
+            ],
+        }
+        assert self.key(body, 8) == "m\x00developer:Rules.system:More rules.\x00user:Hel"
+        # The key ends with the first message after the system prompt.
+        assert self.key(body, 100).endswith("\x00user:Hello")
+        responses = {
+            "model": "m",
+            "instructions": "Be kind.",
+            "input": [
+                {"role": "developer", "content": [{"type": "input_text", "text": "Tools."}]},
+                {"role": "user", "content": "Q"},
+            ],
+        }
+        assert self.key(responses) == "m\x00Be kind.developer:Tools.\x00user:Q"
+        assert self.key({"model": "m", "instructions": "I.", "input": "Q"}) == "m\x00I.\x00Q"
+        # No system prompt: counted from the start, as without the setting.
+        assert self.key({"model": "m", "messages": [{"role": "user", "content": "Q"}]}) == (
+            "m\x00\x00user:Q"
+        )
+
+    @pytest.mark.parametrize("start", ["after-system-prompt", "start"])
+    def test_the_router_spreads_conversations_only_when_keyed_after_it(
+        self, start: PrefixStart
+    ) -> None:
+        settings = GatewaySettings(default_routing="prefix-affinity", prefix_chars_from=start)
+        router = Router(settings)
+        endpoints = [Endpoint(url, "svc") for url in NODES[:2]]
+        lookup = Lookup(known=True, routing=None, candidates=tuple(endpoints))
+        chats = [
+            conversation(self.SYSTEM, f"Question {i}: where is order {i}?", 0) for i in range(40)
+        ]
+        picks = Counter(router.choose(lookup, chat) for chat in chats)
+        assert len(picks) == (2 if start == "after-system-prompt" else 1)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from aiohttp import web
 
 from nim_gateway.auth import KeySet, bearer_token, keys_from_mapping, keys_from_secret
 from nim_gateway.backends import BackendTable, ServiceSpec
@@ -18,6 +19,7 @@ from nim_gateway.discovery import (
     static_services,
 )
 from nim_gateway.load import Scraper, parse_load
+from nim_gateway.proxy import Router
 from nim_gateway.settings import GatewaySettings
 from tests.support.server_process import free_port
 
@@ -89,14 +91,22 @@ class TestBackendTable:
         assert table.lookup("m", now=50.0).candidates == (b,)
         assert table.lookup("m", now=150.0).candidates == (a,)
 
-    def test_load_is_the_larger_of_scraped_and_own(self) -> None:
+    def test_load_is_our_requests_now_plus_the_others_scraped(self) -> None:
         table = BackendTable()
         table.sync([ServiceSpec("s", ("http://a:1",))])
         (e,) = table.endpoints()
-        e.running, e.waiting, e.inflight = 2, 1, 1
+        # Scraped while 2 of ours were open: of its 3 requests, 1 is another client's.
+        e.running, e.waiting, e.inflight_at_scrape = 2, 1, 2
+        e.inflight = 2
         assert e.load() == 3
+        e.inflight = 0  # ours finished since: only the other client's is left
+        assert e.load() == 1
         e.inflight = 5
-        assert e.load() == 5
+        assert e.load() == 6
+        # Ours sent just before the scrape, not yet counted by the replica: no negative others.
+        e.running, e.waiting, e.inflight_at_scrape = 0, 0, 3
+        e.inflight = 3
+        assert e.load() == 3
 
 
 def slice_(
@@ -233,6 +243,8 @@ gpu_cache_usage_perc{model_name="a"} 0.25
 num_requests_running_bucket{le="1"} 99
 """
     assert parse_load(text) == (3.0, 4.0, 0.25)
+    # Gauges without labels are valid exposition too.
+    assert parse_load("num_requests_running 2\nnum_requests_waiting 1.0\n") == (2.0, 1.0, 0.0)
     assert parse_load("") == (0.0, 0.0, 0.0)
 
 
@@ -243,6 +255,43 @@ async def test_a_refused_scrape_marks_the_replica_unhealthy_at_once() -> None:
     async with aiohttp.ClientSession() as session:
         await Scraper(session, table, interval=1, timeout=1).scrape(endpoint)
     assert endpoint.healthy is False
+
+
+async def test_a_scrape_that_counted_our_finished_requests_does_not_keep_a_replica_busy() -> None:
+    """The real scraper reads a replica's /metrics while 3 of the gateway's requests run there;
+    they finish before the next scrape. That replica is idle, the other has one of ours open:
+    least-load must pick the idle one (taking the larger of the stale scrape and our count, it
+    saw 3 against 1 and picked the busy one)."""
+
+    async def metrics(_: web.Request) -> web.Response:
+        return web.Response(text='num_requests_running{model_name="m"} 3\n')
+
+    async def models(_: web.Request) -> web.Response:
+        return web.json_response({"data": [{"id": "m"}]})
+
+    app = web.Application()
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/v1/models", models)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        table = BackendTable()
+        table.sync([ServiceSpec("s", (f"http://127.0.0.1:{port}", "http://other:1"))])
+        drained, busy = table.endpoints()
+        drained.inflight = 3
+        async with aiohttp.ClientSession() as session:
+            await Scraper(session, table, interval=1, timeout=5).scrape(drained)
+    finally:
+        await runner.cleanup()
+    assert drained.running == 3
+    drained.inflight = 0  # the three answers are complete; the next scrape is up to 1 s away
+    busy.inflight, busy.cards = 1, [{"id": "m"}]
+    router = Router(GatewaySettings(default_routing="least-load"))
+    lookup = table.lookup("m")
+    assert {router.choose(lookup, {"model": "m"}) for _ in range(10)} == {drained}
+    assert (drained.load(), busy.load()) == (0, 1)
 
 
 def test_settings_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
