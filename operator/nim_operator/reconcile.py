@@ -439,6 +439,8 @@ async def _sync_children(
     absent = slot.absent
     trust_watch = _trusts_watch(runtime, slot)
     deployment: Mapping[str, Any] | None = None
+    # A switch to or from spec.multiNode: the old shape's workload serves until the new one can.
+    keep = await multinode.workload_to_keep(kube, owner, spec, leader_worker_sets, absent)
     children = render_children(
         owner,
         spec,
@@ -450,6 +452,7 @@ async def _sync_children(
         leader_worker_sets_supported=leader_worker_sets,
         compute_domains_supported=compute_domains,
         compute_domain_channel=compute_domain_channel,
+        keep_workload=keep,
     )
     if claim_templates:
         # spec.draResources' generated ResourceClaimTemplates, before the pods that use them.

@@ -33,6 +33,7 @@ from tests.support.kmock_cluster import EmulatedCluster
 from tests.support.kmock_harness import (
     ClusterDriver,
     OperatorProcess,
+    PodState,
     delete_namespace,
     eventually,
     install_crds,
@@ -44,6 +45,8 @@ NAMESPACES = ResourceKind("v1", "namespaces", namespaced=False)
 SLOW_PREFIX = "nimlws-"
 SECRETS = ResourceKind("v1", "secrets")
 ROLE = "nim-llm-role"
+# Long enough for several of the test operator's timer ticks (a kept workload must survive them).
+HANDOVER_WATCH = 3.0
 
 # A NIMService as NVIDIA's multi-node sample writes it (only apiVersion differs): Llama 3.1
 # 405B over two pods of eight GPUs, the model on a shared ReadWriteMany claim.
@@ -110,6 +113,10 @@ def env_value(container: dict[str, Any], name: str) -> str | None:
 
 async def gone(e2e: E2E, kind: ResourceKind, name: str) -> bool:
     return await e2e.get(kind, name) is None
+
+
+async def present(e2e: E2E, kind: ResourceKind, name: str) -> bool:
+    return await e2e.get(kind, name) is not None
 
 
 async def ngc_secret(e2e: E2E) -> None:
@@ -188,36 +195,62 @@ async def test_nvidia_multi_node_waits_for_the_lws_crd_then_runs_as_a_leader_wor
     assert nim["status"]["state"] == "Ready"
 
 
-async def test_switching_multi_node_on_and_off_swaps_the_deployment_and_the_lws(
+async def test_switching_multi_node_on_and_off_hands_over_without_a_gap(
     e2e: E2E, emulated: EmulatedCluster | None, install_lws: Callable[[], Awaitable[None]]
 ) -> None:
+    """The old shape's workload serves until the new one has a ready replica, then goes."""
     if not await lws_served(e2e.api):
         if emulated is None:
             pytest.skip("this cluster has no LeaderWorkerSet CRD (the test installs none)")
         await install_lws()
     await e2e.create("swap", cpu_spec())
     await e2e.child(DEPLOYMENTS, "swap")
+    await e2e.driver.pods_become(e2e.namespace, "swap", PodState.READY)
+
+    async def selector() -> dict[str, str]:
+        service = await e2e.get(SERVICES, "swap")
+        assert service is not None
+        return dict(service["spec"]["selector"])
 
     await e2e.patch_spec("swap", {"gpu": None, "multiNode": {"parallelism": {"pipeline": 3}}})
     lws = await e2e.child(LEADER_WORKER_SETS, "swap")
     assert lws["spec"]["leaderWorkerTemplate"]["size"] == 3
+    # No group ready yet: the Deployment keeps serving, and the Service keeps selecting its
+    # pods (the leaders too; workers have no api port, so they are no endpoints).
+    await e2e.stays(
+        lambda: present(e2e, DEPLOYMENTS, "swap"),
+        "the Deployment kept while no group is ready",
+        seconds=HANDOVER_WATCH,
+    )
+    assert ROLE not in await selector()
+
+    # The LWS controller's part: a group is ready. Then, and only then, the Deployment goes.
+    status = {"replicas": 1, "updatedReplicas": 1, "readyReplicas": 1}
+    await e2e.api.merge_patch(
+        LEADER_WORKER_SETS, e2e.namespace, "swap", {"status": status}, subresource="status"
+    )
     await e2e.until(lambda: gone(e2e, DEPLOYMENTS, "swap"), "the Deployment deleted")
 
     async def leaders_selected() -> bool:
-        service = await e2e.get(SERVICES, "swap")
-        return service is not None and service["spec"]["selector"].get(ROLE) == "leader"
+        return (await selector()).get(ROLE) == "leader"
 
     await e2e.until(leaders_selected, "the Service selecting the leaders")
 
+    # Back to one pod per replica: the LeaderWorkerSet serves until the Deployment is ready.
     await e2e.patch_spec("swap", {"gpu": {"count": 0}, "multiNode": None})
     await e2e.child(DEPLOYMENTS, "swap")
-    await e2e.until(lambda: gone(e2e, LEADER_WORKER_SETS, "swap"), "the LeaderWorkerSet deleted")
 
     async def all_pods_selected() -> bool:
-        service = await e2e.get(SERVICES, "swap")
-        return service is not None and ROLE not in service["spec"]["selector"]
+        return ROLE not in await selector()
 
     await e2e.until(all_pods_selected, "the Service selecting every pod again")
+    await e2e.stays(
+        lambda: present(e2e, LEADER_WORKER_SETS, "swap"),
+        "the LeaderWorkerSet kept while the Deployment has no ready pod",
+        seconds=HANDOVER_WATCH,
+    )
+    await e2e.driver.pods_become(e2e.namespace, "swap", PodState.READY)
+    await e2e.until(lambda: gone(e2e, LEADER_WORKER_SETS, "swap"), "the LeaderWorkerSet deleted")
 
 
 @pytest.fixture(scope="module")

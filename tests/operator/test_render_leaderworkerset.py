@@ -274,6 +274,32 @@ class TestMultiNodeAmongTheChildren:
         kinds = self.kinds(NIMServiceSpec.model_validate({"image": OUR_IMAGE}), supported=False)
         assert "LeaderWorkerSet" not in kinds
 
+    def handover(self, spec: NIMServiceSpec, keep: str) -> dict[str, Any]:
+        children = render_children(
+            OWNER,
+            spec,
+            replicas=1,
+            service_monitor_supported=False,
+            leader_worker_sets_supported=True,
+            keep_workload=keep,
+        )
+        return {ref.kind: manifest for ref, manifest in children}
+
+    def test_a_kept_deployment_is_neither_applied_nor_deleted_and_still_selected(self) -> None:
+        children = self.handover(make_spec(), "Deployment")
+        assert "Deployment" not in children
+        assert children["LeaderWorkerSet"] is not None
+        # Its pods and the leaders; workers have no api port, so they are no endpoints.
+        assert children["Service"]["spec"]["selector"] == selector_labels("llama")
+        assert children["Service"]["spec"]["ports"][0]["targetPort"] == "api"
+
+    def test_a_kept_leader_worker_set_is_neither_applied_nor_deleted(self) -> None:
+        plain = NIMServiceSpec.model_validate({"image": OUR_IMAGE})
+        children = self.handover(plain, "LeaderWorkerSet")
+        assert "LeaderWorkerSet" not in children
+        assert children["Deployment"] is not None
+        assert children["Service"]["spec"]["selector"] == selector_labels("llama")
+
     def test_the_service_selects_the_leaders(self) -> None:
         service = render_service(OWNER, make_spec())
         assert service["spec"]["selector"] == {**selector_labels("llama"), ROLE_LABEL: "leader"}

@@ -61,6 +61,7 @@ def render_children(
     leader_worker_sets_supported: bool = False,
     compute_domains_supported: bool = False,
     compute_domain_channel: str | None = None,
+    keep_workload: str | None = None,
 ) -> list[tuple[ChildRef, Manifest | None]]:
     """Every child in apply order; a None manifest means "delete it if we own it".
 
@@ -72,6 +73,11 @@ def render_children(
     - the ComputeDomain when the cluster does not serve that kind (likewise with
       multiNode.computeDomain); `compute_domain_channel` is the channel template of an existing
       ComputeDomain that multiNode.computeDomain.name names (reconcile reads it);
+
+    - `keep_workload` ("Deployment" or "LeaderWorkerSet"), the workload of the shape the spec no
+      longer asks for, while the new one has no ready replica (a handover, see
+      nim_operator.multinode.workload_to_keep); a kept Deployment keeps the Service selecting
+      every pod.
 
     `previous_service` is the Service name the status last reported: renamed since, it is deleted.
     - the PVC when the spec mounts an existing claim under the default name, which is the user's.
@@ -92,12 +98,13 @@ def render_children(
         children.append(_pvc_ref(default_pvc_name(name), None))
     # spec.multiNode runs the server as a LeaderWorkerSet instead of the Deployment.
     single_node = spec.multi_node is None
-    children.append(
-        (
-            ChildRef("apps/v1", "Deployment", "deployments", name),
-            render_deployment(owner, spec, replicas=replicas) if single_node else None,
+    if keep_workload != "Deployment":
+        children.append(
+            (
+                ChildRef("apps/v1", "Deployment", "deployments", name),
+                render_deployment(owner, spec, replicas=replicas) if single_node else None,
+            )
         )
-    )
     if compute_domains_supported:
         # Before the LeaderWorkerSet: its pods claim from the domain's channel template.
         children.append(
@@ -106,7 +113,7 @@ def render_children(
                 render_compute_domain(owner, spec),
             )
         )
-    if leader_worker_sets_supported:
+    if leader_worker_sets_supported and keep_workload != "LeaderWorkerSet":
         lws = render_leader_worker_set(
             owner, spec, replicas=replicas, compute_domain_channel=compute_domain_channel
         )
@@ -116,7 +123,7 @@ def render_children(
     children += [
         (
             ChildRef("v1", "Service", "services", spec.service_name(name)),
-            render_service(owner, spec),
+            render_service(owner, spec, every_pod=keep_workload == "Deployment"),
         ),
         (
             ChildRef("autoscaling/v2", "HorizontalPodAutoscaler", "horizontalpodautoscalers", name),

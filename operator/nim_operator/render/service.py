@@ -18,12 +18,21 @@ from nim_operator.render.common import (
     Owner,
     object_meta,
 )
-from nim_operator.render.labels import child_labels, server_selector_labels
+from nim_operator.render.labels import child_labels, selector_labels, server_selector_labels
 
 __all__ = ["render_service", "service_endpoint"]
 
 
-def render_service(owner: Owner, spec: NIMServiceSpec) -> dict[str, Any]:
+def render_service(
+    owner: Owner, spec: NIMServiceSpec, *, every_pod: bool = False
+) -> dict[str, Any]:
+    """The Service `<name>` (or expose.service.name).
+
+    `every_pod` selects all of the NIMService's pods even with spec.multiNode: while a
+    Deployment from before the switch still serves (nim_operator.multinode.workload_to_keep),
+    its pods and the new group leaders both get requests. Workers do not: they have no `api`
+    port, and a pod without the Service's named target port is not an endpoint of it.
+    """
     exposed = spec.expose.service
     # Our labels win over `expose.service.labels` for the same reason they win over spec.labels.
     labels = {**(exposed.labels or {}), **child_labels(owner.name, spec)}
@@ -49,7 +58,11 @@ def render_service(owner: Owner, spec: NIMServiceSpec) -> dict[str, Any]:
         ),
         "spec": {
             "type": exposed.type,
-            "selector": server_selector_labels(owner.name, spec),
+            "selector": (
+                selector_labels(owner.name)
+                if every_pod
+                else server_selector_labels(owner.name, spec)
+            ),
             "ports": ports,
         },
     }
