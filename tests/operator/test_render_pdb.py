@@ -18,6 +18,21 @@ def make_spec(**fields: Any) -> NIMServiceSpec:
 
 
 class TestRenderPDB:
+    def test_multi_node_groups_one_pod_of_all_groups_at_a_time(self) -> None:
+        """Every pod of every group, leaders and workers: a worker's eviction costs its group."""
+        spec = make_spec(replicas=2, multiNode={"parallelism": {"pipeline": 4}})
+        pdb = render_pdb(OWNER, spec, replicas=2)
+        assert pdb is not None
+        assert pdb["spec"] == {
+            "maxUnavailable": 1,
+            "selector": {"matchLabels": selector_labels("llama")},
+        }
+        assert "nim-llm-role" not in pdb["spec"]["selector"]["matchLabels"]
+
+    def test_absent_for_a_single_multi_node_group(self) -> None:
+        spec = make_spec(replicas=1, multiNode={"parallelism": {"pipeline": 4}})
+        assert render_pdb(OWNER, spec, replicas=1) is None
+
     @pytest.mark.parametrize("replicas", [0, 1])
     def test_absent_for_a_single_pod(self, replicas: int) -> None:
         assert render_pdb(OWNER, make_spec(replicas=replicas), replicas=replicas) is None

@@ -18,6 +18,16 @@ def render_pdb(
 
     With the HPA on (`replicas=None`) the bound is maxReplicas rather than minReplicas: with
     maxUnavailable 1, a lone pod can still be evicted, so the budget never blocks a drain.
+
+    With spec.multiNode `replicas` counts groups, and the budget still covers every pod of every
+    group, one at a time: evicting any pod (a worker too) restarts its whole group
+    (RecreateGroupOnPodRestart), whose pods then count as unavailable until it is back, so no
+    second group can be disrupted meanwhile. Leaders only would let a drain evict the workers of
+    every group at once; a budget per group (or a whole group's worth of pods allowed, as a
+    `minAvailable` of (groups - 1) x size would) would block drains, or let a drain that evicts a
+    node's pods in parallel take one pod of several groups. One group is never budgeted: it
+    cannot stay up through any eviction of its pods. (NVIDIA's operator renders no budget, and
+    the LeaderWorkerSet controller none either.)
     """
     ceiling = spec.max_possible_replicas() if replicas is None else replicas
     if ceiling <= 1:
