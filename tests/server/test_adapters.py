@@ -212,6 +212,27 @@ def test_a_fixed_adapter_is_served_after_the_next_scan(
     assert answer(http, "no-config") == answer(http, "alpha")  # the same weights
 
 
+def test_a_reloaded_adapter_leaves_its_previous_version_unloaded(
+    http: httpx.Client, lora_server: ServerProcess, adapters: Path, peft_source: Path
+) -> None:
+    before = answer(http, "no-config")  # alpha's weights, since the previous test
+    # New weights in one rename, so no scan sees half a file.
+    staged = peft_source / ".weights-incoming"
+    shutil.copyfile(adapters / "beta" / "adapter_model.safetensors", staged)
+    staged.replace(peft_source / "no-config" / "adapter_model.safetensors")
+    wait_for(lambda: "reloaded LoRA adapter no-config" in lora_server.log())
+    assert answer(http, "no-config") != before
+
+    wait_for(lambda: "LoRA adapter no-config" in unloaded_lines(lora_server))
+    held = re.search(
+        r"LoRA adapter no-config \(engine id \d+\) unloaded .*; it holds: (.*)$",
+        unloaded_lines(lora_server),
+        re.MULTILINE,
+    )
+    assert held is not None
+    assert held.group(1).split(", ").count("no-config") == 1  # the new version only
+
+
 def test_metrics_carry_the_adapter(http: httpx.Client) -> None:
     answer(http, "alpha")
     metrics = http.get("/v1/metrics").text
