@@ -293,6 +293,9 @@ async def scenario(kube: KubeClient, namespace: str, context: Callable[[], str])
     multi_node = {"gpu": None, "multiNode": {"parallelism": {"pipeline": 2}}}
     await kube.merge_patch(NIMSERVICES, namespace, "llm", {"spec": multi_node})
     await until(exists(LEADER_WORKER_SETS, "llm"), "the LeaderWorkerSet")
+    # The Deployment serves until a group is ready (the LWS controller's status, played here).
+    group_ready = {"status": {"replicas": 1, "updatedReplicas": 1, "readyReplicas": 1}}
+    await kube.merge_patch(LEADER_WORKER_SETS, namespace, "llm", group_ready, subresource="status")
     await until(exists(DEPLOYMENTS, "llm", present=False), "the Deployment deleted")
     # multiNode.computeDomain: one created for the NIMService, then an existing one read for
     # its channel instead (and the created one deleted).
@@ -313,6 +316,8 @@ async def scenario(kube: KubeClient, namespace: str, context: Callable[[], str])
     single_node = {"gpu": {"count": 0}, "multiNode": None}
     await kube.merge_patch(NIMSERVICES, namespace, "llm", {"spec": single_node})
     await until(exists(DEPLOYMENTS, "llm"), "the Deployment back")
+    # The LeaderWorkerSet serves until the Deployment has a ready pod.
+    await EmulatedControllers(kube).pods_become(namespace, "llm", PodState.READY)
     await until(exists(LEADER_WORKER_SETS, "llm", present=False), "the LeaderWorkerSet deleted")
 
     # spec.draResources: a generated ResourceClaimTemplate, replaced by a new one on an edit
