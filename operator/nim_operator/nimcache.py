@@ -120,17 +120,20 @@ async def _sync_job(
 
 
 async def _finished_pods(
-    kube: KubeClient, job: Mapping[str, Any], previous: Mapping[str, Any]
+    kube: KubeClient, job: Mapping[str, Any], previous: Mapping[str, Any], *, nim_image: bool
 ) -> list[dict[str, Any]]:
     """The Job's pods once it has finished (their termination messages say what happened).
 
     Not again once the status says what the finished Job cached: a timer tick of a Ready
-    NIMCache makes no pod list. (A new Job passes through Pending first, which clears it.)
+    NIMCache makes no pod list. (A new Job passes through Pending first, which clears it.) A
+    NIM image (`ngc`) reports nothing of ours on success, so its Ready status is complete.
     """
     conditions = (job.get("status") or {}).get("conditions") or []
     if not any(c.get("status") == "True" for c in conditions):
         return []
-    if previous.get("state") == "Ready" and (previous.get("model") or {}).get("path"):
+    if previous.get("state") == "Ready" and (
+        nim_image or (previous.get("model") or {}).get("path")
+    ):
         return []
     meta = job.get("metadata") or {}
     selector = f"batch.kubernetes.io/controller-uid={meta.get('uid')}"
@@ -177,7 +180,9 @@ async def reconcile_cache(
                 problem = Problem("ChildRejected", f"{e.reason}: {e}"[:1024])
             if job is not None:
                 previous = runtime.slot(owner.uid).last_status or body.get("status") or {}
-                pods = await _finished_pods(kube, job, previous)
+                pods = await _finished_pods(
+                    kube, job, previous, nim_image=spec.source.ngc is not None
+                )
         obs = CacheObservation(
             generation=int(meta.get("generation") or 0),
             pvc=spec.pvc_name(owner.name) if spec is not None else None,

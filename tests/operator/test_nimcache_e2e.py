@@ -285,8 +285,8 @@ async def test_an_ngc_source_runs_the_nim_image_and_a_nimservice_picks_a_profile
 
 
 async def test_a_dataset_cache_is_no_model_for_a_nimservice(e2e: E2E) -> None:
-    spec = cache_spec(modelName=None, datasetName="rajpurkar/squad")
-    del spec["source"]["hf"]["modelName"]
+    spec = cache_spec(datasetName="rajpurkar/squad")
+    del spec["source"]["hf"]["modelName"]  # a dataset instead of the model
     await create_cache(e2e, "squad", spec)
     job = await e2e.child(JOBS, "squad-download")
     args = job["spec"]["template"]["spec"]["containers"][0]["args"]

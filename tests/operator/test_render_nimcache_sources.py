@@ -260,13 +260,11 @@ class TestNGCStatus:
             assert asked_profiles(source) == []
 
     def test_no_profiles_until_ready(self) -> None:
+        source = cache_spec(ngc(model={"profiles": ["p1"]})).source.ngc
+        assert source is not None
         running = {"status": {"active": 1}}
         obs = CacheObservation(
-            generation=1,
-            pvc="p",
-            job_name="j",
-            job=running,
-            nim_profiles=asked_profiles(cache_spec(ngc(model={"profiles": ["p1"]})).source.ngc),  # type: ignore[arg-type]
+            generation=1, pvc="p", job_name="j", job=running, nim_profiles=asked_profiles(source)
         )
         assert "profiles" not in compute_cache_status(obs, {}, now=NOW)
 
