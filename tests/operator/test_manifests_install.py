@@ -41,6 +41,8 @@ EXPECTED_RULES: dict[tuple[str, str], set[str]] = {
     ("gateway.networking.k8s.io", "grpcroutes"): OPTIONAL_CHILD,
     # spec.multiNode's workload, watched like the Deployment.
     ("leaderworkerset.x-k8s.io", "leaderworkersets"): {"list", "watch", *OPTIONAL_CHILD},
+    # spec.multiNode.computeDomain: an optional child (not watched); a named one is read.
+    ("resource.nvidia.com", "computedomains"): OPTIONAL_CHILD,
     # spec.draResources' generated templates: applied, and those no longer rendered (their names
     # carry a digest of their immutable spec) found by label and deleted; never read one by one.
     ("resource.k8s.io", "resourceclaimtemplates"): {"list", "create", "patch", "delete"},
