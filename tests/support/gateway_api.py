@@ -8,36 +8,11 @@ operator's routes are checked against the real shape by the renderer tests, not 
 
 from __future__ import annotations
 
-from typing import Any
+from tests.support.third_party_crd import third_party_crd
 
 __all__ = ["GATEWAY_API_CRDS"]
 
-
-def _route_crd(kind: str, plural: str) -> dict[str, Any]:
-    return {
-        "apiVersion": "apiextensions.k8s.io/v1",
-        "kind": "CustomResourceDefinition",
-        "metadata": {"name": f"{plural}.gateway.networking.k8s.io"},
-        "spec": {
-            "group": "gateway.networking.k8s.io",
-            "scope": "Namespaced",
-            "names": {"kind": kind, "plural": plural, "singular": kind.lower()},
-            "versions": [
-                {
-                    "name": "v1",
-                    "served": True,
-                    "storage": True,
-                    "subresources": {"status": {}},
-                    "schema": {
-                        "openAPIV3Schema": {
-                            "type": "object",
-                            "x-kubernetes-preserve-unknown-fields": True,
-                        }
-                    },
-                }
-            ],
-        },
-    }
-
-
-GATEWAY_API_CRDS = (_route_crd("HTTPRoute", "httproutes"), _route_crd("GRPCRoute", "grpcroutes"))
+GATEWAY_API_CRDS = tuple(
+    third_party_crd("gateway.networking.k8s.io", "v1", kind, plural)
+    for kind, plural in (("HTTPRoute", "httproutes"), ("GRPCRoute", "grpcroutes"))
+)

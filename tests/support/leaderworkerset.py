@@ -12,34 +12,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from tests.support.third_party_crd import third_party_crd
+
 __all__ = ["LEADER_WORKER_SET_CRD"]
 
-LEADER_WORKER_SET_CRD: dict[str, Any] = {
-    "apiVersion": "apiextensions.k8s.io/v1",
-    "kind": "CustomResourceDefinition",
-    "metadata": {"name": "leaderworkersets.leaderworkerset.x-k8s.io"},
-    "spec": {
-        "group": "leaderworkerset.x-k8s.io",
-        "scope": "Namespaced",
-        "names": {
-            "kind": "LeaderWorkerSet",
-            "plural": "leaderworkersets",
-            "singular": "leaderworkerset",
-            "listKind": "LeaderWorkerSetList",
-        },
-        "versions": [
-            {
-                "name": "v1",
-                "served": True,
-                "storage": True,
-                "subresources": {"status": {}},
-                "schema": {
-                    "openAPIV3Schema": {
-                        "type": "object",
-                        "x-kubernetes-preserve-unknown-fields": True,
-                    }
-                },
-            }
-        ],
-    },
-}
+LEADER_WORKER_SET_CRD: dict[str, Any] = third_party_crd(
+    "leaderworkerset.x-k8s.io",
+    "v1",
+    "LeaderWorkerSet",
+    "leaderworkersets",
+    list_kind="LeaderWorkerSetList",
+)
