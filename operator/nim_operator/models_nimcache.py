@@ -20,6 +20,8 @@ from nim_operator.models import (
     ClaimSpec,
     ComputeResources,
     Condition,
+    EnvVar,
+    Quantity,
     StringMap,
     Toleration,
     _Model,
@@ -31,6 +33,7 @@ __all__ = [
     "CacheCertConfig",
     "CachePVC",
     "CacheProxy",
+    "CacheResources",
     "CacheSource",
     "CacheStorage",
     "CachedModel",
@@ -230,6 +233,17 @@ CachePVC = ClaimSpec  # the same fields and rules as a NIMService's, less annota
 
 class CacheStorage(_Model):
     pvc: CachePVC
+    # NVIDIA's node-local cache: refused, a hostPath cache would tie NIMServices to one node.
+    host_path: str | None = None
+
+    @model_validator(mode="after")
+    def _no_host_path(self) -> CacheStorage:
+        if self.host_path:
+            raise ValueError(
+                "storage.hostPath is not supported: a NIMCache fills a claim (storage.pvc) "
+                "that NIMServices on any node can mount"
+            )
+        return self
 
 
 class CacheProxy(_Model):
@@ -237,6 +251,22 @@ class CacheProxy(_Model):
     https_proxy: str | None = None
     no_proxy: str | None = None
     cert_config_map: str | None = None
+
+
+class CacheResources(ComputeResources):
+    """limits and requests, or NVIDIA's cpu and memory (each both the request and the limit)."""
+
+    cpu: Quantity | None = None
+    memory: Quantity | None = None
+
+    def container_resources(self) -> dict[str, dict[str, Quantity]]:
+        """The container's limits and requests; an explicit entry wins over cpu or memory."""
+        shorthand = {k: v for k, v in (("cpu", self.cpu), ("memory", self.memory)) if v is not None}
+        merged = {
+            group: dict(sorted({**shorthand, **(explicit or {})}.items()))
+            for group, explicit in (("limits", self.limits), ("requests", self.requests))
+        }
+        return {group: values for group, values in merged.items() if values}
 
 
 class CacheCertConfig(_Model):
@@ -251,7 +281,9 @@ class NIMCacheSpec(_Model):
 
     source: CacheSource
     storage: CacheStorage
-    resources: ComputeResources | None = None
+    resources: CacheResources | None = None
+    env: Annotated[list[EnvVar], Field(max_length=256)] | None = None
+    runtime_class_name: str | None = None
     tolerations: Annotated[list[Toleration], Field(max_length=64)] | None = None
     node_selector: StringMap | None = None
     user_id: Annotated[int, Field(ge=1, alias="userID")] = 1000

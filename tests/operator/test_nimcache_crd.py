@@ -115,6 +115,14 @@ INVALID = {
         },
         "spec.source.dataStore.checkpointName needs modelName",
     ),
+    "env literal token": (
+        {"env": [{"name": "NGC_API_KEY", "value": "nvapi-x"}]},
+        "NGC_API_KEY, HF_TOKEN and NIM_API_KEY must come from a Secret",
+    ),
+    "hostPath": (
+        {"storage": {"pvc": {"create": True, "size": "1Gi"}, "hostPath": "/data/nim"}},
+        "storage.hostPath is not supported",
+    ),
     "pvc created without size": (
         {"storage": {"pvc": {"create": True}}},
         "storage.pvc.size is required when storage.pvc.create is true",
@@ -177,6 +185,11 @@ class TestValidNIMCaches:
             {"source": {"hf": {**HF, "namespace": "rajpurkar", "datasetName": "squad"}}},
             {"certConfig": {"name": "corp-ca", "mountPath": "/etc/ssl/corp"}},
             {"proxy": {"httpsProxy": "http://proxy:3128", "certConfigMap": "corp-ca"}},
+            {
+                "resources": {"cpu": 2, "memory": "8Gi"},
+                "env": [{"name": "NIM_LOG_LEVEL", "value": "DEBUG"}],
+                "runtimeClassName": "nvidia",
+            },
         ],
         ids=[
             "ngc profiles",
@@ -187,6 +200,7 @@ class TestValidNIMCaches:
             "hf dataset",
             "certConfig",
             "proxy certConfigMap",
+            "env runtimeClassName resources.cpu/memory",
         ],
     )
     def test_nvidias_other_sources_and_ca_settings_pass_both(self, spec: dict[str, Any]) -> None:

@@ -181,7 +181,11 @@ async def nimcache(e2e: E2E) -> None:
     job = await e2e.child(JOBS, "smollm2-cache-download")
     download = job["spec"]["template"]["spec"]["containers"][0]
     assert download["image"] == "nimstack/nim-server:0.1.0"
-    assert download["resources"]["limits"]["memory"] == "4Gi"
+    # NVIDIA's resources.{cpu, memory}: both the request and the limit.
+    assert download["resources"] == {
+        "limits": {"cpu": "1", "memory": "4Gi"},
+        "requests": {"cpu": "1", "memory": "4Gi"},
+    }
     job_env = {e["name"]: e for e in download.get("env", [])}
     assert job_env["HF_ENDPOINT"]["value"] == "https://huggingface.co"
     assert job_env["HF_TOKEN"]["valueFrom"]["secretKeyRef"]["name"] == "hf-api-secret"

@@ -356,3 +356,38 @@ class TestNIMServiceOnSuchACache:
         assert isinstance(problem, Problem)
         assert problem.reason == "NIMCacheHoldsDataset"
         assert "dataset" in problem.message
+
+
+class TestNVIDIAJobSettings:
+    """NVIDIA's env, runtimeClassName and resources.{cpu, memory} of the caching Job."""
+
+    def test_user_env_follows_and_replaces_the_operators(self) -> None:
+        env = [
+            {"name": "NIM_CACHE_PATH", "value": "/model-store/nim"},
+            {"name": "NGC_API_KEY", "valueFrom": {"secretKeyRef": {"name": "o", "key": "k"}}},
+            {"name": "EXTRA", "value": "1"},
+        ]
+        nim = container(cache_spec(ngc(), env=env))
+        assert nim["env"] == [
+            {"name": "NGC_HOME", "value": "/model-store/ngc"},
+            {"name": "HF_HOME", "value": "/model-store/huggingface"},
+            {"name": "NIM_CACHE_PATH", "value": "/model-store/nim"},
+            {"name": "NGC_API_KEY", "valueFrom": {"secretKeyRef": {"name": "o", "key": "k"}}},
+            {"name": "EXTRA", "value": "1"},
+        ]
+
+    def test_runtime_class(self) -> None:
+        assert pod_spec(cache_spec(ngc(), runtimeClassName="nvidia"))["runtimeClassName"] == (
+            "nvidia"
+        )
+        assert "runtimeClassName" not in pod_spec(cache_spec(ngc()))
+
+    def test_cpu_and_memory_are_request_and_limit_unless_given_explicitly(self) -> None:
+        resources = {"cpu": "2", "memory": "8Gi", "limits": {"memory": "16Gi", "nvidia.com/gpu": 1}}
+        assert container(cache_spec(ngc(), resources=resources))["resources"] == {
+            "limits": {"cpu": "2", "memory": "16Gi", "nvidia.com/gpu": 1},
+            "requests": {"cpu": "2", "memory": "8Gi"},
+        }
+
+    def test_no_resources_no_key(self) -> None:
+        assert "resources" not in container(cache_spec(ngc(), resources={}))

@@ -142,6 +142,14 @@ def _env(spec: NIMCacheSpec) -> list[dict[str, Any]]:
     return env
 
 
+def _with_user_env(env: list[dict[str, Any]], spec: NIMCacheSpec) -> list[dict[str, Any]]:
+    """spec.env after the operator's variables; an entry of the same name replaces the
+    operator's, as NVIDIA's user env does."""
+    user = [var.to_k8s() for var in spec.env or []]
+    names = {var["name"] for var in user}
+    return [var for var in env if var["name"] not in names] + user
+
+
 def _container(spec: NIMCacheSpec) -> dict[str, Any]:
     mount: dict[str, Any] = {"name": MODEL_STORE_VOLUME, "mountPath": MODEL_STORE_PATH}
     if spec.storage.pvc.sub_path:
@@ -160,7 +168,7 @@ def _container(spec: NIMCacheSpec) -> dict[str, Any]:
         "image": spec.model_puller,
         "command": list(command),
         "args": args,
-        "env": _env(spec),
+        "env": _with_user_env(_env(spec), spec),
         "volumeMounts": mounts,
         # The JSON result (or the failure's reason) for the operator; the log's tail if the
         # process died before writing it (and always for a NIM image, which writes none).
@@ -175,9 +183,8 @@ def _container(spec: NIMCacheSpec) -> dict[str, Any]:
             "runAsNonRoot": True,
         },
     }
-    if spec.resources is not None:
-        resources = spec.resources.to_k8s()
-        container["resources"] = {g: dict(sorted(v.items())) for g, v in sorted(resources.items())}
+    if spec.resources is not None and (resources := spec.resources.container_resources()):
+        container["resources"] = resources
     return container
 
 
@@ -206,6 +213,8 @@ def _pod_spec(owner: CacheOwner, spec: NIMCacheSpec) -> dict[str, Any]:
     }
     if spec.pull_secret:
         pod["imagePullSecrets"] = [{"name": spec.pull_secret}]
+    if spec.runtime_class_name:
+        pod["runtimeClassName"] = spec.runtime_class_name
     if spec.node_selector:
         pod["nodeSelector"] = dict(sorted(spec.node_selector.items()))
     if spec.tolerations:
