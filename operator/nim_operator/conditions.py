@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from nim_operator.models import (
+    ComputeDomainStatus,
     Condition,
     DRAResourceStatus,
     ModelStatus,
@@ -59,6 +60,7 @@ OWNED_STATUS_FIELDS = (
     "state",
     "conditions",
     "draResourceStatuses",
+    "computeDomainStatus",
 )
 MAX_MESSAGE = 1024
 AS_EXPECTED = "AsExpected"
@@ -106,6 +108,8 @@ class Observation:
     extra_conditions: Sequence[ConditionReport] = ()
     # status.draResourceStatuses (nim_operator.dra_status); None: the field is not reported.
     dra_resource_statuses: Sequence[DRAResourceStatus] | None = None
+    # status.computeDomainStatus (nim_operator.compute_domain); None: the field is not reported.
+    compute_domain_status: ComputeDomainStatus | None = None
 
 
 def label_selector(name: str) -> str:
@@ -480,5 +484,6 @@ def compute_status(
         dra_resource_statuses=(
             list(obs.dra_resource_statuses) if obs.dra_resource_statuses is not None else None
         ),
+        compute_domain_status=obs.compute_domain_status,
     )
     return status.to_k8s()

@@ -47,6 +47,8 @@ __all__ = [
     "AutoscalingSpec",
     "AutoscalingStatus",
     "ClaimSpec",
+    "ComputeDomainNodeStatus",
+    "ComputeDomainStatus",
     "ComputeResources",
     "Condition",
     "ContainerClaim",
@@ -1320,6 +1322,22 @@ class DRAResourceStatus(_Model):
         return self
 
 
+class ComputeDomainNodeStatus(_Model):
+    """A node of the ComputeDomain, as its driver reports it: the IMEX daemon's readiness."""
+
+    name: str
+    clique_id: Annotated[str, Field(alias="cliqueID")]
+    status: Literal["Ready", "NotReady"] = "NotReady"
+
+
+class ComputeDomainStatus(_Model):
+    """status.computeDomainStatus: the ComputeDomain of multiNode.computeDomain, as NVIDIA's."""
+
+    name: str
+    status: str | None = None
+    nodes: list[ComputeDomainNodeStatus] | None = None
+
+
 class NIMServiceStatus(_Model):
     """Observed state of a NIMService, as written by the operator."""
 
@@ -1335,3 +1353,5 @@ class NIMServiceStatus(_Model):
     autoscaling: AutoscalingStatus | None = None
     # Written only while spec.draResources is set (nim_operator.dra_status).
     dra_resource_statuses: list[DRAResourceStatus] | None = None
+    # Written only while multiNode.computeDomain is set (nim_operator.compute_domain).
+    compute_domain_status: ComputeDomainStatus | None = None

@@ -659,11 +659,11 @@ async def _reconcile_held(
     if spec is not None and problem is None:
         lws_served = await multinode.leader_worker_sets_served(runtime.capabilities)
         problem = multinode.missing_backend(spec, lws_served)
-    cd_served, cd_channel = False, None
+    cd_served, domain = False, compute_domain.DomainView()
     if spec is not None and problem is None:
         cd_served = await compute_domain.compute_domains_served(runtime.capabilities)
-        channel = await compute_domain.existing_channel(runtime.kube, owner, spec, cd_served)
-        problem, cd_channel = (channel, None) if isinstance(channel, Problem) else (None, channel)
+        view = await compute_domain.read_domain(runtime.kube, owner, spec, cd_served)
+        problem, domain = (view, domain) if isinstance(view, Problem) else (None, view)
     dra_api = False
     if spec is not None and problem is None:
         dra_api = await dra_served(runtime.capabilities)
@@ -688,7 +688,7 @@ async def _reconcile_held(
                 claim_templates=dra_api,
                 leader_worker_sets=lws_served,
                 compute_domains=cd_served,
-                compute_domain_channel=cd_channel,
+                compute_domain_channel=domain.channel,
             )
             report = exposure.exposure_report(owner, spec, gateway)
             exposed = () if report is None else (report,)
@@ -729,6 +729,7 @@ async def _reconcile_held(
             *await routed_condition(runtime.gateways, owner, spec, deployment),
         ),
         dra_resource_statuses=dra_statuses,
+        compute_domain_status=domain.status,
     )
     status = await _write_status(runtime, body, owner, obs, logger=logger, periodic=periodic)
     return Outcome(status=status, failure=problem, permanent=spec is None or rejected)

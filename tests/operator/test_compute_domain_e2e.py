@@ -111,6 +111,28 @@ async def test_created_compute_domain_waits_for_the_kind_then_every_pod_claims_i
         "nvl", lambda o: condition(o, "Failed").get("status") == "False", "no longer Failed"
     )
 
+    # The driver's part: the IMEX daemons of two nodes joined. It reaches the NIMService's status
+    # (the ComputeDomain is read on each run, not watched: within a timer tick).
+    node = {"name": "gb200-01", "ipAddress": "10.0.0.1", "cliqueID": "c.1", "status": "Ready"}
+    other = {**node, "name": "gb200-02", "ipAddress": "10.0.0.2", "status": "NotReady"}
+    driver_status = {"status": {"status": "NotReady", "nodes": [node, other]}}
+    await e2e.api.merge_patch(
+        COMPUTE_DOMAINS, e2e.namespace, "nvl", driver_status, subresource="status"
+    )
+    nim = await e2e.status_where(
+        "nvl",
+        lambda o: bool((o.get("status") or {}).get("computeDomainStatus", {}).get("nodes")),
+        "status.computeDomainStatus with the nodes",
+    )
+    assert nim["status"]["computeDomainStatus"] == {
+        "name": "nvl",
+        "status": "NotReady",
+        "nodes": [
+            {"name": "gb200-01", "cliqueID": "c.1", "status": "Ready"},
+            {"name": "gb200-02", "cliqueID": "c.1", "status": "NotReady"},
+        ],
+    }
+
     # Switched off: the ComputeDomain goes, and the pods no longer claim its channel.
     await e2e.patch_spec("nvl", {"multiNode": {"computeDomain": None}})
 
@@ -124,6 +146,11 @@ async def test_created_compute_domain_waits_for_the_kind_then_every_pod_claims_i
         return live is not None and all(p == [] and s == [] for p, s in pod_claims(live))
 
     await e2e.until(no_claims, "the pods without the channel claim")
+    await e2e.status_where(
+        "nvl",
+        lambda o: "computeDomainStatus" not in (o.get("status") or {}),
+        "status.computeDomainStatus removed",
+    )
 
 
 async def test_an_existing_compute_domain_is_waited_for_and_its_channel_claimed(
@@ -162,3 +189,9 @@ async def test_an_existing_compute_domain_is_waited_for_and_its_channel_claimed(
     assert "ownerReferences" not in existing["metadata"]
     assert existing["spec"]["numNodes"] == 4
     assert await e2e.get(COMPUTE_DOMAINS, "rack") is None
+    nim = await e2e.status_where(
+        "rack",
+        lambda o: "computeDomainStatus" in (o.get("status") or {}),
+        "status.computeDomainStatus of the named ComputeDomain",
+    )
+    assert nim["status"]["computeDomainStatus"] == {"name": "rack-7"}
