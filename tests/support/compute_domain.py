@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from tests.support.third_party_crd import third_party_crd
+
 __all__ = ["COMPUTE_DOMAIN_CRD"]
 
 _SPEC_SCHEMA: dict[str, Any] = {
@@ -41,41 +43,20 @@ _SPEC_SCHEMA: dict[str, Any] = {
     },
 }
 
-COMPUTE_DOMAIN_CRD: dict[str, Any] = {
-    "apiVersion": "apiextensions.k8s.io/v1",
-    "kind": "CustomResourceDefinition",
-    "metadata": {"name": "computedomains.resource.nvidia.com"},
-    "spec": {
-        "group": "resource.nvidia.com",
-        "scope": "Namespaced",
-        "names": {
-            "kind": "ComputeDomain",
-            "plural": "computedomains",
-            "singular": "computedomain",
-            "listKind": "ComputeDomainList",
+COMPUTE_DOMAIN_CRD: dict[str, Any] = third_party_crd(
+    "resource.nvidia.com",
+    "v1beta1",
+    "ComputeDomain",
+    "computedomains",
+    list_kind="ComputeDomainList",
+    schema={
+        "type": "object",
+        "properties": {
+            "apiVersion": {"type": "string"},
+            "kind": {"type": "string"},
+            "metadata": {"type": "object"},
+            "spec": _SPEC_SCHEMA,
+            "status": {"type": "object", "x-kubernetes-preserve-unknown-fields": True},
         },
-        "versions": [
-            {
-                "name": "v1beta1",
-                "served": True,
-                "storage": True,
-                "subresources": {"status": {}},
-                "schema": {
-                    "openAPIV3Schema": {
-                        "type": "object",
-                        "properties": {
-                            "apiVersion": {"type": "string"},
-                            "kind": {"type": "string"},
-                            "metadata": {"type": "object"},
-                            "spec": _SPEC_SCHEMA,
-                            "status": {
-                                "type": "object",
-                                "x-kubernetes-preserve-unknown-fields": True,
-                            },
-                        },
-                    }
-                },
-            }
-        ],
     },
-}
+)
