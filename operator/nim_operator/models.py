@@ -560,6 +560,9 @@ class StorageSpec(_Model):
 Port = Annotated[int, Field(ge=1, le=65535)]
 # Gateway API / Ingress host names: lower-case DNS names (NVIDIA's hostDomainName pattern).
 HOST_DOMAIN_PATTERN = r"^(([a-z0-9][a-z0-9\-]*[a-z0-9])|[a-z0-9]+\.)*([a-z]+|xn\-\-[a-z0-9]+)\.?$"
+# gateway-api's patterns for a BackendRef's group ("" is core) and kind.
+GATEWAY_GROUP_PATTERN = r"^$|^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+GATEWAY_KIND_PATTERN = r"^[a-zA-Z]([-a-zA-Z0-9]*[a-zA-Z0-9])?$"
 
 
 class ServiceSpec(_Model):
@@ -665,11 +668,34 @@ class RouterIngress(_Model):
     tls_secret_name: str | None = None
 
 
+class GatewayBackendRef(_Model):
+    """gateway-api's BackendRef: where the HTTPRoute sends requests instead of our Service."""
+
+    group: Annotated[str, Field(max_length=253, pattern=GATEWAY_GROUP_PATTERN)] = ""
+    kind: Annotated[str, Field(min_length=1, max_length=63, pattern=GATEWAY_KIND_PATTERN)] = (
+        "Service"
+    )
+    name: Annotated[str, Field(min_length=1, max_length=253)]
+    namespace: Annotated[str, Field(min_length=1, max_length=63, pattern=DNS1123_LABEL)] | None = (
+        None
+    )
+    port: Annotated[int, Field(ge=1, le=65535)] | None = None
+    weight: Annotated[int, Field(ge=0, le=1_000_000)] = 1
+
+    @model_validator(mode="after")
+    def _service_port(self) -> GatewayBackendRef:
+        # gateway-api's own rule: a Service has no single port to default to.
+        if self.group == "" and self.kind == "Service" and self.port is None:
+            raise ValueError("Must have port for Service reference")
+        return self
+
+
 class RouterGateway(_Model):
     namespace: Annotated[str, Field(min_length=1)]
     name: Annotated[str, Field(min_length=1)]
     http_routes_enabled: bool = True
     grpc_routes_enabled: bool = False
+    backend_ref: GatewayBackendRef | None = None
 
 
 class RouterSpec(_Model):

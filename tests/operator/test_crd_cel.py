@@ -331,6 +331,20 @@ INVALID_SPECS = {
         },
         "expose.router.gateway.grpcRoutesEnabled needs expose.service.grpcPort",
     ),
+    "gateway backendRef to a Service without a port": (
+        {
+            "expose": {
+                "router": {
+                    "gateway": {
+                        "namespace": "gw",
+                        "name": "public",
+                        "backendRef": {"name": "other-service"},
+                    }
+                }
+            }
+        },
+        "Must have port for Service reference",
+    ),
     "grpcPort on the API port": (
         {"expose": {"service": {"grpcPort": 8000}}},
         "expose.service port, grpcPort and metricsPort must all differ",
@@ -468,6 +482,20 @@ class TestValidObjects:
                 },
             },
             {"ingress": {"enabled": False}},
+            {
+                "router": {
+                    "hostDomainName": "example.com",
+                    "gateway": {
+                        "namespace": "gw",
+                        "name": "public",
+                        "backendRef": {
+                            "group": "inference.networking.k8s.io",
+                            "kind": "InferencePool",
+                            "name": "llama",
+                        },
+                    },
+                },
+            },
         ],
     )
     def test_exposure_specs_pass(self, expose: dict[str, Any]) -> None:

@@ -66,6 +66,33 @@ class TestRenderHTTPRoute:
         assert route["spec"]["rules"][0]["backendRefs"][0]["name"] == "llama-api"
 
 
+    def test_backend_ref_replaces_the_service(self) -> None:
+        """NVIDIA's gateway.backendRef: the route's only backend, as written (e.g. an
+        InferencePool); the defaults the CRD writes in (group, kind, weight) are kept."""
+        pool = {"group": "inference.networking.k8s.io", "kind": "InferencePool", "name": "llama"}
+        route = render_http_route(OWNER, make_spec(gateway(backendRef=pool)))
+        assert route is not None
+        (rule,) = route["spec"]["rules"]
+        assert rule["backendRefs"] == [{**pool, "weight": 1}]
+        assert rule["matches"] == [{"path": {"type": "PathPrefix", "value": "/"}}]
+
+    def test_backend_ref_to_another_namespace_keeps_its_port_and_weight(self) -> None:
+        ref = {"name": "shared", "namespace": "infra", "port": 8080, "weight": 5}
+        route = render_http_route(OWNER, make_spec(gateway(backendRef=ref)))
+        assert route is not None
+        assert route["spec"]["rules"][0]["backendRefs"] == [
+            {"group": "", "kind": "Service", **ref}
+        ]
+
+    def test_grpc_route_keeps_the_service_with_a_backend_ref(self) -> None:
+        pool = {"group": "inference.networking.k8s.io", "kind": "InferencePool", "name": "llama"}
+        spec = make_spec(gateway(backendRef=pool, grpcRoutesEnabled=True), grpcPort=8001)
+        route = render_grpc_route(OWNER, spec)
+        assert route is not None
+        assert route["spec"]["rules"][0]["backendRefs"][0]["name"] == "llama"
+        assert route["spec"]["rules"][0]["backendRefs"][0]["kind"] == "Service"
+
+
 class TestRenderGRPCRoute:
     def test_only_with_grpc_routes_enabled(self) -> None:
         assert render_grpc_route(OWNER, make_spec(gateway(), grpcPort=8001)) is None

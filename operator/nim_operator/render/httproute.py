@@ -1,6 +1,7 @@
 """Gateway API routes `<name>` (gateway.networking.k8s.io/v1), from expose.router.gateway.
 
-An HTTPRoute (unless `httpRoutesEnabled: false`) to the Service's API port, and a GRPCRoute
+An HTTPRoute (unless `httpRoutesEnabled: false`) to the Service's API port (or to
+`gateway.backendRef`), and a GRPCRoute
 (with `grpcRoutesEnabled`) to its `grpcPort`, both attached to the Gateway `namespace/name`
 for the host `<name>.<namespace>.<hostDomainName>` (every host of the Gateway's listener when
 hostDomainName is unset). The Gateway itself, its listeners and TLS are the cluster's.
@@ -23,10 +24,11 @@ def render_http_route(owner: Owner, spec: NIMServiceSpec) -> dict[str, Any] | No
     gateway = spec.expose.gateway()
     if gateway is None or not gateway.http_routes_enabled:
         return None
-    rule = {
-        "matches": [{"path": {"type": "PathPrefix", "value": "/"}}],
-        "backendRefs": [_backend(owner, spec, spec.service_port())],
-    }
+    # gateway.backendRef replaces the Service as the route's backend (NVIDIA: e.g. an
+    # InferencePool whose endpoint picker chooses the pod); the GRPCRoute keeps the Service.
+    chosen = gateway.backend_ref
+    backend = chosen.to_k8s() if chosen is not None else _backend(owner, spec, spec.service_port())
+    rule = {"matches": [{"path": {"type": "PathPrefix", "value": "/"}}], "backendRefs": [backend]}
     return _route(owner, spec, gateway, "HTTPRoute", rule)
 
 
