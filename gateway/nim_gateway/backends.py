@@ -61,8 +61,11 @@ class Endpoint:
     # Requests this gateway has open on the replica: exact and current, where the scraped
     # numbers are up to one scrape interval old.
     inflight: int = 0
-    # `inflight` when the last scrape was answered: the scraped queue counted those requests,
-    # so the rest of it is other clients' (other gateway pods', direct callers').
+    # Requests of ours on the replica that have ended, ever: with `inflight`, which of ours may
+    # have been open at some moment (Scraper.scrape).
+    finished: int = 0
+    # Our requests that the last scrape may have counted: the scraped queue less these is other
+    # clients' (other gateway pods', direct callers').
     inflight_at_scrape: int = 0
     # None until the first scrape; False after a refused connection or an error status (a slow
     # scrape changes nothing).

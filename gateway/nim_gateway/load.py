@@ -90,13 +90,16 @@ class Scraper:
     async def scrape(self, endpoint: Endpoint) -> None:
         try:
             cards = await self._models(endpoint)
+            finished_before = endpoint.finished
             async with self._session.get(
                 endpoint.url + "/metrics", headers=self._headers, timeout=self._timeout
             ) as response:
                 response.raise_for_status()
-                # The page was written just before its headers came: our requests open now are
-                # the ones it counted (nearest to it that the gateway can tell).
-                ours = endpoint.inflight
+                # The replica wrote the page at some moment between the ask and its headers (a
+                # busy one takes a while). Our requests open then are open now or have finished
+                # since the ask: all of those count as ours, so our requests that ended while it
+                # answered are not taken for other clients' until the next scrape.
+                ours = endpoint.inflight + endpoint.finished - finished_before
                 running, waiting, kv_usage = parse_load(await response.text())
             endpoint.running, endpoint.waiting, endpoint.kv_usage = running, waiting, kv_usage
             endpoint.inflight_at_scrape = ours

@@ -216,6 +216,7 @@ class Proxy:
                         upstream.close()
             finally:
                 endpoint.inflight -= 1
+                endpoint.finished += 1
         lookup = self.table.lookup(model)
         message = (
             f"No replica of model `{model}` can take the request now; retry shortly."

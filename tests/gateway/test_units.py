@@ -294,6 +294,41 @@ async def test_a_scrape_that_counted_our_finished_requests_does_not_keep_a_repli
     assert (drained.load(), busy.load()) == (0, 1)
 
 
+async def test_our_requests_ending_while_a_slow_scrape_is_answered_are_not_others() -> None:
+    """The replica writes its /metrics with 3 of our requests running, then 2 of them end
+    before its answer arrives (a busy replica is slow to answer). What is left is 1 of ours and
+    nobody else's: counting only ours open at the answer, 2 would pass for another client's
+    until the next scrape."""
+    table = BackendTable()
+    port = free_port()
+    table.sync([ServiceSpec("s", (f"http://127.0.0.1:{port}",))])
+    (endpoint,) = table.endpoints()
+    endpoint.inflight = 3
+
+    async def metrics(_: web.Request) -> web.Response:
+        page = 'num_requests_running{model_name="m"} 3\n'
+        endpoint.inflight -= 2  # as the proxy does when a request ends
+        endpoint.finished += 2
+        return web.Response(text=page)
+
+    async def models(_: web.Request) -> web.Response:
+        return web.json_response({"data": [{"id": "m"}]})
+
+    app = web.Application()
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/v1/models", models)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        async with aiohttp.ClientSession() as session:
+            await Scraper(session, table, interval=1, timeout=5).scrape(endpoint)
+    finally:
+        await runner.cleanup()
+    assert endpoint.running == 3
+    assert endpoint.load() == 1
+
+
 def test_settings_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("NIM_GATEWAY_NAMESPACES", "a, b,")
     monkeypatch.setenv("NIM_GATEWAY_API_KEY_SECRET", "ns/keys")
