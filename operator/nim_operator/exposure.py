@@ -20,7 +20,9 @@ from nim_operator.conditions import ConditionReport
 from nim_operator.kube import CapabilityCache
 from nim_operator.models import NIMServiceSpec
 from nim_operator.render import Owner
+from nim_operator.render.endpoint_picker import endpoint_picker_name
 from nim_operator.render.httproute import GATEWAY_API_VERSION
+from nim_operator.render.inference_pool import INFERENCE_POOL_API_VERSION
 from nim_operator.render.ingress import ingress_host, render_ingress
 
 __all__ = [
@@ -37,10 +39,12 @@ EXPOSED = "Exposed"
 
 @dataclass(frozen=True)
 class GatewaySupport:
-    """Whether the cluster serves HTTPRoutes and GRPCRoutes (gateway.networking.k8s.io/v1)."""
+    """Whether the cluster serves HTTPRoutes and GRPCRoutes (gateway.networking.k8s.io/v1),
+    and InferencePools (inference.networking.k8s.io/v1, the Gateway API Inference Extension)."""
 
     http_routes: bool = False
     grpc_routes: bool = False
+    inference_pools: bool = False
 
 
 async def gateway_support(capabilities: CapabilityCache) -> GatewaySupport:
@@ -49,6 +53,7 @@ async def gateway_support(capabilities: CapabilityCache) -> GatewaySupport:
     return GatewaySupport(
         http_routes=await capabilities.has(GATEWAY_API_VERSION, "httproutes"),
         grpc_routes=await capabilities.has(GATEWAY_API_VERSION, "grpcroutes"),
+        inference_pools=await capabilities.has(INFERENCE_POOL_API_VERSION, "inferencepools"),
     )
 
 
@@ -77,6 +82,16 @@ def exposure_report(
             f"({GATEWAY_API_VERSION}): install the Gateway API CRDs; the routes are created "
             "once they are served",
         )
+    epp = spec.expose.router.epp_config if spec.expose.router is not None else None
+    if epp is not None and not support.inference_pools:
+        return ConditionReport(
+            EXPOSED,
+            "False",
+            "InferencePoolAPIMissing",
+            "expose.router.eppConfig is set but the cluster does not serve InferencePool "
+            f"({INFERENCE_POOL_API_VERSION}): install the Gateway API Inference Extension "
+            "CRDs; the InferencePool and its endpoint picker are created once it is served",
+        )
     parts = []
     if render_ingress(owner, spec) is not None:
         hosted = ingress_host(owner, spec)
@@ -95,6 +110,10 @@ def exposure_report(
             parts.append(
                 f"{' and '.join(kinds)} {owner.name} on Gateway {gateway.namespace}/{gateway.name}"
             )
+    if epp is not None:
+        parts.append(
+            f"InferencePool {owner.name} with endpoint picker {endpoint_picker_name(owner.name)}"
+        )
     service = spec.expose.service
     if service.grpc_port is not None:
         parts.append(

@@ -50,6 +50,7 @@ __all__ = [
     "ComputeDomainNodeStatus",
     "ComputeDomainStatus",
     "ComputeResources",
+    "ContainerPort",
     "Condition",
     "ContainerClaim",
     "DRAAttributeSelector",
@@ -61,6 +62,7 @@ __all__ = [
     "EmptyDirStorage",
     "EnvVar",
     "EnvVarSource",
+    "EPPConfig",
     "ExposeSpec",
     "ExtraContainer",
     "GPUSpec",
@@ -707,6 +709,8 @@ class RouterSpec(_Model):
     annotations: StringMap | None = None
     ingress: RouterIngress | None = None
     gateway: RouterGateway | None = None
+    # Defined below, after Probe (the EPP's probes are corev1.Probes).
+    epp_config: EPPConfig | None = None
 
     @model_validator(mode="after")
     def _ingress_or_gateway(self) -> RouterSpec:
@@ -800,6 +804,66 @@ class Probe(_Model):
 class ProbeSpec(_Model):
     enabled: bool = True
     probe: Probe | None = None
+
+
+# --- expose.router.eppConfig: the Gateway API Inference Extension's endpoint picker ------------
+
+# An IANA service name, which is what a container port's name must be.
+PORT_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+EPP_CONFIG_SOURCE_REFUSED = (
+    "expose.router.eppConfig needs exactly one of configMapRef and config: the endpoint picker "
+    "has no configuration of its own"
+)
+EPP_HOST_PORT_REFUSED = (
+    "expose.router.eppConfig.ports[].hostPort is not allowed: the endpoint picker runs under "
+    "the restricted Pod Security Standard"
+)
+
+
+class ContainerPort(_Model):
+    """corev1.ContainerPort of the endpoint picker's container."""
+
+    name: Annotated[str, Field(min_length=1, max_length=15, pattern=PORT_NAME_PATTERN)] | None = (
+        None
+    )
+    container_port: Annotated[int, Field(ge=1, le=65535)]
+    protocol: Literal["TCP", "UDP", "SCTP"] | None = None
+    host_port: Annotated[int, Field(ge=1, le=65535)] | None = None
+    host_ip: Annotated[str | None, Field(alias="hostIP")] = None
+
+    @model_validator(mode="after")
+    def _no_host_port(self) -> ContainerPort:
+        if self.host_port is not None:
+            raise ValueError(EPP_HOST_PORT_REFUSED)
+        return self
+
+
+class EPPConfig(_Model):
+    """expose.router.eppConfig (NVIDIA's EPPConfig): run an endpoint picker for an InferencePool
+    of this NIMService's pods (nim_operator.render.endpoint_picker)."""
+
+    container_spec: ExtraContainer
+    readiness_probe: Probe | None = None
+    liveness_probe: Probe | None = None
+    startup_probe: Probe | None = None
+    ports: Annotated[list[ContainerPort], Field(max_length=16)] | None = None
+    config_map_ref: ConfigMapKeySelector | None = None
+    # The upstream EndpointPickerConfig, passed through as the user wrote it.
+    config: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _one_config_source(self) -> EPPConfig:
+        if (self.config_map_ref is None) == (self.config is None):
+            raise ValueError(EPP_CONFIG_SOURCE_REFUSED)
+        names = [port.name for port in self.ports or [] if port.name]
+        if len(set(names)) != len(names):
+            raise ValueError("expose.router.eppConfig.ports: a port name is used twice")
+        return self
+
+
+# RouterSpec names EPPConfig before it exists (the EPP's probes are Probes, defined above).
+RouterSpec.model_rebuild()
+ExposeSpec.model_rebuild()
 
 
 # --- autoscaling --------------------------------------------------------------------------------

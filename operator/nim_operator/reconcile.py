@@ -448,6 +448,7 @@ async def _sync_children(
         service_monitor_supported=service_monitors,
         http_routes_supported=gateway.http_routes,
         grpc_routes_supported=gateway.grpc_routes,
+        inference_pools_supported=gateway.inference_pools,
         previous_service=previous_service,
         leader_worker_sets_supported=leader_worker_sets,
         compute_domains_supported=compute_domains,
@@ -473,19 +474,21 @@ async def _sync_children(
             continue
         digest = child_records.manifest_digest(manifest)
         known = slot.records.get(ref)
+        # The server's workload is named like the NIMService (the endpoint picker's is not).
+        server_workload = ref.kind in WORKLOAD_KINDS and ref.name == owner.name
         if trust_watch and known is not None and known.digest == digest:
-            if ref.kind in WORKLOAD_KINDS:
+            if server_workload:
                 deployment = known.body
             continue  # the same manifest, and nothing has changed the object since
         absent.discard(ref)  # before the apply: should it fail half-way, look again next time
         slot.records.pop(ref, None)
-        if ref.kind == "Deployment" and spec.desired_replicas() is None:
+        if server_workload and ref.kind == "Deployment" and spec.desired_replicas() is None:
             # An HPA or the built-in autoscaler owns the count from now on.
             await _hand_over_replicas(kube, ref, owner.namespace)
         live = await kube.apply(_kind(ref), manifest, field_manager=FIELD_MANAGER, force=True)
         if runtime.watches_children and (child := child_records.record(ref.plural, digest, live)):
             slot.records[ref] = child
-        if ref.kind in WORKLOAD_KINDS:
+        if server_workload:
             deployment = live
     if claim_templates:
         wanted = {ref.name for ref, _ in children if ref.plural == CLAIM_TEMPLATES.plural}

@@ -27,7 +27,8 @@ EXPECTED_RULES: dict[tuple[str, str], set[str]] = {
     # Watched too: a hand edit is undone at once, and a timer tick skips a no-op apply. A Service
     # is also deleted (after a metadata read) when expose.service.name renames it.
     ("", "services"): {"list", "watch", *OPTIONAL_CHILD},
-    ("", "serviceaccounts"): {"list", "watch", *APPLIED},
+    # The endpoint picker's ServiceAccount is also deleted when eppConfig is switched off.
+    ("", "serviceaccounts"): {"list", "watch", *OPTIONAL_CHILD},
     # Deleted too when spec.multiNode puts a LeaderWorkerSet in its place.
     ("apps", "deployments"): {"get", "list", "watch", *APPLIED, "delete"},
     # The built-in autoscaler's only write: the replica count, through the scale subresource.
@@ -46,7 +47,14 @@ EXPECTED_RULES: dict[tuple[str, str], set[str]] = {
     # spec.draResources' generated templates: applied, and those no longer rendered (their names
     # carry a digest of their immutable spec) found by label and deleted; never read one by one.
     ("resource.k8s.io", "resourceclaimtemplates"): {"list", "create", "patch", "delete"},
-    ("", "pods"): {"list", "watch"},
+    # expose.router.eppConfig: optional children; the picker's Role grants reads the
+    # operator must hold itself (RBAC escalation prevention): pods get, the rest list/watch.
+    ("inference.networking.k8s.io", "inferencepools"): {"list", "watch", *OPTIONAL_CHILD},
+    ("inference.networking.x-k8s.io", "inferenceobjectives"): {"get", "list", "watch"},
+    ("", "configmaps"): OPTIONAL_CHILD,
+    ("rbac.authorization.k8s.io", "roles"): OPTIONAL_CHILD,
+    ("rbac.authorization.k8s.io", "rolebindings"): OPTIONAL_CHILD,
+    ("", "pods"): {"get", "list", "watch"},
     # NIMCaches as NIMServices; their download Jobs are replaced (deleted) when the spec changes.
     (API_GROUP, "nimcaches"): {"get", "list", "watch", "patch"},
     (API_GROUP, "nimcaches/status"): {"patch"},

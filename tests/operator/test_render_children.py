@@ -27,10 +27,20 @@ APPLY_ORDER = [
     "Ingress",
     "HTTPRoute",
     "GRPCRoute",
+    # expose.router.eppConfig: the endpoint picker's children, then the InferencePool.
+    "ServiceAccount",
+    "Role",
+    "RoleBinding",
+    "ConfigMap",
+    "Service",
+    "Deployment",
+    "InferencePool",
     "ServiceMonitor",
 ]
 # Kinds kubernetes_validate has no schema for: they come with CRDs.
-CUSTOM_KINDS = {"ServiceMonitor", "HTTPRoute", "GRPCRoute"}
+CUSTOM_KINDS = {"ServiceMonitor", "HTTPRoute", "GRPCRoute", "InferencePool"}
+# The endpoint picker's children (expose.router.eppConfig) are named after the NIMService.
+EPP_PREFIX = "llama-epp"
 SPECS: dict[str, dict[str, Any]] = {
     "minimal": {"image": IMAGE},
     "cpu only": {"image": IMAGE, "gpu": {"count": 0}, "storage": {"emptyDir": {}}},
@@ -75,6 +85,13 @@ SPECS: dict[str, dict[str, Any]] = {
             "router": {
                 "hostDomainName": "example.com",
                 "gateway": {"namespace": "gw", "name": "public", "grpcRoutesEnabled": True},
+                "eppConfig": {
+                    "containerSpec": {
+                        "name": "epp",
+                        "image": {"repository": "registry.k8s.io/epp", "tag": "v1.3.1"},
+                    },
+                    "config": {"plugins": [{"type": "kv-cache-utilization-scorer"}]},
+                },
             },
         },
         "scale": {
@@ -131,6 +148,7 @@ def children(
         service_monitor_supported=supported,
         http_routes_supported=supported,
         grpc_routes_supported=supported,
+        inference_pools_supported=supported,
     )
 
 
@@ -165,7 +183,15 @@ class TestRenderChildren:
             ]
 
     def test_disabled_features_render_as_none(self) -> None:
-        rendered = {ref.kind: (ref, manifest) for ref, manifest in children(SPECS["minimal"])}
+        everything = children(SPECS["minimal"])
+        picker = [m for ref, m in everything if ref.name.startswith(EPP_PREFIX)]
+        assert len(picker) == 6
+        assert all(m is None for m in picker)  # no eppConfig: the picker's children go
+        rendered = {
+            ref.kind: (ref, manifest)
+            for ref, manifest in everything
+            if not ref.name.startswith(EPP_PREFIX)
+        }
         assert [kind for kind, (_, m) in rendered.items() if m is None] == [
             "PersistentVolumeClaim",
             "HorizontalPodAutoscaler",
@@ -173,6 +199,7 @@ class TestRenderChildren:
             "Ingress",
             "HTTPRoute",
             "GRPCRoute",
+            "InferencePool",
             "ServiceMonitor",
         ]
         pvc_ref, _ = rendered["PersistentVolumeClaim"]
@@ -190,7 +217,11 @@ class TestRenderChildren:
 
     def test_a_renamed_service_deletes_the_one_under_the_nimservice_name(self) -> None:
         body = {"image": IMAGE, "expose": {"service": {"name": "llama-api"}}}
-        services = [(ref.name, m is not None) for ref, m in children(body) if ref.kind == "Service"]
+        services = [
+            (ref.name, m is not None)
+            for ref, m in children(body)
+            if ref.kind == "Service" and not ref.name.startswith(EPP_PREFIX)
+        ]
         assert services == [("llama-api", True), ("llama", False)]
 
     def test_a_service_under_the_name_the_status_reported_is_deleted(self) -> None:
@@ -198,7 +229,11 @@ class TestRenderChildren:
         rendered = render_children(
             OWNER, spec, replicas=1, service_monitor_supported=False, previous_service="old-api"
         )
-        services = [(ref.name, m is not None) for ref, m in rendered if ref.kind == "Service"]
+        services = [
+            (ref.name, m is not None)
+            for ref, m in rendered
+            if ref.kind == "Service" and not ref.name.startswith(EPP_PREFIX)
+        ]
         assert services == [("llama", True), ("old-api", False)]
 
     def test_an_existing_claim_under_the_default_name_is_left_alone(self) -> None:
@@ -206,8 +241,8 @@ class TestRenderChildren:
         assert "PersistentVolumeClaim" not in [ref.kind for ref, _ in children(body)]
 
     def test_replicas_none_leaves_the_deployment_to_the_hpa(self) -> None:
-        rendered = {ref.kind: m for ref, m in children(SPECS["everything"])}
-        deployment = rendered["Deployment"]
+        rendered = {(ref.kind, ref.name): m for ref, m in children(SPECS["everything"])}
+        deployment = rendered["Deployment", "llama"]
         assert deployment is not None
         assert "replicas" not in deployment["spec"]
 

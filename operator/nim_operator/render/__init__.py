@@ -12,8 +12,13 @@ from nim_operator.models import NIMServiceSpec
 from nim_operator.render.common import ChildRef, Owner
 from nim_operator.render.compute_domain import COMPUTE_DOMAIN_API_VERSION, render_compute_domain
 from nim_operator.render.deployment import render_deployment
+from nim_operator.render.endpoint_picker import endpoint_picker_children
 from nim_operator.render.hpa import render_hpa
 from nim_operator.render.httproute import GATEWAY_API_VERSION, render_grpc_route, render_http_route
+from nim_operator.render.inference_pool import (
+    INFERENCE_POOL_API_VERSION,
+    render_inference_pool,
+)
 from nim_operator.render.ingress import render_ingress
 from nim_operator.render.labels import FIELD_MANAGER, child_labels, selector_labels
 from nim_operator.render.leaderworkerset import LWS_API_VERSION, render_leader_worker_set
@@ -57,6 +62,7 @@ def render_children(
     service_monitor_supported: bool,
     http_routes_supported: bool = False,
     grpc_routes_supported: bool = False,
+    inference_pools_supported: bool = False,
     previous_service: str | None = None,
     leader_worker_sets_supported: bool = False,
     compute_domains_supported: bool = False,
@@ -68,6 +74,8 @@ def render_children(
     Left out of the list entirely (neither applied nor deleted):
     - the ServiceMonitor when the cluster has no ServiceMonitor CRD (there can be none to delete);
     - an HTTPRoute or GRPCRoute when the cluster does not serve that Gateway API kind;
+    - the InferencePool when the cluster does not serve that kind (the endpoint picker's
+      children are then deleted if ours: a picker without its pool has nothing to do);
     - the LeaderWorkerSet when the cluster does not serve that kind (with spec.multiNode,
       reconcile stops before rendering: the server would have nowhere to run);
     - the ComputeDomain when the cluster does not serve that kind (likewise with
@@ -157,6 +165,17 @@ def render_children(
             (
                 ChildRef(GATEWAY_API_VERSION, "GRPCRoute", "grpcroutes", name),
                 render_grpc_route(owner, spec),
+            )
+        )
+    # expose.router.eppConfig: the endpoint picker, then the InferencePool pointing at it.
+    children += endpoint_picker_children(
+        owner, spec, inference_pools_supported=inference_pools_supported
+    )
+    if inference_pools_supported:
+        children.append(
+            (
+                ChildRef(INFERENCE_POOL_API_VERSION, "InferencePool", "inferencepools", name),
+                render_inference_pool(owner, spec),
             )
         )
     if service_monitor_supported:
