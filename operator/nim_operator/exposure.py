@@ -63,9 +63,18 @@ def _missing_kinds(spec: NIMServiceSpec, support: GatewaySupport) -> list[str]:
         return []
     wanted = (
         ("HTTPRoute", gateway.http_routes_enabled, support.http_routes),
-        ("GRPCRoute", gateway.grpc_routes_enabled, support.grpc_routes),
+        ("GRPCRoute", _grpc_route_wanted(spec), support.grpc_routes),
     )
     return [kind for kind, on, served in wanted if on and not served]
+
+
+def _grpc_route_wanted(spec: NIMServiceSpec) -> bool:
+    gateway = spec.expose.gateway()
+    return (
+        gateway is not None
+        and gateway.grpc_routes_enabled
+        and not spec.expose.grpc_route_without_port()
+    )
 
 
 def exposure_report(
@@ -102,7 +111,7 @@ def exposure_report(
             kind
             for kind, on in (
                 ("HTTPRoute", gateway.http_routes_enabled),
-                ("GRPCRoute", gateway.grpc_routes_enabled),
+                ("GRPCRoute", _grpc_route_wanted(spec)),
             )
             if on
         ]
@@ -124,6 +133,17 @@ def exposure_report(
         parts.append(
             f"Service port metrics ({service.metrics_port}): nim-server serves its metrics on "
             "port api, so only an image with a separate metrics endpoint answers there"
+        )
+    if spec.expose.grpc_route_without_port():
+        # Accepted, as NVIDIA's CRD accepts it, but a GRPCRoute needs a port to send to (NVIDIA's
+        # operator would apply one without rules); the rest is applied.
+        applied = f"; applied: {'; '.join(parts)}" if parts else ""
+        return ConditionReport(
+            EXPOSED,
+            "False",
+            "GRPCPortMissing",
+            "expose.router.gateway.grpcRoutesEnabled is set but expose.service.grpcPort is not: "
+            f"no GRPCRoute is created until grpcPort names the port it sends to{applied}",
         )
     if not parts:
         return None

@@ -122,7 +122,9 @@ async def wake_nimservices(
         logger.warning("NIMServices of this NIMCache not woken: %s", e)
         return
     for service in services:
-        ref = ((service.get("spec") or {}).get("storage") or {}).get("nimCache") or {}
+        spec = service.get("spec") or {}
+        # spec.nimCache is NVIDIA's earlier place of storage.nimCache (nim_operator.nvidia_shapes).
+        ref = (spec.get("storage") or {}).get("nimCache") or spec.get("nimCache") or {}
         if ref.get("name") == name:
             meta = service["metadata"]
             reconcile_later(runtime, namespace, meta["name"], meta["uid"], logger=logger)

@@ -23,6 +23,8 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
+from nim_operator.nvidia_shapes import current_spec
+
 __all__ = [
     "API_KEY_ENV",
     "COMPUTE_DOMAIN_CREATE_OR_NAME",
@@ -37,10 +39,15 @@ __all__ = [
     "KSERVE_REFUSED",
     "MULTI_NODE_AUTOSCALING_REFUSED",
     "MULTI_NODE_GPU_MISMATCH",
+    "NIM_CACHE_CONFLICT",
+    "OPENAI_PORT_CONFLICT",
     "QUANTITY_PATTERN",
+    "ROUTER_CONFLICT",
     "SCALE_TO_ZERO_MULTI_NODE_REFUSED",
     "SECRET_ENV_NAMES",
     "SERVER_CONTAINER_NAME",
+    "STORAGE_PVC_SIZE_REQUIRED",
+    "STORAGE_PVC_UNUSABLE",
     "APIKeySecret",
     "AdapterVolume",
     "AdaptersSpec",
@@ -65,6 +72,7 @@ __all__ = [
     "EPPConfig",
     "ExposeSpec",
     "ExtraContainer",
+    "FileKeySelector",
     "GPUSpec",
     "HPABehavior",
     "HPAScalingPolicy",
@@ -73,6 +81,8 @@ __all__ = [
     "ImageSpec",
     "IngressExpose",
     "IngressSpec",
+    "LegacyRouterGateway",
+    "LegacyRouterSpec",
     "MetricSpec",
     "MetricsSpec",
     "ModelSpec",
@@ -114,7 +124,9 @@ QUANTITY_PATTERN = (
 DURATION_PATTERN = r"^(0|([0-9]+y)?([0-9]+w)?([0-9]+d)?([0-9]+h)?([0-9]+m)?([0-9]+s)?([0-9]+ms)?)$"
 # The NIMService name becomes a Service name, which must be a DNS-1035 label.
 DNS1035_LABEL = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
-ENV_NAME_PATTERN = r"^[-._a-zA-Z][-._a-zA-Z0-9]*$"
+# Kubernetes 1.34 (RelaxedEnvironmentVariableValidation, GA): any printable ASCII character but
+# '='. The length cap is ours: the CEL rule on every env entry needs bounded strings.
+ENV_NAME_PATTERN = r"^[ -<>-~]+$"
 GPU_RESOURCE = "nvidia.com/gpu"
 # Credentials the operator injects from Secrets (`authSecret`, `apiKeySecret`); they may never be
 # given as literal values.
@@ -148,6 +160,28 @@ KSERVE_REFUSED = (
     "inferencePlatform kserve is not supported by this operator; use standalone "
     "(the server runs as a Deployment, not a KServe InferenceService)"
 )
+# NVIDIA's older spellings (nim_operator.nvidia_shapes) next to the current ones.
+OPENAI_PORT_CONFLICT = (
+    "expose.service.openaiPort (NVIDIA's earlier name for the API port) and expose.service.port "
+    "differ: set one of them, or both to the same number"
+)
+NIM_CACHE_CONFLICT = (
+    "spec.nimCache (NVIDIA's earlier place for it) and spec.storage.nimCache differ: set one of "
+    "them, or both the same"
+)
+ROUTER_CONFLICT = (
+    "spec.router (NVIDIA's earlier place for it) and spec.expose.router are the same setting: "
+    "set only one of them"
+)
+STORAGE_PVC_SIZE_REQUIRED = (
+    "storage.pvc.size is required when storage.pvc.create is true and no storage.nimCache is named"
+)
+STORAGE_PVC_UNUSABLE = (
+    "storage.pvc needs either name (an existing claim) or create: true, unless storage.nimCache "
+    "names a NIMCache or storage.emptyDir or storage.hostPath is set (NVIDIA's controller then "
+    "uses those)"
+)
+DEFAULT_API_PORT = 8000
 # Repository prefix of NVIDIA's NIM images.
 NVIDIA_NIM_REGISTRY = "nvcr.io/nim/"
 # model.name prefixes that say the model does not come from NGC: a Hugging Face repository
@@ -227,11 +261,21 @@ class ResourceFieldSelector(_Model):
     divisor: Quantity | None = None
 
 
+class FileKeySelector(_Model):
+    """corev1.FileKeySelector (Kubernetes 1.34, EnvFiles): a key of an env file in a volume."""
+
+    volume_name: str
+    path: str
+    key: str
+    optional: bool | None = None
+
+
 class EnvVarSource(_Model):
     secret_key_ref: SecretKeySelector | None = None
     config_map_key_ref: ConfigMapKeySelector | None = None
     field_ref: ObjectFieldSelector | None = None
     resource_field_ref: ResourceFieldSelector | None = None
+    file_key_ref: FileKeySelector | None = None
 
 
 class EnvVar(_Model):
@@ -484,7 +528,8 @@ def dra_pod_claim_name(index: int) -> str:
 class NIMCacheRef(_Model):
     """A NIMCache in the NIMService's namespace whose claim holds the model (read-only)."""
 
-    name: Annotated[str, Field(min_length=1)]
+    # Unset or empty: no NIMCache (NVIDIA's controller skips it too; the profile is then unused).
+    name: str | None = None
     # NVIDIA's NIM model profile to serve: NIM_MODEL_PROFILE on the server (see nimcache_mount).
     profile: str | None = None
 
@@ -517,6 +562,16 @@ class PVCStorage(ClaimSpec):
     # Delete, as NVIDIA's operator does (the created claim is owned by the NIMService).
     retain_policy: Literal["Retain", "Delete"] = "Delete"
 
+    @model_validator(mode="after")
+    def _name_or_create(self) -> PVCStorage:
+        # Replaces the NIMCache's rule: a NIMService's pvc is one source among several, so
+        # whether it can be used is decided with the others (StorageSpec).
+        return self
+
+    def is_source(self) -> bool:
+        """A claim to create or an existing one; otherwise NVIDIA's controller skips it."""
+        return self.create or bool(self.name)
+
 
 class AdapterVolume(_Model):
     name: Annotated[str, Field(min_length=1)]  # an existing claim: adapters are published to it
@@ -539,20 +594,24 @@ class StorageSpec(_Model):
     nim_cache: NIMCacheRef | None = None
     pvc: PVCStorage | None = None
     empty_dir: EmptyDirStorage | None = None
-    host_path: Annotated[str, Field(pattern=r"^/")] | None = None
+    # Empty is no path (NVIDIA's controller skips it).
+    host_path: Annotated[str, Field(pattern=r"^(/.*)?$")] | None = None
     read_only: bool = False
     shared_memory_size_limit: Quantity | None = None
 
     @model_validator(mode="after")
-    def _one_volume_source(self) -> StorageSpec:
-        if self.nim_cache is not None and (self.pvc or self.empty_dir or self.host_path):
-            raise ValueError(
-                "storage.nimCache mounts the NIMCache's claim: leave storage.pvc, "
-                "storage.emptyDir and storage.hostPath unset"
-            )
-        given = [self.pvc, self.empty_dir, self.host_path]
-        if sum(source is not None for source in given) > 1:
-            raise ValueError("set at most one of storage.pvc, storage.emptyDir, storage.hostPath")
+    def _usable_source(self) -> StorageSpec:
+        # Any combination is NVIDIA's; the one used follows its precedence (nvidia_shapes).
+        # Refused only what no source can run: a claim that is neither named nor created with
+        # nothing else to fall back on, and a claim to create without a size (the API server
+        # rejects a PVC that requests no storage).
+        cache = self.nim_cache is not None and bool(self.nim_cache.name)
+        if self.pvc is None or cache:
+            return self
+        if self.pvc.create and self.pvc.size is None:
+            raise ValueError(STORAGE_PVC_SIZE_REQUIRED)
+        if not self.pvc.is_source() and self.empty_dir is None and not self.host_path:
+            raise ValueError(STORAGE_PVC_UNUSABLE)
         return self
 
 
@@ -570,7 +629,9 @@ GATEWAY_KIND_PATTERN = r"^[a-zA-Z]([-a-zA-Z0-9]*[a-zA-Z0-9])?$"
 class ServiceSpec(_Model):
     type: Literal["ClusterIP", "NodePort", "LoadBalancer"] = "ClusterIP"
     name: Annotated[str, Field(max_length=63, pattern=DNS1035_LABEL)] | None = None
-    port: Port = 8000
+    # Unset: openaiPort (NVIDIA's earlier name for it), else 8000.
+    port: Port | None = None
+    openai_port: Port | None = None
     grpc_port: Port | None = None
     metrics_port: Port | None = None
     annotations: StringMap | None = None
@@ -578,10 +639,19 @@ class ServiceSpec(_Model):
 
     @model_validator(mode="after")
     def _distinct_ports(self) -> ServiceSpec:
-        ports = [p for p in (self.port, self.grpc_port, self.metrics_port) if p is not None]
+        if self.port is not None and self.openai_port is not None and self.port != self.openai_port:
+            raise ValueError(OPENAI_PORT_CONFLICT)
+        # Kept although NVIDIA's CRD accepts it: the Service would repeat a port, which the API
+        # server rejects.
+        ports = [p for p in (self.api_port(), self.grpc_port, self.metrics_port) if p is not None]
         if len(set(ports)) != len(ports):
             raise ValueError("expose.service port, grpcPort and metricsPort must all differ")
         return self
+
+    def api_port(self) -> int:
+        if self.port is not None:
+            return self.port
+        return self.openai_port if self.openai_port is not None else DEFAULT_API_PORT
 
 
 class ServiceBackendPort(_Model):
@@ -725,6 +795,31 @@ class RouterSpec(_Model):
         return f"{name}.{namespace}.{self.host_domain_name.rstrip('.')}"
 
 
+class LegacyRouterGateway(_Model):
+    """spec.router.gateway as NVIDIA had it at the top level (no GRPCRoutes yet)."""
+
+    namespace: Annotated[str, Field(min_length=1)]
+    name: Annotated[str, Field(min_length=1)]
+    http_routes_enabled: bool = True
+
+
+class LegacyRouterSpec(_Model):
+    """NVIDIA's top-level spec.router, the transitional place of expose.router."""
+
+    host_domain_name: (
+        Annotated[str, Field(min_length=1, max_length=63, pattern=HOST_DOMAIN_PATTERN)] | None
+    ) = None
+    annotations: StringMap | None = None
+    ingress: RouterIngress | None = None
+    gateway: LegacyRouterGateway | None = None
+
+    @model_validator(mode="after")
+    def _ingress_or_gateway(self) -> LegacyRouterSpec:
+        if self.ingress is not None and self.gateway is not None:
+            raise ValueError("spec.router: ingress and gateway cannot be specified together")
+        return self
+
+
 class ExposeSpec(_Model):
     service: ServiceSpec = ServiceSpec()
     ingress: IngressExpose | None = None
@@ -737,13 +832,15 @@ class ExposeSpec(_Model):
                 "expose.ingress and expose.router.ingress both make the Ingress of this "
                 "NIMService: set only one (expose.ingress is NVIDIA's deprecated form)"
             )
-        gateway = self.router.gateway if self.router is not None else None
-        if gateway is not None and gateway.grpc_routes_enabled and self.service.grpc_port is None:
-            raise ValueError(
-                "expose.router.gateway.grpcRoutesEnabled needs expose.service.grpcPort "
-                "(the port the GRPCRoute sends to)"
-            )
         return self
+
+    def grpc_route_without_port(self) -> bool:
+        """grpcRoutesEnabled with no grpcPort: as at NVIDIA it is accepted, but no GRPCRoute
+        can be made (nothing to send to); the Exposed condition says so."""
+        gateway = self.gateway()
+        return (
+            gateway is not None and gateway.grpc_routes_enabled and self.service.grpc_port is None
+        )
 
     def ingress_enabled(self) -> bool:
         return self.ingress is not None and self.ingress.enabled
@@ -786,11 +883,13 @@ class Probe(_Model):
     http_get: HTTPGetAction | None = None
     tcp_socket: TCPSocketAction | None = None
     grpc: GRPCAction | None = None
+    # 0 is Kubernetes' "unset" for the four below: the API server defaults it (timeout 1 s,
+    # period 10 s, thresholds 1 and 3). NVIDIA's CRD passes it on.
     initial_delay_seconds: Annotated[int, Field(ge=0)] | None = None
-    timeout_seconds: Annotated[int, Field(ge=1)] | None = None
-    period_seconds: Annotated[int, Field(ge=1)] | None = None
-    success_threshold: Annotated[int, Field(ge=1)] | None = None
-    failure_threshold: Annotated[int, Field(ge=1)] | None = None
+    timeout_seconds: Annotated[int, Field(ge=0)] | None = None
+    period_seconds: Annotated[int, Field(ge=0)] | None = None
+    success_threshold: Annotated[int, Field(ge=0)] | None = None
+    failure_threshold: Annotated[int, Field(ge=0)] | None = None
     termination_grace_period_seconds: Annotated[int, Field(ge=1)] | None = None
 
     @model_validator(mode="after")
@@ -959,6 +1058,9 @@ class HPAScalingRules(_Model):
     stabilization_window_seconds: Annotated[int, Field(ge=0, le=3600)] | None = None
     select_policy: Literal["Max", "Min", "Disabled"] | None = None
     policies: list[HPAScalingPolicy] | None = None
+    # Kubernetes 1.33+ (HPAConfigurableTolerance): the fraction the metric may stray from the
+    # target before scaling, e.g. "0.05"; passed through to the HPA.
+    tolerance: Quantity | None = None
 
 
 class HPABehavior(_Model):
@@ -1069,12 +1171,18 @@ class Toleration(_Model):
 class MultiNodeParallelism(_Model):
     """How the model is split: `tensor` GPUs in each pod, `pipeline` pods in each group."""
 
-    tensor: Annotated[int, Field(ge=1, le=64)] | None = None
-    pipeline: Annotated[int, Field(ge=1, le=64)] | None = None
+    # No upper bound, as NVIDIA's: a size no node or group can hold stays Pending, which the
+    # Ready condition reports.
+    tensor: Annotated[int, Field(ge=1)] | None = None
+    pipeline: Annotated[int, Field(ge=1)] | None = None
 
 
 class MultiNodeMPI(_Model):
-    mpi_start_timeout: Annotated[int, Field(ge=1)] = DEFAULT_MPI_START_TIMEOUT
+    # 0 means NVIDIA's default (300 s), as its controller reads it.
+    mpi_start_timeout: Annotated[int, Field(ge=0)] = DEFAULT_MPI_START_TIMEOUT
+
+    def seconds(self) -> int:
+        return self.mpi_start_timeout or DEFAULT_MPI_START_TIMEOUT
 
 
 class MultiNodeComputeDomain(_Model):
@@ -1108,7 +1216,7 @@ class MultiNodeSpec(_Model):
         return self.parallelism.pipeline or 1
 
     def start_timeout(self) -> int:
-        return (self.mpi or MultiNodeMPI()).mpi_start_timeout
+        return (self.mpi or MultiNodeMPI()).seconds()
 
 
 # --- the spec -----------------------------------------------------------------------------------
@@ -1151,6 +1259,11 @@ class NIMServiceSpec(_Model):
     node_selector: StringMap | None = None
     tolerations: Annotated[list[Toleration], Field(max_length=64)] | None = None
     affinity: dict[str, Any] | None = None
+    # NVIDIA's deprecated spelling of affinity.podAffinity, used when affinity has none.
+    pod_affinity: dict[str, Any] | None = None
+    # NVIDIA's earlier places of storage.nimCache and expose.router (nim_operator.nvidia_shapes).
+    nim_cache: NIMCacheRef | None = None
+    router: LegacyRouterSpec | None = None
     user_id: Annotated[int, Field(ge=1, alias="userID")] = 1000
     group_id: Annotated[int, Field(ge=0, alias="groupID")] = 2000
     runtime_class_name: str | None = None
@@ -1174,7 +1287,8 @@ class NIMServiceSpec(_Model):
                 "initContainers and sidecarContainers need names unique across both lists and "
                 "other than nim (the server container)"
             )
-        if self.storage.nim_cache is not None and self.model is not None and self.model.name:
+        self._check_old_spellings()
+        if self._names_nim_cache() and self.model is not None and self.model.name:
             raise ValueError(
                 "model.name and storage.nimCache are mutually exclusive: "
                 "the model is the one the NIMCache holds"
@@ -1216,6 +1330,20 @@ class NIMServiceSpec(_Model):
             raise ValueError("resources nvidia.com/gpu must be a whole number of GPUs")
         return self
 
+    def _names_nim_cache(self) -> bool:
+        refs = (self.storage.nim_cache, self.nim_cache)
+        return any(ref is not None and bool(ref.name) for ref in refs)
+
+    def _check_old_spellings(self) -> None:
+        if (
+            self.nim_cache is not None
+            and self.storage.nim_cache is not None
+            and self.nim_cache != self.storage.nim_cache
+        ):
+            raise ValueError(NIM_CACHE_CONFLICT)
+        if self.router is not None and self.expose.router is not None:
+            raise ValueError(ROUTER_CONFLICT)
+
     def _check_dra_claims(self) -> None:
         declared = {dra_pod_claim_name(i) for i in range(len(self.dra_resources or []))}
         claims = self.resources.claims if self.resources is not None else None
@@ -1232,8 +1360,14 @@ class NIMServiceSpec(_Model):
 
     @classmethod
     def from_body(cls, spec: dict[str, Any]) -> NIMServiceSpec:
-        """Parse the `spec` of a NIMService object as the API server stores it."""
-        return cls.model_validate(spec)
+        """Parse the `spec` of a NIMService object as the API server stores it, with NVIDIA's
+        older spellings and unused storage sources folded away (nim_operator.nvidia_shapes).
+
+        The stored spec is validated as written first, so a rule about the old spelling (and
+        its message) applies before the fold makes it disappear.
+        """
+        cls.model_validate(spec)
+        return cls.model_validate(current_spec(spec))
 
     # Helpers in the spirit of NVIDIA's API type, so renderers and reconcile agree on meaning.
 
@@ -1307,7 +1441,7 @@ class NIMServiceSpec(_Model):
         return self.metrics.enabled
 
     def service_port(self) -> int:
-        return self.expose.service.port
+        return self.expose.service.api_port()
 
     def service_name(self, owner_name: str) -> str:
         """The Service's name: expose.service.name, else the NIMService's."""

@@ -187,13 +187,29 @@ INVALID_SPECS = {
         {"storage": {"pvc": {"subPath": "models"}}},
         "storage.pvc needs either name (an existing claim) or create",
     ),
-    "two volume sources": (
-        {"storage": {"pvc": {"name": "cache"}, "emptyDir": {}}},
-        "set at most one of storage.pvc, storage.emptyDir, storage.hostPath",
+    "pvc created without size, an emptyDir after it": (
+        # NVIDIA's order picks the claim to create before the emptyDir: it would have no size.
+        {"storage": {"pvc": {"create": True}, "emptyDir": {}}},
+        "storage.pvc.size is required when storage.pvc.create is true",
     ),
-    "nimCache with a pvc": (
-        {"storage": {"nimCache": {"name": "llama", "profile": ""}, "pvc": {"name": "cache"}}},
-        "storage.nimCache mounts the NIMCache's claim",
+    "spec.nimCache and storage.nimCache differ": (
+        {"nimCache": {"name": "llama"}, "storage": {"nimCache": {"name": "other"}}},
+        "spec.nimCache (NVIDIA's earlier place for it) and spec.storage.nimCache differ",
+    ),
+    "spec.router and expose.router": (
+        {
+            "router": {"ingress": {"ingressClass": "nginx"}},
+            "expose": {"router": {"ingress": {"ingressClass": "nginx"}}},
+        },
+        "spec.router (NVIDIA's earlier place for it) and spec.expose.router are the same setting",
+    ),
+    "openaiPort and port differ": (
+        {"expose": {"service": {"openaiPort": 9000, "port": 8000}}},
+        "expose.service.openaiPort (NVIDIA's earlier name for the API port) and",
+    ),
+    "grpcPort on the openaiPort": (
+        {"expose": {"service": {"openaiPort": 9000, "grpcPort": 9000}}},
+        "expose.service port, grpcPort and metricsPort must all differ",
     ),
     "nimCache with model.name": (
         {"storage": {"nimCache": {"name": "llama"}}, "model": {"name": "org/other"}},
@@ -320,16 +336,6 @@ INVALID_SPECS = {
     "inferencePlatform kserve": (
         {"inferencePlatform": "kserve"},
         "inferencePlatform kserve is not supported by this operator; use standalone",
-    ),
-    "GRPCRoute without grpcPort": (
-        {
-            "expose": {
-                "router": {
-                    "gateway": {"namespace": "gw", "name": "public", "grpcRoutesEnabled": True}
-                }
-            }
-        },
-        "expose.router.gateway.grpcRoutesEnabled needs expose.service.grpcPort",
     ),
     "gateway backendRef to a Service without a port": (
         {

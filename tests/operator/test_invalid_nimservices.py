@@ -222,17 +222,27 @@ INVALID = [
     Invalid(
         "pvc neither named nor created", C, {"storage": {"pvc": {"subPath": "m"}}}, "either name"
     ),
+    # Several storage sources pass: NVIDIA's order picks one (test_nvidia_accepted.py).
     Invalid(
-        "two volume sources",
+        "spec.nimCache and storage.nimCache differ",
         C,
-        {"storage": {"pvc": {"name": "cache"}, "emptyDir": {}}},
-        "set at most one of storage.pvc",
+        {"nimCache": {"name": "llama"}, "storage": {"nimCache": {"name": "other"}}},
+        "spec.nimCache (NVIDIA's earlier place for it) and spec.storage.nimCache differ",
     ),
     Invalid(
-        "nimCache with a pvc",
+        "spec.router and expose.router",
         C,
-        {"storage": {"nimCache": {"name": "llama"}, "pvc": {"name": "cache"}}},
-        "storage.nimCache mounts the NIMCache's claim",
+        {
+            "router": {"ingress": {"ingressClass": "nginx"}},
+            "expose": {"router": {"ingress": {"ingressClass": "nginx"}}},
+        },
+        "spec.router (NVIDIA's earlier place for it) and spec.expose.router",
+    ),
+    Invalid(
+        "openaiPort and port differ",
+        C,
+        {"expose": {"service": {"openaiPort": 9000, "port": 8000}}},
+        "expose.service.openaiPort (NVIDIA's earlier name for the API port)",
     ),
     Invalid(
         "sidecar named like the server container",
@@ -412,13 +422,14 @@ INVALID = [
         {"expose": {"service": {"type": "ExternalName"}}},
         "spec.expose.service.type",
     ),
+    # A probe timing of 0 passes: Kubernetes reads it as its default (test_nvidia_accepted.py).
     Invalid(
-        "probe timeout 0",
+        "probe timeout below 0",
         S,
         {
             "livenessProbe": {
                 "enabled": True,
-                "probe": {"httpGet": {"port": "api"}, "timeoutSeconds": 0},
+                "probe": {"httpGet": {"port": "api"}, "timeoutSeconds": -1},
             }
         },
         "spec.livenessProbe.probe.timeoutSeconds",
@@ -448,8 +459,10 @@ INVALID = [
         "spec.metrics.serviceMonitor.interval",
     ),
     # --- environment and credentials
+    # Kubernetes 1.34 allows any printable ASCII but '=' in a name (a space or a leading digit).
+    Invalid("env name with '='", S, {"env": [{"name": "A=B", "value": "1"}]}, "spec.env[0].name"),
     Invalid(
-        "env name with a space", S, {"env": [{"name": "MY VAR", "value": "1"}]}, "spec.env[0].name"
+        "env name with a tab", S, {"env": [{"name": "A\tB", "value": "1"}]}, "spec.env[0].name"
     ),
     Invalid(
         "secretKeyRef without key",

@@ -19,7 +19,7 @@ def make_spec(**fields: Any) -> NIMServiceSpec:
 class TestSpecParsing:
     def test_defaults(self) -> None:
         spec = make_spec()
-        assert spec.expose.service.port == 8000
+        assert spec.service_port() == 8000
         assert spec.expose.service.type == "ClusterIP"
         assert (spec.user_id, spec.group_id) == (1000, 2000)
         assert spec.liveness_probe.enabled

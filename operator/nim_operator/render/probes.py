@@ -49,12 +49,24 @@ def default_liveness_probe() -> dict[str, Any]:
     return _http_probe(LIVE_PATH, failure_threshold=3)
 
 
+DEFAULTED_AT_ZERO = frozenset(
+    {"timeoutSeconds", "periodSeconds", "successThreshold", "failureThreshold"}
+)
+
+
 def effective_probe(setting: ProbeSpec, default: dict[str, Any]) -> dict[str, Any] | None:
     """The user's probe replaces the default whole; `enabled: false` removes the probe."""
     if not setting.enabled:
         return None
     if setting.probe is not None:
-        return setting.probe.to_k8s()
+        probe = setting.probe.to_k8s()
+        # 0 is Kubernetes' "unset" for these (NVIDIA's CRD passes it on); the API server would
+        # store its default instead, so leave the field out and the applied object stays stable.
+        return {
+            key: value
+            for key, value in probe.items()
+            if not (key in DEFAULTED_AT_ZERO and value == 0)
+        }
     return default
 
 

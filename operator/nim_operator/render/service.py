@@ -39,7 +39,7 @@ def render_service(
     ports: list[dict[str, Any]] = [
         {
             "name": API_PORT_NAME,
-            "port": exposed.port,
+            "port": spec.service_port(),
             "targetPort": API_PORT_NAME,
             "protocol": "TCP",
         }
