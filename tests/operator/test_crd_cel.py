@@ -118,6 +118,8 @@ def nimservice(name: str = "llama", **spec: Any) -> dict[str, Any]:
 
 
 INGRESS_BACKEND = {"service": {"name": "llama", "port": {"name": "api"}}}
+# expose.router.eppConfig's container (NVIDIA's NIMContainerSpec).
+EPP_CONTAINER = {"name": "epp", "image": {"repository": "epp", "tag": "1"}}
 INVALID_SPECS = {
     "multiNode with an HPA": (
         {
@@ -350,6 +352,38 @@ INVALID_SPECS = {
             }
         },
         "Must have port for Service reference",
+    ),
+    "eppConfig without configuration": (
+        {"expose": {"router": {"eppConfig": {"containerSpec": EPP_CONTAINER}}}},
+        "expose.router.eppConfig needs exactly one of configMapRef and config",
+    ),
+    "eppConfig with both configurations": (
+        {
+            "expose": {
+                "router": {
+                    "eppConfig": {
+                        "containerSpec": EPP_CONTAINER,
+                        "config": {"plugins": []},
+                        "configMapRef": {"name": "epp", "key": "config.yaml"},
+                    }
+                }
+            }
+        },
+        "expose.router.eppConfig needs exactly one of configMapRef and config",
+    ),
+    "eppConfig port on the host": (
+        {
+            "expose": {
+                "router": {
+                    "eppConfig": {
+                        "containerSpec": EPP_CONTAINER,
+                        "config": {},
+                        "ports": [{"containerPort": 9002, "hostPort": 9002}],
+                    }
+                }
+            }
+        },
+        "expose.router.eppConfig.ports[].hostPort is not allowed",
     ),
     "grpcPort on the API port": (
         {"expose": {"service": {"grpcPort": 8000}}},

@@ -41,6 +41,7 @@ from tests.operator.test_operator_e2e import (
 from tests.support.compute_domain import COMPUTE_DOMAIN_CRD
 from tests.support.crd_validation import schema_errors
 from tests.support.gateway_api import GATEWAY_API_CRDS
+from tests.support.inference_pool import INFERENCE_POOL_CRD
 from tests.support.kmock_harness import ClusterDriver, OperatorProcess, install_crds
 from tests.support.leaderworkerset import LEADER_WORKER_SET_CRD
 
@@ -52,6 +53,8 @@ HTTP_ROUTES = ResourceKind("gateway.networking.k8s.io/v1", "httproutes")
 GRPC_ROUTES = ResourceKind("gateway.networking.k8s.io/v1", "grpcroutes")
 LEADER_WORKER_SETS = ResourceKind("leaderworkerset.x-k8s.io/v1", "leaderworkersets")
 COMPUTE_DOMAINS = ResourceKind("resource.nvidia.com/v1beta1", "computedomains")
+INFERENCE_POOLS = ResourceKind("inference.networking.k8s.io/v1", "inferencepools")
+CONFIG_MAPS = ResourceKind("v1", "configmaps")
 KINDS = {"NIMService": NIMSERVICES, "NIMCache": NIMCACHES}
 
 
@@ -423,6 +426,37 @@ async def multinode_compute_domain(e2e: E2E) -> None:
     assert await e2e.get(DEPLOYMENTS, name) is None
 
 
+async def endpoint_picker(e2e: E2E) -> None:
+    for crds, kind in ((GATEWAY_API_CRDS, HTTP_ROUTES), ([INFERENCE_POOL_CRD], INFERENCE_POOLS)):
+        if not await e2e.api.has_resource(kind.api_version, kind.plural):
+            await install_crds(e2e.api, crds, field_manager="nimstack-e2e")
+    await apply(e2e, "llm-epp.yaml")
+    name = "llama-epp-pool"
+    route = await e2e.child(HTTP_ROUTES, name)
+    (backend,) = route["spec"]["rules"][0]["backendRefs"]
+    assert (backend["group"], backend["kind"], backend["name"]) == (
+        "inference.networking.k8s.io",
+        "InferencePool",
+        name,
+    )
+    pool = await e2e.child(INFERENCE_POOLS, name)
+    deployment = await e2e.child(DEPLOYMENTS, name)
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert pool["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    assert pool["spec"]["targetPorts"] == [{"number": 8000}]
+    picker = await e2e.child(DEPLOYMENTS, f"{name}-epp")
+    assert pool["spec"]["endpointPickerRef"]["name"] == f"{name}-epp"
+    container = picker["spec"]["template"]["spec"]["containers"][0]
+    assert container["image"] == "registry.k8s.io/gateway-api-inference-extension/epp:v1.3.1"
+    args = container["args"]
+    assert args[args.index("--pool-name") + 1] == name
+    config_map = await e2e.child(CONFIG_MAPS, f"{name}-epp-config")
+    config = yaml.safe_load(config_map["data"]["config.yaml"])
+    assert [p["type"] for p in config["plugins"]] == ["queue-scorer", "kv-cache-utilization-scorer"]
+    assert config["schedulingProfiles"][0]["name"] == "default"
+    await e2e.child(SERVICES, f"{name}-epp")
+
+
 SCENARIOS: dict[str, Callable[[E2E], Coroutine[Any, Any, None]]] = {
     "llm-ngc-pvc.yaml": ngc_pvc,
     "llm-nimcache.yaml": nimcache,
@@ -430,6 +464,7 @@ SCENARIOS: dict[str, Callable[[E2E], Coroutine[Any, Any, None]]] = {
     "llm-nimcache-datastore.yaml": nimcache_datastore,
     "llm-ingress.yaml": ingress,
     "llm-router.yaml": router,
+    "llm-epp.yaml": endpoint_picker,
     "llm-hpa.yaml": hpa,
     "llm-pod-settings.yaml": pod_settings,
     "llm-multinode-computedomain.yaml": multinode_compute_domain,
