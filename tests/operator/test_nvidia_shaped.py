@@ -457,6 +457,36 @@ async def endpoint_picker(e2e: E2E) -> None:
     await e2e.child(SERVICES, f"{name}-epp")
 
 
+async def older_shapes(e2e: E2E) -> None:
+    """spec.podAffinity, spec.router and two storage sources render as NVIDIA reads them."""
+    if not await e2e.api.has_resource("gateway.networking.k8s.io/v1", "httproutes"):
+        await install_crds(e2e.api, GATEWAY_API_CRDS, field_manager="nimstack-e2e")
+    await apply(e2e, "llm-older-shapes.yaml")
+    deployment = await e2e.child(DEPLOYMENTS, "llama-older")
+    pod = deployment["spec"]["template"]["spec"]
+    (term,) = pod["affinity"]["podAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
+    assert term["weight"] == 100
+    assert term["podAffinityTerm"]["labelSelector"] == {
+        "matchLabels": {"app": "llama-cache-warmer"}
+    }
+    # The claim to create wins over the hostPath, which is not mounted at all.
+    store = {v["name"]: v for v in pod["volumes"]}["model-store"]
+    assert store == {
+        "name": "model-store",
+        "persistentVolumeClaim": {"claimName": "llama-older-pvc"},
+    }
+    assert not any("hostPath" in volume for volume in pod["volumes"])
+    claim = await e2e.child(PVCS, "llama-older-pvc")
+    assert claim["spec"]["resources"]["requests"]["storage"] == "50Gi"
+    # spec.router is expose.router: the HTTPRoute for <name>.<namespace>.<hostDomainName>.
+    http = await e2e.child(HTTP_ROUTES, "llama-older")
+    (parent,) = http["spec"]["parentRefs"]
+    assert (parent["namespace"], parent["name"]) == ("nim-gateway", "istio-gateway")
+    assert http["spec"]["hostnames"] == [f"llama-older.{e2e.namespace}.example.com"]
+    (backend,) = http["spec"]["rules"][0]["backendRefs"]
+    assert (backend["name"], backend["port"]) == ("llama-older", 8000)
+
+
 SCENARIOS: dict[str, Callable[[E2E], Coroutine[Any, Any, None]]] = {
     "llm-ngc-pvc.yaml": ngc_pvc,
     "llm-nimcache.yaml": nimcache,
@@ -467,6 +497,7 @@ SCENARIOS: dict[str, Callable[[E2E], Coroutine[Any, Any, None]]] = {
     "llm-epp.yaml": endpoint_picker,
     "llm-hpa.yaml": hpa,
     "llm-pod-settings.yaml": pod_settings,
+    "llm-older-shapes.yaml": older_shapes,
     "llm-multinode-computedomain.yaml": multinode_compute_domain,
 }
 
