@@ -32,7 +32,6 @@ __all__ = [
     "DEFAULT_MPI_START_TIMEOUT",
     "DNS1035_LABEL",
     "DRA_CLAIMS_UNDECLARED",
-    "DRA_REQUESTS_REFUSED",
     "DRA_SOURCE_REFUSED",
     "DURATION_PATTERN",
     "GPU_RESOURCE",
@@ -342,16 +341,15 @@ class GPUSpec(_Model):
 
 # --- dynamic resource allocation (NVIDIA's draResources) -----------------------------------------
 
-# The pod claim of draResources[i] is named `dra-<i>` (resources.claims refers to it), so at most
-# ten keep the names one digit long, which is what the CRD's CEL rule checks.
-MAX_DRA_RESOURCES = 10
+# The CRD caps only the lists whose items carry CEL rules (a real API server refuses a CRD whose
+# estimated rule cost, times the most items of every list above the rule, passes its budget):
+# 32, the requests resource.k8s.io/v1 allows in one claim. What NVIDIA's CRD accepts and no
+# Kubernetes object can hold (a request name that is not a DNS label, a count of 0, more than 32
+# selectors) is refused here instead: the NIMService is Failed (InvalidSpec) and says why.
+MAX_DRA_RESOURCES = 32
+MAX_DEVICE_REQUESTS = 32
 DRA_POD_CLAIM_PREFIX = "dra-"
 DNS1123_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
-# A device attribute or capacity name, optionally qualified by a domain: `productName`,
-# `gpu.nvidia.com/productName`. Rendered into a CEL expression, so nothing else may pass.
-DRA_KEY_PATTERN = (
-    r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z_][A-Za-z0-9_]*$"
-)
 SEMVER_PATTERN = (
     r"^(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)"
     r"(-[0-9A-Za-z-]+(\.[0-9A-Za-z-]+)*)?(\+[0-9A-Za-z-]+(\.[0-9A-Za-z-]+)*)?$"
@@ -359,10 +357,6 @@ SEMVER_PATTERN = (
 # Kubernetes allows 32 selectors per device request; the driver's own selector is one of them.
 MAX_DEVICE_SELECTORS = 31
 NVIDIA_GPU_DEVICE_CLASS = "gpu.nvidia.com"
-DRA_REQUESTS_REFUSED = (
-    "draResources[].requests names at most one request: the container's resources.claims are "
-    "keyed by claim name, so it takes the whole claim or one request of it"
-)
 DRA_SOURCE_REFUSED = (
     "draResources[] needs exactly one of resourceClaimName, resourceClaimTemplateName, "
     "claimCreationSpec"
@@ -374,15 +368,27 @@ DRA_CLAIMS_UNDECLARED = (
 SelectorOp = Literal[
     "Equal", "NotEqual", "GreaterThan", "GreaterThanOrEqual", "LessThan", "LessThanOrEqual"
 ]
-DRAKey = Annotated[str, Field(min_length=1, max_length=64, pattern=DRA_KEY_PATTERN)]
+# Any text (NVIDIA's CRD has no pattern): the renderer quotes it into the CEL selector.
+DRAKey = Annotated[str, Field(max_length=64)]
 ObjectName = Annotated[str, Field(min_length=1, max_length=253, pattern=DNS1123_SUBDOMAIN)]
+
+
+def _dns_label(value: str, where: str) -> str:
+    if len(value) > 63 or not re.fullmatch(DNS1123_LABEL, value):
+        raise ValueError(f"{where} must be a DNS label (Kubernetes names it so): {value!r}")
+    return value
 
 
 class ContainerClaim(_Model):
     """corev1.ResourceClaim: the server container uses a pod claim (`dra-<i>`), or one request."""
 
-    name: Annotated[str, Field(min_length=1, max_length=63, pattern=DNS1123_LABEL)]
-    request: Annotated[str, Field(min_length=1, max_length=63, pattern=DNS1123_LABEL)] | None = None
+    name: str
+    request: str | None = None
+
+    @field_validator("request")
+    @classmethod
+    def _request_name(cls, request: str | None) -> str | None:
+        return None if request is None else _dns_label(request, "resources.claims[].request")
 
 
 class ComputeResources(_Model):
@@ -396,7 +402,7 @@ class ComputeResources(_Model):
 class ResourceRequirements(ComputeResources):
     """The server container's resources: with the pod's DRA claims it uses (spec.draResources)."""
 
-    claims: Annotated[list[ContainerClaim], Field(max_length=MAX_DRA_RESOURCES)] | None = None
+    claims: list[ContainerClaim] | None = None
 
     @field_validator("claims")
     @classmethod
@@ -409,28 +415,39 @@ class ResourceRequirements(ComputeResources):
 
 
 class DRAAttributeValue(_Model):
-    """The value an attribute is compared with: exactly one of the four."""
+    """The value an attribute is compared with: one of the four, or none (the attribute exists)."""
 
     bool_value: bool | None = None
-    int_value: Annotated[int, Field(ge=-(2**31), le=2**31 - 1)] | None = None
+    int_value: int | None = None
     string_value: Annotated[str, Field(max_length=64)] | None = None
-    version_value: Annotated[str, Field(max_length=64, pattern=SEMVER_PATTERN)] | None = None
+    version_value: Annotated[str, Field(max_length=64)] | None = None
 
     @model_validator(mode="after")
-    def _exactly_one(self) -> DRAAttributeValue:
+    def _at_most_one(self) -> DRAAttributeValue:
         given = (self.bool_value, self.int_value, self.string_value, self.version_value)
-        if sum(value is not None for value in given) != 1:
+        if sum(value is not None for value in given) > 1:
             raise ValueError(
-                "an attribute selector value needs exactly one of boolValue, intValue, "
-                "stringValue, versionValue"
+                "an attribute selector value takes one of boolValue, intValue, stringValue, "
+                "versionValue"
+            )
+        if self.version_value is not None and not re.fullmatch(SEMVER_PATTERN, self.version_value):
+            raise ValueError(
+                f"versionValue must be a semantic version (semver.org): {self.version_value!r}"
             )
         return self
+
+    def given(self) -> bool | int | str | None:
+        """The value set, or None when none is."""
+        for value in (self.bool_value, self.int_value, self.string_value, self.version_value):
+            if value is not None:
+                return value
+        return None
 
 
 class DRAAttributeSelector(_Model):
     key: DRAKey
     op: SelectorOp = "Equal"
-    value: DRAAttributeValue
+    value: DRAAttributeValue | None = None
 
 
 class DRACapacitySelector(_Model):
@@ -442,43 +459,49 @@ class DRACapacitySelector(_Model):
 class DRADevice(_Model):
     """One device request of a generated ResourceClaimTemplate."""
 
-    name: Annotated[str, Field(min_length=1, max_length=63, pattern=DNS1123_LABEL)]
-    count: Annotated[int, Field(ge=1)] = 1
+    name: Annotated[str, Field(min_length=1, max_length=253)]
+    count: int = 1
     device_class_name: ObjectName = NVIDIA_GPU_DEVICE_CLASS
     driver_name: ObjectName = NVIDIA_GPU_DEVICE_CLASS
-    attribute_selectors: Annotated[list[DRAAttributeSelector], Field(max_length=20)] | None = None
-    capacity_selectors: Annotated[list[DRACapacitySelector], Field(max_length=12)] | None = None
-    cel_expressions: (
-        Annotated[
-            list[Annotated[str, Field(min_length=1, max_length=10240)]],
-            Field(max_length=MAX_DEVICE_SELECTORS),
-        ]
-        | None
-    ) = None
+    attribute_selectors: list[DRAAttributeSelector] | None = None
+    capacity_selectors: list[DRACapacitySelector] | None = None
+    cel_expressions: list[str] | None = None
 
     @model_validator(mode="after")
     def _selectors(self) -> DRADevice:
+        _dns_label(self.name, "claimCreationSpec.devices[].name")
+        if self.count < 1:
+            raise ValueError("claimCreationSpec.devices[].count must be at least 1")
         attributes = len(self.attribute_selectors or [])
         capacities = len(self.capacity_selectors or [])
         if self.cel_expressions and (attributes or capacities):
             raise ValueError(
                 "celExpressions must not be set if attributeSelectors or capacitySelectors are set"
             )
-        if attributes + capacities > MAX_DEVICE_SELECTORS:
+        if max(attributes + capacities, len(self.cel_expressions or [])) > MAX_DEVICE_SELECTORS:
             raise ValueError(
-                "attributeSelectors and capacitySelectors together allow at most 31 selectors "
-                "(Kubernetes allows 32 per device request, one selects the driver)"
+                "a device takes at most 31 selectors (attributeSelectors and capacitySelectors "
+                "together, or celExpressions): Kubernetes allows 32 per device request, one "
+                "selects the driver"
             )
+        if any(not expression for expression in self.cel_expressions or []):
+            raise ValueError("celExpressions[] must not be empty")
         return self
 
 
 class DRAClaimCreationSpec(_Model):
     """A ResourceClaimTemplate the operator creates, owned by the NIMService."""
 
-    generate_name: (
-        Annotated[str, Field(min_length=1, max_length=16, pattern=DNS1123_LABEL)] | None
-    ) = None
-    devices: Annotated[list[DRADevice], Field(min_length=1, max_length=32)]
+    generate_name: Annotated[str, Field(min_length=1, max_length=16)] | None = None
+    devices: Annotated[list[DRADevice], Field(min_length=1, max_length=MAX_DEVICE_REQUESTS)]
+
+    @field_validator("generate_name")
+    @classmethod
+    def _name_part(cls, generate_name: str | None) -> str | None:
+        # It becomes part of the template's (object) name.
+        if generate_name is not None:
+            _dns_label(generate_name, "claimCreationSpec.generateName")
+        return generate_name
 
     @field_validator("devices")
     @classmethod
@@ -495,18 +518,10 @@ class DRAResource(_Model):
     resource_claim_name: ObjectName | None = None
     resource_claim_template_name: ObjectName | None = None
     claim_creation_spec: DRAClaimCreationSpec | None = None
-    requests: (
-        Annotated[
-            list[Annotated[str, Field(min_length=1, max_length=63, pattern=DNS1123_LABEL)]],
-            Field(max_length=8),
-        ]
-        | None
-    ) = None
+    requests: list[Annotated[str, Field(min_length=1)]] | None = None
 
     @model_validator(mode="after")
     def _one_source(self) -> DRAResource:
-        if self.requests is not None and len(self.requests) > 1:
-            raise ValueError(DRA_REQUESTS_REFUSED)
         sources = (
             self.resource_claim_name,
             self.resource_claim_template_name,
@@ -514,6 +529,8 @@ class DRAResource(_Model):
         )
         if sum(source is not None for source in sources) != 1:
             raise ValueError(DRA_SOURCE_REFUSED)
+        for request in self.requests or []:
+            _dns_label(request, "draResources[].requests[]")
         return self
 
 
@@ -1576,6 +1593,8 @@ class NIMServiceStatus(_Model):
     conditions: list[Condition] | None = None
     autoscaling: AutoscalingStatus | None = None
     # Written only while spec.draResources is set (nim_operator.dra_status).
-    dra_resource_statuses: list[DRAResourceStatus] | None = None
+    dra_resource_statuses: (
+        Annotated[list[DRAResourceStatus], Field(max_length=MAX_DRA_RESOURCES)] | None
+    ) = None
     # Written only while multiNode.computeDomain is set (nim_operator.compute_domain).
     compute_domain_status: ComputeDomainStatus | None = None

@@ -62,6 +62,12 @@ NVIDIA_SAMPLES = {
     "a shared claim, one request": [{"resourceClaimName": "node-gpus", "requests": ["gpu"]}],
 }
 
+
+def one_device(**device: Any) -> list[dict[str, Any]]:
+    """draResources with one generated template of one device request."""
+    return [{"claimCreationSpec": {"devices": [{"name": "gpu", **device}]}}]
+
+
 INVALID = {
     "no source": (
         {"draResources": [{"requests": ["gpu"]}]},
@@ -82,10 +88,21 @@ INVALID = {
         },
         "draResources[] needs exactly one of resourceClaimName, resourceClaimTemplateName",
     ),
-    "two requests": (
-        {"draResources": [{"resourceClaimName": "a", "requests": ["gpu", "nic"]}]},
-        "draResources[].requests names at most one request",
+    "cel expressions with selectors": (
+        {
+            "draResources": one_device(
+                celExpressions=["true"],
+                attributeSelectors=[{"key": "a", "value": {"boolValue": True}}],
+            )
+        },
+        "celExpressions must not be set if attributeSelectors or capacitySelectors are set",
     ),
+}
+
+# NVIDIA's CRD takes these, and so does ours; no Kubernetes object can hold them (or, for a
+# container claim, no pod has the claim), so the operator refuses them: Failed, InvalidSpec, with
+# this message.
+ACCEPTED_THEN_REFUSED = {
     "container claim not declared": (
         {
             "draResources": [{"resourceClaimName": "a"}],
@@ -104,65 +121,100 @@ INVALID = {
         },
         "resources.claims names the pod claims of draResources",
     ),
-    "cel expressions with selectors": (
+    "container claim request not a DNS label": (
+        {
+            "draResources": [{"resourceClaimName": "gpus"}],
+            "resources": {"claims": [{"name": "dra-0", "request": "Big_GPU"}]},
+        },
+        "resources.claims[].request must be a DNS label",
+    ),
+    "request name not a DNS label": (
+        {"draResources": [{"resourceClaimName": "a", "requests": ["gpu", "gpu.big"]}]},
+        "draResources[].requests[] must be a DNS label",
+    ),
+    "device name a subdomain, not a label": (
+        {"draResources": [{"claimCreationSpec": {"devices": [{"name": "gpu.big"}]}}]},
+        "claimCreationSpec.devices[].name must be a DNS label",
+    ),
+    "device name of 253 characters": (
+        {"draResources": [{"claimCreationSpec": {"devices": [{"name": "g" * 253}]}}]},
+        "claimCreationSpec.devices[].name must be a DNS label",
+    ),
+    "two devices of one name": (
         {
             "draResources": [
-                {
-                    "claimCreationSpec": {
-                        "devices": [
-                            {
-                                "name": "gpu",
-                                "celExpressions": ["true"],
-                                "attributeSelectors": [{"key": "a", "value": {"boolValue": True}}],
-                            }
-                        ]
-                    }
-                }
+                {"claimCreationSpec": {"devices": [{"name": "gpu"}, {"name": "gpu", "count": 2}]}}
             ]
         },
-        "celExpressions must not be set if attributeSelectors or capacitySelectors are set",
+        "claimCreationSpec.devices need distinct names",
+    ),
+    "count 0": (
+        {"draResources": one_device(count=0)},
+        "claimCreationSpec.devices[].count must be at least 1",
+    ),
+    "generateName not a DNS label": (
+        {
+            "draResources": [
+                {"claimCreationSpec": {"generateName": "GPU", "devices": [{"name": "gpu"}]}}
+            ]
+        },
+        "claimCreationSpec.generateName must be a DNS label",
     ),
     "attribute value with two types": (
         {
-            "draResources": [
-                {
-                    "claimCreationSpec": {
-                        "devices": [
-                            {
-                                "name": "gpu",
-                                "attributeSelectors": [
-                                    {"key": "a", "value": {"boolValue": True, "intValue": 1}}
-                                ],
-                            }
-                        ]
-                    }
-                }
-            ]
+            "draResources": one_device(
+                attributeSelectors=[{"key": "a", "value": {"boolValue": True, "intValue": 1}}]
+            )
         },
-        "an attribute selector value needs exactly one of boolValue, intValue",
+        "an attribute selector value takes one of boolValue, intValue",
     ),
-    "too many selectors for one request": (
+    "version that is not semver": (
         {
-            "draResources": [
-                {
-                    "claimCreationSpec": {
-                        "devices": [
-                            {
-                                "name": "gpu",
-                                "attributeSelectors": [
-                                    {"key": f"a{i}", "value": {"intValue": i}} for i in range(20)
-                                ],
-                                "capacitySelectors": [
-                                    {"key": f"c{i}", "value": i} for i in range(12)
-                                ],
-                            }
-                        ]
-                    }
-                }
-            ]
+            "draResources": one_device(
+                attributeSelectors=[{"key": "v", "value": {"versionValue": '1") || true'}}]
+            )
         },
-        "attributeSelectors and capacitySelectors together allow at most 31 selectors",
+        "versionValue must be a semantic version",
     ),
+    "more selectors than a device request holds": (
+        {
+            "draResources": one_device(
+                attributeSelectors=[{"key": f"a{i}", "value": {"intValue": i}} for i in range(20)],
+                capacitySelectors=[{"key": f"c{i}", "value": i} for i in range(12)],
+            )
+        },
+        "a device takes at most 31 selectors",
+    ),
+    "more cel expressions than a device request holds": (
+        {"draResources": one_device(celExpressions=["true"] * 32)},
+        "a device takes at most 31 selectors",
+    ),
+    "an empty cel expression": (
+        {"draResources": one_device(celExpressions=[""])},
+        "celExpressions[] must not be empty",
+    ),
+}
+
+# NVIDIA's CRD takes these; ours did not: each now passes the schema, the CEL rules and the model.
+NVIDIA_ACCEPTS = {
+    "several requests": [{"resourceClaimTemplateName": "rdma", "requests": ["nic", "gpu"]}],
+    "an attribute selector without a value": one_device(
+        attributeSelectors=[{"key": "gpu.nvidia.com/mig", "op": "Equal"}]
+    ),
+    "an empty attribute value": one_device(attributeSelectors=[{"key": "mig", "value": {}}]),
+    "keys that are not CEL names": one_device(
+        attributeSelectors=[{"key": "example.com/a-b.c", "value": {"stringValue": "x"}}],
+        capacitySelectors=[{"key": "in", "value": "1"}],
+    ),
+    "an int beyond int32": one_device(
+        attributeSelectors=[{"key": "memory", "value": {"intValue": 2**40}}]
+    ),
+    "25 attribute selectors": one_device(
+        attributeSelectors=[{"key": f"a{i}", "value": {"intValue": i}} for i in range(25)]
+    ),
+    "32 entries": [{"resourceClaimName": f"c{i}"} for i in range(32)],
+    "32 devices": [{"claimCreationSpec": {"devices": [{"name": f"gpu{i}"} for i in range(32)]}}],
+    "a long cel expression": one_device(celExpressions=["true || " * 2000 + "true"]),
 }
 
 
@@ -215,52 +267,32 @@ class TestInvalid:
         assert message in model_error(obj["spec"])
 
     @pytest.mark.parametrize(
+        ("spec", "message"), ACCEPTED_THEN_REFUSED.values(), ids=ACCEPTED_THEN_REFUSED.keys()
+    )
+    def test_accepted_as_by_nvidia_then_refused_by_the_operator(
+        self, spec: dict[str, Any], message: str
+    ) -> None:
+        obj = nimservice(**spec)
+        defaulted = apply_defaults(openapi_root(), copy.deepcopy(obj))
+        assert schema_errors(openapi_root(), defaulted, strict=True) == []
+        assert cel_violations(obj) == []
+        assert message in model_error(obj["spec"])
+
+    @pytest.mark.parametrize(
         ("resources", "where"),
         [
             ([{"resourceClaimName": "Not_A_Name"}], "resourceClaimName"),
             ([{"claimCreationSpec": {"devices": []}}], "devices"),
-            ([{"claimCreationSpec": {"devices": [{"name": "gpu", "count": 0}]}}], "count"),
+            ([{"resourceClaimName": f"c{i}"} for i in range(33)], "draResources"),
             (
-                [
-                    {
-                        "claimCreationSpec": {
-                            "devices": [
-                                {
-                                    "name": "gpu",
-                                    "attributeSelectors": [
-                                        {"key": "a) || true", "value": {"boolValue": True}}
-                                    ],
-                                }
-                            ]
-                        }
-                    }
-                ],
-                "key",
+                [{"claimCreationSpec": {"devices": [{"name": f"d{i}"} for i in range(33)]}}],
+                "devices",
             ),
-            (
-                [
-                    {
-                        "claimCreationSpec": {
-                            "devices": [
-                                {
-                                    "name": "gpu",
-                                    "attributeSelectors": [
-                                        {"key": "v", "value": {"versionValue": '1") || true'}}
-                                    ],
-                                }
-                            ]
-                        }
-                    }
-                ],
-                "versionValue",
-            ),
-            ([{"resourceClaimName": f"c{i}"} for i in range(11)], "draResources"),
         ],
     )
     def test_schema_and_model_refuse_bad_values(
         self, resources: list[dict[str, Any]], where: str
     ) -> None:
-        # Keys and versions are rendered into CEL selectors: the patterns keep them names.
         obj = nimservice(draResources=resources)
         errors = schema_errors(openapi_root(), obj)
         assert any(where in error for error in errors), errors
@@ -272,7 +304,61 @@ class TestInvalid:
             "draResources": [{"resourceClaimName": "a"}],
             "resources": {"claims": [{"name": "dra-0"}, {"name": "dra-0", "request": "gpu"}]},
         }
-        # The CRD declares the list a map keyed by name, which the API server enforces.
+        # The CRD declares the list a map keyed by name (as corev1 does, and so NVIDIA's CRD),
+        # which the API server enforces.
         node = openapi_root()["properties"]["spec"]["properties"]["resources"]["properties"]
         assert node["claims"]["x-kubernetes-list-map-keys"] == ["name"]
         assert "resources.claims must not name a claim twice" in model_error(spec)
+
+
+class TestNvidiaAccepts:
+    @pytest.mark.parametrize("resources", NVIDIA_ACCEPTS.values(), ids=NVIDIA_ACCEPTS.keys())
+    def test_schema_cel_and_model_accept(self, resources: list[dict[str, Any]]) -> None:
+        obj = nimservice(draResources=resources)
+        defaulted = apply_defaults(openapi_root(), copy.deepcopy(obj))
+        assert schema_errors(openapi_root(), defaulted, strict=True) == []
+        assert cel_violations(obj) == []
+        assert NIMServiceSpec.from_body(defaulted["spec"]).dra_resources is not None
+
+    def test_only_lists_with_rules_on_their_items_are_capped(self) -> None:
+        """A real API server estimates a CEL rule's cost times the most items of every list
+        above it, and refuses a CRD past its budget: those lists need a maxItems (32, what a
+        resource.k8s.io/v1 claim allows); the others take any length, as NVIDIA's CRD."""
+        node = openapi_root()["properties"]["spec"]["properties"]["draResources"]
+        assert node["maxItems"] == 32
+        devices = node["items"]["properties"]["claimCreationSpec"]["properties"]["devices"]
+        assert devices["maxItems"] == 32
+        assert "x-kubernetes-validations" in node["items"]
+        assert "x-kubernetes-validations" in devices["items"]
+        device = devices["items"]["properties"]
+        for uncapped in ("attributeSelectors", "capacitySelectors", "celExpressions"):
+            assert "maxItems" not in device[uncapped]
+            assert "x-kubernetes-validations" not in str(device[uncapped])
+        assert "maxItems" not in node["items"]["properties"]["requests"]
+        claims = openapi_root()["properties"]["spec"]["properties"]["resources"]["properties"]
+        assert "maxItems" not in claims["claims"]
+
+    @pytest.mark.parametrize(
+        "path", [("spec", "draResources"), ("spec", "resources"), ("status", "draResourceStatuses")]
+    )
+    def test_every_list_above_a_rule_is_capped(self, path: tuple[str, str]) -> None:
+        node = openapi_root()
+        for name in path:
+            node = node["properties"][name]
+        assert unbounded_lists_above_rules(node, ".".join(path)) == []
+
+
+def unbounded_lists_above_rules(node: dict[str, Any], where: str) -> list[str]:
+    """The lists without maxItems that hold (at any depth) a node with CEL rules."""
+    found: list[str] = []
+
+    def walk(node: dict[str, Any], where: str, lists: list[tuple[str, dict[str, Any]]]) -> None:
+        if node.get("x-kubernetes-validations"):
+            found.extend(f"{path} above {where}" for path, n in lists if "maxItems" not in n)
+        if node.get("type") == "array":
+            walk(node["items"], f"{where}[]", [*lists, (where, node)])
+        for name, child in (node.get("properties") or {}).items():
+            walk(child, f"{where}.{name}", lists)
+
+    walk(node, where, [])
+    return sorted(set(found))

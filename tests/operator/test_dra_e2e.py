@@ -348,3 +348,58 @@ async def test_the_status_reports_the_claims_of_each_dra_resource(
     await e2e.status_where(
         "llama-dra", lambda o: "draResourceStatuses" not in o["status"], "the field removed"
     )
+
+
+# What NVIDIA's CRD accepts and ours once refused: several requests of one claim, a selector
+# without a value, a key that is no CEL name.
+NVIDIA_LENIENT = """
+draResources:
+- claimCreationSpec:
+    devices:
+    - name: gpu
+      attributeSelectors:
+      - key: mig
+        op: Equal
+      - key: example.com/product-name
+        value:
+          stringValue: H100
+- resourceClaimTemplateName: rdma-nics
+  requests: [nic, gpu]
+"""
+
+
+async def test_what_nvidia_accepts_is_accepted_and_rendered(
+    e2e: E2E, emulated: EmulatedCluster | None, turn_dra_on: Callable[[], None]
+) -> None:
+    if emulated is not None:
+        turn_dra_on()
+    elif not await dra_served(e2e.api):
+        pytest.skip("this cluster does not serve resource.k8s.io/v1 (DRA)")
+    spec = yaml.safe_load(NVIDIA_DRA)["spec"]
+    spec["draResources"] = yaml.safe_load(NVIDIA_LENIENT)["draResources"]
+    await e2e.create("llama-dra", spec)
+
+    (template,) = await e2e.until(lambda: templates_of(e2e, "llama-dra"), "a generated template")
+    (request,) = template["spec"]["spec"]["devices"]["requests"]
+    assert [s["cel"]["expression"] for s in request["exactly"]["selectors"]] == [
+        'device.driver == "gpu.nvidia.com"',
+        '"mig" in device.attributes["gpu.nvidia.com"]',
+        'device.attributes["example.com"]["product-name"] == "H100"',
+    ]
+    deployment = await e2e.child(DEPLOYMENTS, "llama-dra")
+    # Two requests of dra-1: the server takes that claim whole (one entry per claim name).
+    assert pod_of(deployment)["containers"][0]["resources"] == {
+        "claims": [{"name": "dra-0"}, {"name": "dra-1"}]
+    }
+
+    # A container claim no pod has: accepted (as NVIDIA's CRD does), then Failed with the reason.
+    await e2e.patch_spec("llama-dra", {"resources": {"claims": [{"name": "gpus"}]}})
+    nim = await e2e.status_where(
+        "llama-dra",
+        lambda o: condition(o, "Failed").get("reason") == "InvalidSpec",
+        "Failed InvalidSpec",
+    )
+    assert (
+        "resources.claims names the pod claims of draResources"
+        in (condition(nim, "Failed")["message"])
+    )

@@ -319,43 +319,24 @@ INVALID = [
         "draResources[] needs exactly one of",
     ),
     Invalid(
-        "draResources two requests",
-        C,
-        {"draResources": [{"resourceClaimTemplateName": "b", "requests": ["gpu", "nic"]}]},
-        "draResources[].requests names at most one request",
+        "resources.claims not declared",
+        OP,
+        {"draResources": [{"resourceClaimName": "a"}], "resources": {"claims": [{"name": "a"}]}},
+        "InvalidSpec",
+        message="resources.claims names the pod claims of draResources",
     ),
     Invalid(
-        "resources.claims not declared",
-        C,
-        {"draResources": [{"resourceClaimName": "a"}], "resources": {"claims": [{"name": "a"}]}},
-        "resources.claims names the pod claims of draResources",
+        "draResources device name not a DNS label",
+        OP,
+        {"draResources": [{"claimCreationSpec": {"devices": [{"name": "gpu.big"}]}}]},
+        "InvalidSpec",
+        message="claimCreationSpec.devices[].name must be a DNS label",
     ),
     Invalid(
         "claimCreationSpec without devices",
         S,
         {"draResources": [{"claimCreationSpec": {"devices": []}}]},
         "spec.draResources[0].claimCreationSpec.devices",
-    ),
-    Invalid(
-        "attribute key with CEL in it",
-        S,
-        {
-            "draResources": [
-                {
-                    "claimCreationSpec": {
-                        "devices": [
-                            {
-                                "name": "gpu",
-                                "attributeSelectors": [
-                                    {"key": "a) || (true", "value": {"boolValue": True}}
-                                ],
-                            }
-                        ]
-                    }
-                }
-            ]
-        },
-        "spec.draResources[0].claimCreationSpec.devices[0].attributeSelectors[0].key",
     ),
     # --- exposure and probes
     Invalid("port 0", S, {"expose": {"service": {"port": 0}}}, "spec.expose.service.port"),

@@ -116,6 +116,17 @@ class TestContainerClaims:
         spec = make_spec(draResources=[{"resourceClaimName": "node-devices", "requests": ["gpu"]}])
         assert container_claims(spec) == [{"name": "dra-0", "request": "gpu"}]
 
+    def test_several_requests_give_the_container_the_whole_claim(self) -> None:
+        """NVIDIA writes one container claim per request; a container's claims are keyed by
+        claim name for server-side apply, so the server takes the claim whole, once."""
+        spec = make_spec(
+            draResources=[{"resourceClaimTemplateName": "rdma", "requests": ["nic", "gpu"]}]
+        )
+        assert container_claims(spec) == [{"name": "dra-0"}]
+        names = [claim["name"] for claim in server(spec)["resources"]["claims"]]
+        assert len(names) == len(set(names))
+        kubernetes_validate.validate(render_deployment(OWNER, spec, replicas=1), KUBERNETES)
+
     def test_resources_claims_come_first_and_the_rest_is_added_once(self) -> None:
         spec = make_spec(
             draResources=[
@@ -252,6 +263,62 @@ class TestSelectors:
     def test_attribute_selectors(self, selector: dict[str, Any], expected: str) -> None:
         device = {"name": "gpu", "driverName": "gpu.example.com", "attributeSelectors": [selector]}
         assert selectors_of(device) == ['device.driver == "gpu.example.com"', expected]
+
+    @pytest.mark.parametrize(
+        ("selector", "expected"),
+        [
+            ({"key": "mig"}, '"mig" in device.attributes["gpu.example.com"]'),
+            ({"key": "mig", "value": {}}, '"mig" in device.attributes["gpu.example.com"]'),
+            (
+                {"key": "other.io/mig", "op": "NotEqual"},
+                '!("mig" in device.attributes["other.io"])',
+            ),
+        ],
+    )
+    def test_a_selector_without_a_value_asks_for_the_attribute(
+        self, selector: dict[str, Any], expected: str
+    ) -> None:
+        device = {"name": "gpu", "driverName": "gpu.example.com", "attributeSelectors": [selector]}
+        assert selectors_of(device)[1:] == [expected]
+
+    def test_attribute_presence_picks_the_right_device(self) -> None:
+        (_, has_mig), (_, lacks_mig) = (
+            selectors_of({"name": "gpu", "attributeSelectors": [{"key": "mig"}]}),
+            selectors_of({"name": "gpu", "attributeSelectors": [{"key": "mig", "op": "NotEqual"}]}),
+        )
+        with_mig = {"driver": "gpu.nvidia.com", "attributes": {"gpu.nvidia.com": {"mig": True}}}
+        without = {"driver": "gpu.nvidia.com", "attributes": {"gpu.nvidia.com": {"index": 0}}}
+        assert matches(has_mig, with_mig)
+        assert not matches(has_mig, without)
+        assert matches(lacks_mig, without)
+        assert not matches(lacks_mig, with_mig)
+
+    @pytest.mark.parametrize(
+        ("key", "attribute"),
+        [
+            ("example.com/a-b.c", 'device.attributes["example.com"]["a-b.c"]'),
+            ("in", 'device.attributes["gpu.nvidia.com"]["in"]'),
+            ('a) || true || ("', 'device.attributes["gpu.nvidia.com"]["a) || true || (\\""]'),
+            ("x/y/z", 'device.attributes["x/y"].z'),
+        ],
+    )
+    def test_keys_of_any_text_are_quoted_not_spliced(self, key: str, attribute: str) -> None:
+        """NVIDIA's CRD takes any key: one that is no CEL name is looked up by index, quoted,
+        so it can only ever name an attribute (never add to the expression)."""
+        (_, expression) = selectors_of(
+            {"name": "gpu", "attributeSelectors": [{"key": key, "value": {"intValue": 1}}]}
+        )
+        assert expression == f"{attribute} == 1"
+        CEL.compile(expression)
+        device = {"driver": "gpu.nvidia.com", "attributes": {}}
+        domain, _, name = key.rpartition("/")
+        device["attributes"] = {domain or "gpu.nvidia.com": {name: 1}}
+        assert matches(expression, device)
+        (_, capacity) = selectors_of(
+            {"name": "gpu", "capacitySelectors": [{"key": key, "value": "1"}]}
+        )
+        CEL.compile(capacity)
+        assert capacity.startswith(attribute.replace("attributes", "capacity"))
 
     def test_every_expression_is_valid_cel(self) -> None:
         device = {

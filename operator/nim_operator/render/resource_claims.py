@@ -5,13 +5,15 @@ draResources[i] is the pod claim `dra-<i>`; resources.claims refers to those nam
 template is `<NIMService>-<generateName, default claimtemplate>-<i>-<digest>`, owned by the
 NIMService, in resource.k8s.io/v1 (the version Kubernetes 1.34 serves GA). Each device request
 selects its driver with a CEL selector and adds one selector per attribute or capacity
-comparison (or the user's own expressions), as NVIDIA's operator renders them.
+comparison (or the user's own expressions), as NVIDIA's operator renders them; keys are any
+text, so a name that is not a plain CEL identifier is looked up by index, quoted.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 from typing import Any
 
 from nim_operator.models import (
@@ -47,6 +49,33 @@ _CEL_OPERATORS = {
     "LessThan": "<",
     "LessThanOrEqual": "<=",
 }
+_CEL_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# CEL's reserved words cannot follow a dot.
+_CEL_RESERVED = frozenset(
+    [
+        "as",
+        "break",
+        "const",
+        "continue",
+        "else",
+        "false",
+        "for",
+        "function",
+        "if",
+        "import",
+        "in",
+        "let",
+        "loop",
+        "package",
+        "namespace",
+        "null",
+        "return",
+        "true",
+        "var",
+        "void",
+        "while",
+    ]
+)
 
 
 def claim_template_name(owner_name: str, index: int, creation: DRAClaimCreationSpec) -> str:
@@ -83,6 +112,9 @@ def container_claims(spec: NIMServiceSpec) -> list[dict[str, str]]:
 
     A pod claim no container uses would still be allocated (a device held for nothing), so each
     one resources.claims leaves out goes to the server, limited to its draResources request.
+    With several requests it takes the whole claim: NVIDIA lists one entry per request, but a
+    container's claims are keyed by claim name for server-side apply (the API server refuses an
+    applied list with a name twice), and the pod holds every request's devices either way.
     """
     written = spec.resources.claims if spec.resources is not None else None
     claims = [claim.to_k8s() for claim in written or []]
@@ -92,7 +124,7 @@ def container_claims(spec: NIMServiceSpec) -> list[dict[str, str]]:
         if name in named:
             continue
         claim = {"name": name}
-        if resource.requests:
+        if resource.requests and len(resource.requests) == 1:
             claim["request"] = resource.requests[0]
         claims.append(claim)
     return claims
@@ -104,26 +136,44 @@ def _split_key(key: str, driver: str) -> tuple[str, str]:
     return (domain or driver), name
 
 
+def _cel_string(text: str) -> str:
+    # A JSON string is a CEL string literal (same escapes); non-ASCII stays as it is, since
+    # CEL refuses the surrogate pairs JSON would escape it into.
+    return json.dumps(text, ensure_ascii=False)
+
+
+def _member(mapping: str, name: str) -> str:
+    """`<mapping>.<name>`, or `<mapping>["<name>"]` when the name is no plain identifier."""
+    if _CEL_IDENTIFIER.fullmatch(name) and name not in _CEL_RESERVED:
+        return f"{mapping}.{name}"
+    return f"{mapping}[{_cel_string(name)}]"
+
+
 def _attribute_expression(selector: DRAAttributeSelector, driver: str) -> str:
     domain, name = _split_key(selector.key, driver)
-    attribute = f"device.attributes[{json.dumps(domain)}].{name}"
-    operator = _CEL_OPERATORS[selector.op]
+    attributes = f"device.attributes[{_cel_string(domain)}]"
     value = selector.value
+    if value is None or value.given() is None:
+        # Nothing to compare with: the selector asks for the attribute itself (NVIDIA's CRD
+        # takes a selector without a value; its renderer has no expression for one).
+        present = f"{_cel_string(name)} in {attributes}"
+        return f"!({present})" if selector.op == "NotEqual" else present
+    attribute = _member(attributes, name)
+    operator = _CEL_OPERATORS[selector.op]
     if value.version_value is not None:
-        return f"{attribute}.compareTo(semver({json.dumps(value.version_value)})) {operator} 0"
+        return f"{attribute}.compareTo(semver({_cel_string(value.version_value)})) {operator} 0"
     if value.bool_value is not None:
         literal = "true" if value.bool_value else "false"
     elif value.int_value is not None:
         literal = str(value.int_value)
     else:
-        # A JSON string literal is a valid CEL string literal (same escapes).
-        literal = json.dumps(value.string_value)
+        literal = _cel_string(value.string_value or "")
     return f"{attribute} {operator} {literal}"
 
 
 def _capacity_expression(selector: DRACapacitySelector, driver: str) -> str:
     domain, name = _split_key(selector.key, driver)
-    capacity = f"device.capacity[{json.dumps(domain)}].{name}"
+    capacity = _member(f"device.capacity[{_cel_string(domain)}]", name)
     quantity = json.dumps(str(selector.value))
     return f"{capacity}.compareTo(quantity({quantity})) {_CEL_OPERATORS[selector.op]} 0"
 
