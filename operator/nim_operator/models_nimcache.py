@@ -21,6 +21,7 @@ from nim_operator.models import (
     ComputeResources,
     Condition,
     EnvVar,
+    ExtraContainers,
     Quantity,
     StringMap,
     Toleration,
@@ -30,6 +31,10 @@ from nim_operator.models import (
 __all__ = [
     "ALL_PROFILES",
     "CACHE_NAME_MAX_LENGTH",
+    "DATA_STORE_REVISION_CONFLICT",
+    "DOWNLOAD_CONTAINER_NAME",
+    "HOST_PATH_REFUSED",
+    "INIT_CONTAINER_NAMES",
     "CacheCertConfig",
     "CachePVC",
     "CacheProxy",
@@ -53,6 +58,21 @@ __all__ = [
 CACHE_NAME_MAX_LENGTH = 54
 # NVIDIA's profile name for "every profile of the image" (`download-to-cache --all`).
 ALL_PROFILES = "all"
+# The download container's name in the Job's pod; an init container may not take it.
+DOWNLOAD_CONTAINER_NAME = "download"
+# The messages below are the CRD's CEL messages too (tests/operator/test_nimcache_crd.py).
+DATA_STORE_REVISION_CONFLICT = (
+    "spec.source.dataStore.revision and checkpointName (NVIDIA's earlier name for it) differ: "
+    "set one of them, or both the same"
+)
+HOST_PATH_REFUSED = (
+    "storage.hostPath is not supported: the download pod runs under the restricted Pod Security "
+    "Standard, which forbids hostPath volumes (and a node's directory would tie NIMServices to "
+    "that node); use storage.pvc"
+)
+INIT_CONTAINER_NAMES = (
+    "initContainers need unique names other than download (the download container)"
+)
 
 
 def _set(value: str | None) -> bool:
@@ -132,9 +152,12 @@ class NGCModel(_Model):
 
 
 class NGCSource(_Model):
-    """A NIM image that downloads its own model profiles from NGC (`download-to-cache`)."""
+    """A NIM image that downloads its own model profiles from NGC (`download-to-cache`).
 
-    auth_secret: Annotated[str, Field(min_length=1)]
+    authSecret is optional, as in NVIDIA's newest CRD: NIM LLM 2.0.10 and later download
+    models outside the production branch without a key (air-gapped mirrors too)."""
+
+    auth_secret: str | None = None
     model_puller: Annotated[str, Field(min_length=1)]
     pull_secret: str | None = None
     model_endpoint: str | None = None
@@ -159,8 +182,11 @@ class DataStoreSource(_Model):
     model_puller: Annotated[str, Field(min_length=1)]
     pull_secret: str | None = None
     model_name: str | None = None
+    # NVIDIA's first dataStore named a model checkpoint; its newest has `revision` (as hf has)
+    # for the same thing, a repository revision. Both set must agree.
     checkpoint_name: str | None = None
     dataset_name: str | None = None
+    revision: Annotated[str, Field(min_length=1)] | None = None
 
     @model_validator(mode="after")
     def _model_or_dataset(self) -> DataStoreSource:
@@ -168,6 +194,8 @@ class DataStoreSource(_Model):
             raise ValueError("spec.source.dataStore needs exactly one of modelName, datasetName")
         if _set(self.checkpoint_name) and not _set(self.model_name):
             raise ValueError("spec.source.dataStore.checkpointName needs modelName")
+        if self.revision and _set(self.checkpoint_name) and self.revision != self.checkpoint_name:
+            raise ValueError(DATA_STORE_REVISION_CONFLICT)
         return self
 
 
@@ -218,7 +246,7 @@ class CacheSource(_Model):
                 auth_secret=ds.auth_secret,
                 model=repo if ds.model_name else None,
                 dataset=repo if ds.dataset_name else None,
-                revision=ds.checkpoint_name or None,
+                revision=ds.revision or ds.checkpoint_name or None,
             )
         return None
 
@@ -228,21 +256,33 @@ class CacheSource(_Model):
         return download is not None and download.dataset is not None
 
 
-CachePVC = ClaimSpec  # the same fields and rules as a NIMService's, less annotations
+class CachePVC(ClaimSpec):
+    """The claim a NIMCache fills: created (and owned), or existing.
+
+    Neither `name` nor `create` is what NVIDIA's operator makes of it: the existing claim
+    `<name>-pvc`. `annotations` go on a created claim, as on a NIMService's.
+    """
+
+    annotations: StringMap | None = None
+
+    @model_validator(mode="after")
+    def _name_or_create(self) -> CachePVC:
+        # Replaces ClaimSpec's rule, which refuses neither name nor create.
+        if self.create and self.size is None:
+            raise ValueError("storage.pvc.size is required when storage.pvc.create is true")
+        return self
 
 
 class CacheStorage(_Model):
-    pvc: CachePVC
-    # NVIDIA's node-local cache: refused, a hostPath cache would tie NIMServices to one node.
+    # Optional as at NVIDIA: without it the NIMCache fills the existing claim `<name>-pvc`.
+    pvc: CachePVC | None = None
+    # NVIDIA's node-local cache: refused (HOST_PATH_REFUSED says why).
     host_path: str | None = None
 
     @model_validator(mode="after")
     def _no_host_path(self) -> CacheStorage:
         if self.host_path:
-            raise ValueError(
-                "storage.hostPath is not supported: a NIMCache fills a claim (storage.pvc) "
-                "that NIMServices on any node can mount"
-            )
+            raise ValueError(HOST_PATH_REFUSED)
         return self
 
 
@@ -290,6 +330,14 @@ class NIMCacheSpec(_Model):
     group_id: Annotated[int, Field(ge=0, alias="groupID")] = 2000
     proxy: CacheProxy | None = None
     cert_config: CacheCertConfig | None = None
+    init_containers: ExtraContainers | None = None
+
+    @model_validator(mode="after")
+    def _init_container_names(self) -> NIMCacheSpec:
+        names = [c.name for c in self.init_containers or []]
+        if DOWNLOAD_CONTAINER_NAME in names or len(set(names)) != len(names):
+            raise ValueError(INIT_CONTAINER_NAMES)
+        return self
 
     @classmethod
     def from_body(cls, spec: dict[str, Any]) -> NIMCacheSpec:
@@ -310,6 +358,8 @@ class NIMCacheSpec(_Model):
     def auth_secret(self) -> tuple[str, str, str] | None:
         """(field, Secret name, key the download reads) of the source's credentials, if any."""
         if self.source.ngc is not None:
+            if not self.source.ngc.auth_secret:
+                return None
             return "source.ngc.authSecret", self.source.ngc.auth_secret, "NGC_API_KEY"
         if self.source.data_store is not None:
             return "source.dataStore.authSecret", self.source.data_store.auth_secret, "HF_TOKEN"
@@ -317,8 +367,13 @@ class NIMCacheSpec(_Model):
             return "source.hf.authSecret", self.source.hf.auth_secret, "HF_TOKEN"
         return None
 
+    @property
+    def claim(self) -> CachePVC:
+        """storage.pvc, or the existing claim NVIDIA's operator uses without one."""
+        return self.storage.pvc or CachePVC()
+
     def pvc_name(self, cache_name: str) -> str:
-        return self.storage.pvc.name or f"{cache_name}-pvc"
+        return self.claim.name or f"{cache_name}-pvc"
 
 
 def cache_name_problem(name: str) -> str | None:
@@ -351,9 +406,19 @@ class CachedProfile(_Model):
     config: StringMap | None = None
 
 
+# The states this operator writes, then those NVIDIA's writes besides: a status restored from
+# NVIDIA's operator is accepted, and replaced by this operator's next status write.
+CacheState = Literal[
+    "Pending", "InProgress", "Ready", "Failed", "NotReady", "PVC-Created", "Started"
+]
+
+
 class NIMCacheStatus(_Model):
     observed_generation: int | None = None
-    state: Literal["Pending", "InProgress", "Ready", "Failed"] | None = None
+    state: CacheState | None = None
+    # NVIDIA's record of its probe of the NIM image (model-free, native): never written here,
+    # cleared by this operator's status writes (nimcache.py); declared so a restore keeps working.
+    type: str | None = None
     pvc: str | None = None
     job: str | None = None
     profiles: list[CachedProfile] | None = None

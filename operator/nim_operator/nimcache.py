@@ -86,17 +86,21 @@ async def _missing(kube: KubeClient, owner: CacheOwner, spec: NIMCacheSpec) -> P
             "SecretNotFound",
             f'{field} "{secret}" not found in namespace {ns}: create it with an {key} key',
         )
-    pvc = spec.storage.pvc
-    if (
-        not pvc.create
-        and await kube.get(PVCS, ns, spec.pvc_name(owner.name), metadata_only=True) is None
-    ):
-        return Problem(
-            "PVCNotFound",
-            f'storage.pvc.name "{pvc.name}" not found in namespace {ns}: '
-            "create the claim, or set storage.pvc.create with a size",
+    claim = spec.pvc_name(owner.name)
+    if spec.claim.create or await kube.get(PVCS, ns, claim, metadata_only=True) is not None:
+        return None
+    if spec.claim.name:
+        where = f'storage.pvc.name "{claim}" not found'
+    else:
+        # What NVIDIA's operator does with neither a name nor create: fill `<name>-pvc`.
+        where = (
+            "storage.pvc names no claim and creates none, so the NIMCache fills the existing "
+            f'claim "{claim}" (as NVIDIA\'s operator does), which is not found'
         )
-    return None
+    return Problem(
+        "PVCNotFound",
+        f"{where} in namespace {ns}: create the claim, or set storage.pvc.create with a size",
+    )
 
 
 async def _sync_job(
@@ -211,7 +215,9 @@ async def _write_status(
     status = compute_cache_status(obs, previous, now=_now())
     if status in (stored, slot.last_status):
         return status  # (kopf's body can lag behind our own last write: both count)
-    patch = {"status": {**dict.fromkeys(("model", "profiles", "pvc", "job")), **status}}
+    # `type` is NVIDIA's (its probe of the NIM image), never ours: a restored one is cleared.
+    cleared = ("model", "profiles", "pvc", "job", "type")
+    patch = {"status": {**dict.fromkeys(cleared), **status}}
     written = await runtime.kube.merge_patch(
         NIMCACHES,
         owner.namespace,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import celpy
 import pytest
@@ -23,6 +23,7 @@ from nim_operator.models_nimcache import NIMCacheSpec, NIMCacheStatus
 from tests.operator.test_crd_cel import apply_defaults, compiled, rules
 from tests.operator.test_crd_cel import cel_violations as nimservice_cel_violations
 from tests.operator.test_crd_models_sync import compare_model
+from tests.support.crd_validation import schema_errors
 
 REPO = Path(__file__).parents[2]
 CRD = yaml.safe_load((REPO / "crds" / "nimcache.yaml").read_text())
@@ -37,6 +38,14 @@ def cel_violations(obj: dict[str, Any]) -> list[str]:
         for rule, message, value in rules(ROOT, defaulted)
         if not compiled(rule).evaluate({"self": celpy.json_to_cel(value)})  # type: ignore[attr-defined]
     ]
+
+
+def without_descriptions(node: Any) -> Any:
+    if isinstance(node, dict):
+        return {k: without_descriptions(v) for k, v in node.items() if k != "description"}
+    if isinstance(node, list):
+        return [without_descriptions(v) for v in node]
+    return node
 
 
 def nimcache(name: str = "llama", **spec: Any) -> dict[str, Any]:
@@ -59,6 +68,16 @@ class TestCRDMatchesModels:
 
     def test_status(self) -> None:
         assert compare_model(NIMCacheStatus, ROOT["properties"]["status"], "status") == []
+
+    @pytest.mark.parametrize("field", ["env", "initContainers"])
+    def test_copies_of_the_nimservices_schema_match_it(self, field: str) -> None:
+        """spec.env and spec.initContainers are the NIMService's, descriptions and the
+        initContainers' `download` name rule aside."""
+        service = yaml.safe_load((REPO / "crds" / "nimservice.yaml").read_text())
+        theirs = service["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+        ours = without_descriptions(ROOT["properties"]["spec"]["properties"][field])
+        ours.pop("x-kubernetes-validations", None)
+        assert ours == without_descriptions(theirs["properties"][field])
 
     def test_installed_with_the_other_crds(self) -> None:
         kustomization = yaml.safe_load((REPO / "crds" / "kustomization.yaml").read_text())
@@ -127,9 +146,13 @@ INVALID = {
         {"storage": {"pvc": {"create": True}}},
         "storage.pvc.size is required when storage.pvc.create is true",
     ),
-    "pvc neither named nor created": (
-        {"storage": {"pvc": {"subPath": "m"}}},
-        "storage.pvc needs either name (an existing claim) or create",
+    "dataStore revision and checkpointName differ": (
+        {"source": {"dataStore": {**DATA_STORE, "checkpointName": "step-100", "revision": "main"}}},
+        "spec.source.dataStore.revision and checkpointName (NVIDIA's earlier name for it) differ",
+    ),
+    "an init container named like the download": (
+        {"initContainers": [{"name": "download", "image": {"repository": "busybox", "tag": "1"}}]},
+        "initContainers need unique names other than download (the download container)",
     ),
 }
 
@@ -145,6 +168,20 @@ class TestInvalidNIMCaches:
         with pytest.raises(ValidationError) as refused:
             NIMCacheSpec.from_body(stored["spec"])
         assert message in str(refused.value)
+
+    def test_hostpath_is_refused_because_restricted_pods_cannot_mount_it(self) -> None:
+        obj = nimcache(storage={"hostPath": "/data/nim"})
+        (violation,) = cel_violations(obj)
+        assert "restricted Pod Security Standard, which forbids hostPath volumes" in violation
+        with pytest.raises(ValidationError, match="forbids hostPath volumes"):
+            NIMCacheSpec.from_body(obj["spec"])
+
+    def test_init_containers_with_one_name_are_refused_by_the_model(self) -> None:
+        # The API server refuses them as a list keyed by name; the emulator may not.
+        busybox = {"image": {"repository": "busybox", "tag": "1"}}
+        twice = [{"name": "fetch", **busybox}, {"name": "fetch", **busybox}]
+        with pytest.raises(ValidationError, match="initContainers need unique names"):
+            NIMCacheSpec.from_body(nimcache(initContainers=twice)["spec"])
 
     def test_a_long_name_is_refused(self) -> None:
         violations = cel_violations(nimcache(name="x" * 55))
@@ -190,6 +227,25 @@ class TestValidNIMCaches:
                 "env": [{"name": "NIM_LOG_LEVEL", "value": "DEBUG"}],
                 "runtimeClassName": "nvidia",
             },
+            {"source": {"ngc": {k: v for k, v in NGC.items() if k != "authSecret"}}},
+            {"source": {"ngc": {**NGC, "authSecret": ""}}},
+            {"source": {"dataStore": {**DATA_STORE, "revision": "v2"}}},
+            {"source": {"dataStore": {**DATA_STORE, "revision": "s", "checkpointName": "s"}}},
+            {"storage": {}},
+            {"storage": {"pvc": {"subPath": "m"}}},
+            {"storage": {"pvc": {"create": True, "size": "1Gi", "annotations": {"a/b": "c"}}}},
+            {
+                "initContainers": [
+                    {
+                        "name": "fetch-config",
+                        "image": {"repository": "busybox", "tag": "1.36", "pullSecrets": ["r"]},
+                        "command": ["sh", "-c"],
+                        "args": ["cp /src/* /model-store/"],
+                        "env": [{"name": "MODE", "value": "copy"}],
+                        "workingDir": "/",
+                    }
+                ]
+            },
         ],
         ids=[
             "ngc profiles",
@@ -201,6 +257,14 @@ class TestValidNIMCaches:
             "certConfig",
             "proxy certConfigMap",
             "env runtimeClassName resources.cpu/memory",
+            "ngc without authSecret",
+            "ngc with an empty authSecret",
+            "dataStore revision",
+            "dataStore revision and the same checkpointName",
+            "storage without pvc",
+            "pvc neither named nor created",
+            "pvc annotations",
+            "initContainers",
         ],
     )
     def test_nvidias_other_sources_and_ca_settings_pass_both(self, spec: dict[str, Any]) -> None:
@@ -228,3 +292,34 @@ class TestValidNIMCaches:
         path_source = NIMCacheSpec.from_body(nimcache(**path)["spec"]).source.hf
         assert path_source is not None
         assert path_source.model_id() == "/models/m.gguf"
+
+
+class TestNVIDIAStatus:
+    """A status NVIDIA's operator wrote (restored with the object) passes our status schema."""
+
+    STATUS: ClassVar[dict[str, Any]] = {
+        "state": "PVC-Created",
+        "type": "model-free",
+        "pvc": "llama-pvc",
+        "profiles": [{"name": "p1", "model": "m", "release": "1.3.3", "config": {"tp": "1"}}],
+        "conditions": [
+            {
+                "type": "NIM_CACHE_PVC_CREATED",
+                "status": "True",
+                "reason": "PVCCreated",
+                "message": "The PVC has been created for caching NIM model",
+                "lastTransitionTime": "2026-01-01T00:00:00Z",
+            }
+        ],
+    }
+
+    @pytest.mark.parametrize("state", ["NotReady", "PVC-Created", "Started", "Ready"])
+    def test_nvidias_states_and_type_pass_the_schema_and_the_model(self, state: str) -> None:
+        status = {**self.STATUS, "state": state}
+        obj = {**nimcache(), "status": status}
+        assert schema_errors(ROOT, obj, strict=True) == []
+        assert NIMCacheStatus.model_validate(status).type == "model-free"
+
+    def test_a_state_of_neither_operator_is_refused(self) -> None:
+        obj = {**nimcache(), "status": {**self.STATUS, "state": "Downloading"}}
+        assert schema_errors(ROOT, obj, strict=True) != []

@@ -27,7 +27,7 @@ from nim_operator.kube import KubeClient, ResourceKind
 from nim_operator.models import NIMServiceSpec
 from nim_operator.models_nimcache import NIMCacheSpec
 from tests.operator.test_crd_cel import apply_defaults, compiled, rules
-from tests.operator.test_nimcache_e2e import JOBS, NIMCACHES, download_ends
+from tests.operator.test_nimcache_e2e import JOBS, NIMCACHES, cache_where, download_ends
 from tests.operator.test_operator_e2e import (
     DEPLOYMENTS,
     E2E,
@@ -294,6 +294,55 @@ async def nimcache_datastore(e2e: E2E) -> None:
     assert model == "/model-store/models/default--llama-3.2-1b-instruct"
 
 
+async def nimcache_ngc_keyless(e2e: E2E) -> None:
+    """NVIDIA's newest NIMCache fields: ngc without authSecret, initContainers,
+    storage.pvc.annotations, dataStore.revision, and no storage.pvc (the claim <name>-pvc)."""
+    await secret(e2e, "hf-auth", HF_TOKEN="ds-token")
+    await apply(e2e, "llm-nimcache-ngc-keyless.yaml")
+    job = await e2e.child(JOBS, "llama-keyless-download")
+    pod = job["spec"]["template"]["spec"]
+    (download,) = pod["containers"]
+    assert (download["command"], download["args"]) == (
+        ["download-to-cache"],
+        ["--profiles", "vllm-bf16-tp1"],
+    )
+    assert "NGC_API_KEY" not in {e["name"] for e in download["env"]}
+    (init,) = pod["initContainers"]
+    assert (init["name"], init["image"]) == ("wait-for-mirror", "busybox:1.36")
+    assert init["args"] == ["until nc -z ngc-mirror.corp.example 443; do sleep 2; done"]
+    assert init["env"] == [{"name": "MIRROR", "value": "ngc-mirror.corp.example"}]
+    assert init["volumeMounts"] == download["volumeMounts"]
+    assert init["securityContext"]["allowPrivilegeEscalation"] is False
+    assert pod["imagePullSecrets"] == [{"name": "ngc-secret"}, {"name": "mirror-secret"}]
+    claim = await e2e.child(PVCS, "llama-keyless-pvc")
+    assert claim["metadata"]["annotations"] == {
+        "backup.velero.io/backup-volumes-excludes": "model-store"
+    }
+    assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
+    await download_ends(e2e.api, e2e.namespace, "llama-keyless-download", exit_code=0, message="")
+    ready = await cache_where(e2e, "llama-keyless", "Ready")
+    assert ready["status"]["profiles"] == [{"name": "vllm-bf16-tp1"}]
+
+    # No storage.pvc: the existing llama-ds-rev-pvc, which does not exist yet.
+    failed = await cache_where(e2e, "llama-ds-rev", "Failed")
+    (why,) = [c for c in failed["status"]["conditions"] if c["type"] == "Failed"]
+    assert why["reason"] == "PVCNotFound"
+    assert 'the existing claim "llama-ds-rev-pvc"' in why["message"]
+    assert await e2e.get(JOBS, "llama-ds-rev-download") is None
+    existing = {
+        "metadata": {"name": "llama-ds-rev-pvc"},
+        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "5Gi"}}},
+    }
+    await e2e.api.create(PVCS, e2e.namespace, existing)
+    job = await e2e.child(JOBS, "llama-ds-rev-download")
+    (download,) = job["spec"]["template"]["spec"]["containers"]
+    assert download["args"][-4:] == ["--model", "team/llama-3.2-1b-lora", "--revision", "v2"]
+    (volume,) = [
+        v for v in job["spec"]["template"]["spec"]["volumes"] if v["name"] == "model-store"
+    ]
+    assert volume["persistentVolumeClaim"] == {"claimName": "llama-ds-rev-pvc"}
+
+
 async def ingress(e2e: E2E) -> None:
     await apply(e2e, "llm-ingress.yaml")
     created = await e2e.child(INGRESSES, "llama-ingress")
@@ -492,6 +541,7 @@ SCENARIOS: dict[str, Callable[[E2E], Coroutine[Any, Any, None]]] = {
     "llm-nimcache.yaml": nimcache,
     "llm-nimcache-ngc.yaml": nimcache_ngc,
     "llm-nimcache-datastore.yaml": nimcache_datastore,
+    "llm-nimcache-ngc-keyless.yaml": nimcache_ngc_keyless,
     "llm-ingress.yaml": ingress,
     "llm-router.yaml": router,
     "llm-epp.yaml": endpoint_picker,

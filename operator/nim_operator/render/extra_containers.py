@@ -14,6 +14,7 @@ from nim_operator.models import ExtraContainer, NIMServiceSpec
 
 __all__ = [
     "RESTRICTED_CONTAINER_SECURITY_CONTEXT",
+    "extra_container",
     "init_containers",
     "pull_secret_names",
     "sidecar_containers",
@@ -27,11 +28,12 @@ RESTRICTED_CONTAINER_SECURITY_CONTEXT: dict[str, Any] = {
 }
 
 
-def _container(
-    extra: ExtraContainer, spec: NIMServiceSpec, mounts: list[dict[str, Any]]
+def extra_container(
+    extra: ExtraContainer, mounts: list[dict[str, Any]], *, default_pull_policy: str | None
 ) -> dict[str, Any]:
+    """One NIMContainerSpec as a restricted pod container (a NIMCache's init containers too)."""
     container: dict[str, Any] = {"name": extra.name, "image": extra.image.reference}
-    pull_policy = extra.image.pull_policy or spec.image.pull_policy
+    pull_policy = extra.image.pull_policy or default_pull_policy
     if pull_policy:
         container["imagePullPolicy"] = pull_policy
     if extra.command:
@@ -53,12 +55,20 @@ def _container(
 
 def init_containers(spec: NIMServiceSpec, mounts: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The pod's initContainers, in the order given; `mounts` are shared with the server."""
-    return [_container(extra, spec, mounts) for extra in spec.init_containers or []]
+    policy = spec.image.pull_policy
+    return [
+        extra_container(extra, mounts, default_pull_policy=policy)
+        for extra in spec.init_containers or []
+    ]
 
 
 def sidecar_containers(spec: NIMServiceSpec, mounts: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Containers appended after the server's, in the order given."""
-    return [_container(extra, spec, mounts) for extra in spec.sidecar_containers or []]
+    policy = spec.image.pull_policy
+    return [
+        extra_container(extra, mounts, default_pull_policy=policy)
+        for extra in spec.sidecar_containers or []
+    ]
 
 
 def pull_secret_names(spec: NIMServiceSpec) -> list[str]:

@@ -4,9 +4,10 @@ Pure, like every renderer. For the `hf` and `dataStore` sources the Job runs the
 `nim-serve download` (render/nimcache_hub.py) and reports its result in the termination
 message; for `ngc` it runs NVIDIA's NIM image's `download-to-cache` (render/nimcache_ngc.py).
 Either way the claim is mounted at the server's cache path, and a CA bundle (`proxy.certConfigMap`
-or `certConfig`) is mounted and pointed at as render/proxy.py does it for a NIMService. A Job's
-spec cannot change once created, so it carries a digest of what it was rendered from: reconcile
-replaces a Job whose digest differs.
+or `certConfig`) is mounted and pointed at as render/proxy.py does it for a NIMService.
+`initContainers` run before the download with the same mounts, as a NIMService's do
+(render/extra_containers.py). A Job's spec cannot change once created, so it carries a digest
+of what it was rendered from: reconcile replaces a Job whose digest differs.
 """
 
 from __future__ import annotations
@@ -17,9 +18,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from nim_operator import API_GROUP
-from nim_operator.models_nimcache import NIMCacheSpec
-from nim_operator.render.common import Owner
+from nim_operator.models_nimcache import DOWNLOAD_CONTAINER_NAME, NIMCacheSpec
+from nim_operator.render.common import Owner, object_meta
 from nim_operator.render.container_env import MODEL_STORE_PATH
+from nim_operator.render.extra_containers import extra_container
 from nim_operator.render.labels import (
     FIELD_MANAGER,
     INSTANCE_LABEL,
@@ -53,7 +55,7 @@ __all__ = [
 
 CACHE_KIND = "NIMCache"
 CACHE_APP_NAME = "nim-cache"
-CONTAINER_NAME = "download"
+CONTAINER_NAME = DOWNLOAD_CONTAINER_NAME
 DIGEST_ANNOTATION = f"{API_GROUP}/spec-digest"
 # Pods a failing download may take, retries included, before the Job gives up: a network hiccup
 # is worth a retry; the causes in EXIT_REASONS fail the Job at once (podFailurePolicy).
@@ -97,8 +99,9 @@ def _meta(owner: CacheOwner, name: str) -> dict[str, Any]:
 
 
 def render_cache_pvc(owner: CacheOwner, spec: NIMCacheSpec) -> dict[str, Any] | None:
-    """The claim, when the NIMCache creates it; owned, so it goes with the NIMCache."""
-    pvc = spec.storage.pvc
+    """The claim, when the NIMCache creates it; owned, so it goes with the NIMCache.
+    storage.pvc.annotations are its annotations, as a NIMService's claim has them."""
+    pvc = spec.claim
     if not pvc.create or pvc.size is None:
         return None
     claim: dict[str, Any] = {
@@ -110,7 +113,9 @@ def render_cache_pvc(owner: CacheOwner, spec: NIMCacheSpec) -> dict[str, Any] | 
     return {
         "apiVersion": "v1",
         "kind": "PersistentVolumeClaim",
-        "metadata": _meta(owner, spec.pvc_name(owner.name)),
+        "metadata": object_meta(
+            owner, spec.pvc_name(owner.name), cache_labels(owner.name), pvc.annotations
+        ),
         "spec": claim,
     }
 
@@ -150,13 +155,18 @@ def _with_user_env(env: list[dict[str, Any]], spec: NIMCacheSpec) -> list[dict[s
     return [var for var in env if var["name"] not in names] + user
 
 
-def _container(spec: NIMCacheSpec) -> dict[str, Any]:
+def _mounts(spec: NIMCacheSpec) -> list[dict[str, Any]]:
+    """The download's volume mounts, which its init containers share."""
     mount: dict[str, Any] = {"name": MODEL_STORE_VOLUME, "mountPath": MODEL_STORE_PATH}
-    if spec.storage.pvc.sub_path:
-        mount["subPath"] = spec.storage.pvc.sub_path
+    if spec.claim.sub_path:
+        mount["subPath"] = spec.claim.sub_path
     mounts = [mount, {"name": TMP_VOLUME, "mountPath": TMP_PATH}]
     if (bundle := _ca_bundle(spec)) is not None:
         mounts.append({"name": PROXY_CA_VOLUME, "mountPath": bundle[1], "readOnly": True})
+    return mounts
+
+
+def _container(spec: NIMCacheSpec) -> dict[str, Any]:
     download = spec.source.hub_download()
     if download is not None:
         command, args = HUB_COMMAND, hub_args(download)
@@ -169,7 +179,7 @@ def _container(spec: NIMCacheSpec) -> dict[str, Any]:
         "command": list(command),
         "args": args,
         "env": _with_user_env(_env(spec), spec),
-        "volumeMounts": mounts,
+        "volumeMounts": _mounts(spec),
         # The JSON result (or the failure's reason) for the operator; the log's tail if the
         # process died before writing it (and always for a NIM image, which writes none).
         "terminationMessagePolicy": "FallbackToLogsOnError",
@@ -186,6 +196,14 @@ def _container(spec: NIMCacheSpec) -> dict[str, Any]:
     if spec.resources is not None and (resources := spec.resources.container_resources()):
         container["resources"] = resources
     return container
+
+
+def _pull_secrets(spec: NIMCacheSpec) -> list[str]:
+    """The source's pull secret, then the init containers' new ones, each once."""
+    names = [spec.pull_secret] if spec.pull_secret else []
+    for extra in spec.init_containers or []:
+        names += [name for name in extra.image.pull_secrets or [] if name not in names]
+    return names
 
 
 def _pod_spec(owner: CacheOwner, spec: NIMCacheSpec) -> dict[str, Any]:
@@ -211,8 +229,14 @@ def _pod_spec(owner: CacheOwner, spec: NIMCacheSpec) -> dict[str, Any]:
         "containers": [_container(spec)],
         "volumes": volumes,
     }
-    if spec.pull_secret:
-        pod["imagePullSecrets"] = [{"name": spec.pull_secret}]
+    if spec.init_containers:
+        # Only their own env: the download's variables (credentials included) are not copied.
+        pod["initContainers"] = [
+            extra_container(extra, _mounts(spec), default_pull_policy=None)
+            for extra in spec.init_containers
+        ]
+    if pull_secrets := _pull_secrets(spec):
+        pod["imagePullSecrets"] = [{"name": name} for name in pull_secrets]
     if spec.runtime_class_name:
         pod["runtimeClassName"] = spec.runtime_class_name
     if spec.node_selector:

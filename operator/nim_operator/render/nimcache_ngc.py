@@ -2,8 +2,9 @@
 
 Pure. As NVIDIA's operator does, the Job runs the NIM image (`modelPuller`) with its
 `download-to-cache` command, NGC_API_KEY from the authSecret (by secretKeyRef, never as a
-value), and NIM_CACHE_PATH at the claim, so a NIMService running the same image with the claim
-at the same path starts from the cache:
+value; without an authSecret, none: NIM LLM 2.0.10 and later download models outside the
+production branch without a key), and NIM_CACHE_PATH at the claim, so a NIMService running
+the same image with the claim at the same path starts from the cache:
 
 - `model.profiles` -> `--profiles <id|name> ...`; `["all"]` -> `--all`;
 - `modelEndpoint` (a multi-model NIM) -> NIM_MODEL_NAME, and NIM downloads that model;
@@ -45,11 +46,10 @@ def ngc_env(ngc: NGCSource) -> list[dict[str, Any]]:
         {"name": "NIM_CACHE_PATH", "value": MODEL_STORE_PATH},
         {"name": "NGC_HOME", "value": f"{MODEL_STORE_PATH}/ngc"},
         {"name": "HF_HOME", "value": f"{MODEL_STORE_PATH}/huggingface"},
-        {
-            "name": "NGC_API_KEY",
-            "valueFrom": {"secretKeyRef": {"name": ngc.auth_secret, "key": "NGC_API_KEY"}},
-        },
     ]
+    if ngc.auth_secret:
+        ref = {"name": ngc.auth_secret, "key": "NGC_API_KEY"}
+        env.append({"name": "NGC_API_KEY", "valueFrom": {"secretKeyRef": ref}})
     if ngc.model_endpoint:
         env.append({"name": "NIM_MODEL_NAME", "value": ngc.model_endpoint})
     return env
