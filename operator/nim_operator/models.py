@@ -30,6 +30,7 @@ __all__ = [
     "COMPUTE_DOMAIN_CREATE_OR_NAME",
     "DEFAULT_AUTOSCALING_TARGETS",
     "DEFAULT_MPI_START_TIMEOUT",
+    "DEFAULT_RAY_PORT",
     "DNS1035_LABEL",
     "DRA_CLAIMS_UNDECLARED",
     "DRA_SOURCE_REFUSED",
@@ -37,7 +38,10 @@ __all__ = [
     "GPU_RESOURCE",
     "KSERVE_REFUSED",
     "MULTI_NODE_AUTOSCALING_REFUSED",
+    "MULTI_NODE_GPUS_PER_POD_CONFLICT",
     "MULTI_NODE_GPU_MISMATCH",
+    "MULTI_NODE_MPI_OR_RAY",
+    "MULTI_NODE_SIZE_CONFLICT",
     "NIM_CACHE_CONFLICT",
     "OPENAI_PORT_CONFLICT",
     "QUANTITY_PATTERN",
@@ -89,6 +93,7 @@ __all__ = [
     "MultiNodeComputeDomain",
     "MultiNodeMPI",
     "MultiNodeParallelism",
+    "MultiNodeRay",
     "MultiNodeSpec",
     "NIMCacheRef",
     "NIMServiceSpec",
@@ -148,6 +153,21 @@ COMPUTE_DOMAIN_CREATE_OR_NAME = (
 MULTI_NODE_GPU_MISMATCH = (
     "with spec.multiNode, each pod has multiNode.parallelism.tensor GPUs: leave gpu.count and "
     "resources nvidia.com/gpu unset, or set them to the same number"
+)
+# Ray's default head (GCS) port: NVIDIA's multiNode.ray.rayPort default, and nim-serve's.
+DEFAULT_RAY_PORT = 6379
+MULTI_NODE_MPI_OR_RAY = (
+    "multiNode.mpi and multiNode.ray are mutually exclusive: a group starts either over MPI or "
+    "as a Ray cluster; set one of them"
+)
+# NVIDIA's earlier multiNode shape: size (pods per group) and gpusPerPod (GPUs of each pod).
+MULTI_NODE_SIZE_CONFLICT = (
+    "multiNode.size (NVIDIA's earlier name for parallelism.pipeline, the pods of each group) and "
+    "multiNode.parallelism.pipeline differ: set one of them, or both to the same number"
+)
+MULTI_NODE_GPUS_PER_POD_CONFLICT = (
+    "multiNode.gpusPerPod (NVIDIA's earlier name for parallelism.tensor, the GPUs of each pod) "
+    "and multiNode.parallelism.tensor differ: set one of them, or both to the same number"
 )
 # spec.type: NVIDIA's early NIMService said which kind of NIM it runs. nim-serve serves LLMs only.
 NIM_TYPE_REFUSED = (
@@ -1219,21 +1239,50 @@ class MultiNodeComputeDomain(_Model):
         return self
 
 
+class MultiNodeRay(_Model):
+    """NVIDIA's multiNode.ray: the group runs as a Ray cluster whose head listens on rayPort."""
+
+    ray_port: Annotated[int, Field(ge=1, le=65535)] = DEFAULT_RAY_PORT
+
+
 class MultiNodeSpec(_Model):
-    # lws is the only backend, at NVIDIA too; the enum keeps the field's place for others.
+    # lws is the only backend, at NVIDIA too (ray is a start-up, beside mpi, not a backend).
     backend_type: Literal["lws"] = "lws"
-    parallelism: MultiNodeParallelism
+    # Required at NVIDIA since it replaced size/gpusPerPod; optional here so that the earlier
+    # shape still parses. Unset sizes are 1, as NVIDIA's earlier defaults were.
+    parallelism: MultiNodeParallelism | None = None
+    size: Annotated[int, Field(ge=1)] | None = None
+    gpus_per_pod: Annotated[int, Field(ge=1)] | None = None
     mpi: MultiNodeMPI | None = None
+    ray: MultiNodeRay | None = None
     compute_domain: MultiNodeComputeDomain | None = None
 
+    @model_validator(mode="after")
+    def _one_start_up_and_one_size_each(self) -> MultiNodeSpec:
+        if self.mpi is not None and self.ray is not None:
+            raise ValueError(MULTI_NODE_MPI_OR_RAY)
+        pipeline, tensor = self._split().pipeline, self._split().tensor
+        if self.size is not None and pipeline is not None and self.size != pipeline:
+            raise ValueError(MULTI_NODE_SIZE_CONFLICT)
+        if self.gpus_per_pod is not None and tensor is not None and self.gpus_per_pod != tensor:
+            raise ValueError(MULTI_NODE_GPUS_PER_POD_CONFLICT)
+        return self
+
+    def _split(self) -> MultiNodeParallelism:
+        return self.parallelism or MultiNodeParallelism()
+
     def tensor_size(self) -> int:
-        return self.parallelism.tensor or 1
+        return self._split().tensor or self.gpus_per_pod or 1
 
     def pipeline_size(self) -> int:
-        return self.parallelism.pipeline or 1
+        return self._split().pipeline or self.size or 1
 
     def start_timeout(self) -> int:
         return (self.mpi or MultiNodeMPI()).seconds()
+
+    def ray_port(self) -> int:
+        """Where the group's Ray head listens: multiNode.ray.rayPort, else Ray's default."""
+        return self.ray.ray_port if self.ray is not None else DEFAULT_RAY_PORT
 
 
 # --- the spec -----------------------------------------------------------------------------------

@@ -475,6 +475,56 @@ async def multinode_compute_domain(e2e: E2E) -> None:
     assert await e2e.get(DEPLOYMENTS, name) is None
 
 
+async def leader_worker_sets_served(e2e: E2E) -> None:
+    if not await e2e.api.has_resource(LEADER_WORKER_SETS.api_version, LEADER_WORKER_SETS.plural):
+        await install_crds(e2e.api, [LEADER_WORKER_SET_CRD], field_manager="nimstack-e2e")
+
+
+def env_values(container: dict[str, Any]) -> dict[str, Any]:
+    return {e["name"]: e.get("value") for e in container.get("env") or []}
+
+
+async def multinode_ray(e2e: E2E) -> None:
+    await leader_worker_sets_served(e2e)
+    stored = await apply(e2e, "llm-multinode-ray.yaml")
+    name = "llama-405b-ray"
+    assert stored[name]["spec"]["multiNode"]["ray"] == {"rayPort": 6380}
+    group = (await e2e.child(LEADER_WORKER_SETS, name))["spec"]["leaderWorkerTemplate"]
+    assert group["size"] == 2
+    leader = group["leaderTemplate"]["spec"]["containers"][0]
+    worker = group["workerTemplate"]["spec"]["containers"][0]
+    # NVIDIA's Ray launcher in its NIM image, on the given port.
+    assert leader["args"] == ["nim-serve-ray", "--head", "--port", "6380"]
+    assert {"name": "ray", "containerPort": 6380, "protocol": "TCP"} in leader["ports"]
+    assert worker["args"] == ["nim-serve-ray", "--head-address", "$(LWS_LEADER_ADDRESS):6380"]
+    assert worker["startupProbe"]["exec"]["command"] == ["/bin/sh", "-c", "ray status"]
+    for container in (leader, worker):
+        assert env_values(container)["NIM_TENSOR_PARALLEL_SIZE"] == "8"
+        assert env_values(container)["NIM_PIPELINE_PARALLEL_SIZE"] == "2"
+    assert await e2e.get(DEPLOYMENTS, name) is None
+
+
+async def multinode_size_gpus_per_pod(e2e: E2E) -> None:
+    await leader_worker_sets_served(e2e)
+    stored = await apply(e2e, "llm-multinode-size-gpusperpod.yaml")
+    name = "llama-405b-mpi"
+    # Kept as written (not pruned), and read as parallelism.pipeline and parallelism.tensor.
+    assert stored[name]["spec"]["multiNode"]["size"] == 2
+    assert stored[name]["spec"]["multiNode"]["gpusPerPod"] == 8
+    group = (await e2e.child(LEADER_WORKER_SETS, name))["spec"]["leaderWorkerTemplate"]
+    assert group["size"] == 2
+    leader = group["leaderTemplate"]["spec"]["containers"][0]
+    worker = group["workerTemplate"]["spec"]["containers"][0]
+    assert env_values(leader)["GPUS_PER_NODE"] == "8"
+    assert env_values(leader)["CLUSTER_START_TIMEOUT"] == "600"
+    for container in (leader, worker):
+        assert env_values(container)["NIM_NUM_COMPUTE_NODES"] == "2"
+        assert env_values(container)["NIM_TENSOR_PARALLEL_SIZE"] == "8"
+        assert container["resources"]["limits"]["nvidia.com/gpu"] in (8, "8")
+    volumes = {v["name"]: v for v in group["workerTemplate"]["spec"]["volumes"]}
+    assert volumes["model-store"]["persistentVolumeClaim"]["claimName"] == f"{name}-pvc"
+
+
 async def endpoint_picker(e2e: E2E) -> None:
     for crds, kind in ((GATEWAY_API_CRDS, HTTP_ROUTES), ([INFERENCE_POOL_CRD], INFERENCE_POOLS)):
         if not await e2e.api.has_resource(kind.api_version, kind.plural):
@@ -549,6 +599,8 @@ SCENARIOS: dict[str, Callable[[E2E], Coroutine[Any, Any, None]]] = {
     "llm-pod-settings.yaml": pod_settings,
     "llm-older-shapes.yaml": older_shapes,
     "llm-multinode-computedomain.yaml": multinode_compute_domain,
+    "llm-multinode-ray.yaml": multinode_ray,
+    "llm-multinode-size-gpusperpod.yaml": multinode_size_gpus_per_pod,
 }
 
 

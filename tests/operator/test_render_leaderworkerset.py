@@ -7,6 +7,7 @@ LeaderWorkerSet's own fields against what the LWS API (leaderworkerset.x-k8s.io/
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from nim_operator.models import NIMServiceSpec
+from nim_operator.models import MULTI_NODE_GPU_MISMATCH, MULTI_NODE_MPI_OR_RAY, NIMServiceSpec
 from nim_operator.render import Owner, render_children, render_leader_worker_set, render_service
 from nim_operator.render.labels import ROLE_LABEL, selector_labels
 from tests.support.pod_security import restricted_violations
@@ -258,7 +259,8 @@ class TestMultiNodeAmongTheChildren:
             service_monitor_supported=False,
             leader_worker_sets_supported=supported,
         )
-        return {ref.kind: manifest is not None for ref, manifest in children}
+        # The server's workload is named after the NIMService (others, e.g. `<name>-epp`, are not).
+        return {ref.kind: manifest is not None for ref, manifest in children if ref.name == "llama"}
 
     def test_the_leader_worker_set_replaces_the_deployment(self) -> None:
         kinds = self.kinds(make_spec())
@@ -283,7 +285,7 @@ class TestMultiNodeAmongTheChildren:
             leader_worker_sets_supported=True,
             keep_workload=keep,
         )
-        return {ref.kind: manifest for ref, manifest in children}
+        return {ref.kind: manifest for ref, manifest in children if ref.name == "llama"}
 
     def test_a_kept_deployment_is_neither_applied_nor_deleted_and_still_selected(self) -> None:
         children = self.handover(make_spec(), "Deployment")
@@ -334,6 +336,166 @@ class TestMultiNodeSpec:
         with pytest.raises(ValidationError):
             make_spec(multiNode={"backendType": "mpijob", "parallelism": {}})
 
-    def test_parallelism_is_required(self) -> None:
+    def test_unset_parallelism_is_a_group_of_one_single_gpu_pod(self) -> None:
+        # NVIDIA's newest CRD requires parallelism; its earlier one (size, gpusPerPod) defaulted
+        # both to 1, so a multiNode without either is what that version meant by it.
+        multi_node = make_spec(multiNode={"backendType": "lws"}).multi_node
+        assert multi_node is not None
+        assert (multi_node.pipeline_size(), multi_node.tensor_size()) == (1, 1)
+
+
+RAY_WORKER_PROBE_TIMING = {
+    "initialDelaySeconds": 30,
+    "timeoutSeconds": 5,
+    "periodSeconds": 10,
+    "failureThreshold": 3,
+}
+
+
+def ray_spec(image: dict[str, str], ray: dict[str, Any], **fields: Any) -> NIMServiceSpec:
+    multi_node = {"parallelism": {"tensor": 8, "pipeline": 2}, "ray": ray}
+    return make_spec(image, multiNode=multi_node, **fields)
+
+
+class TestRayStartUp:
+    """multiNode.ray, as NVIDIA's operator renders it (internal/controller/platform/standalone)."""
+
+    def test_nvidia_images_get_nvidias_ray_launcher_on_the_given_port(self) -> None:
+        leader, worker = (
+            server(t) for t in templates(render(ray_spec(NVIDIA_IMAGE, {"rayPort": 6380})))
+        )
+        assert leader["args"] == ["nim-serve-ray", "--head", "--port", "6380"]
+        assert "command" not in leader  # the image's entrypoint
+        assert leader["ports"] == [
+            {"name": "api", "containerPort": 8000, "protocol": "TCP"},
+            {"name": "ray", "containerPort": 6380, "protocol": "TCP"},
+        ]
+        assert worker["args"] == [
+            "nim-serve-ray",
+            "--head-address",
+            "$(LWS_LEADER_ADDRESS):6380",
+        ]
+        assert "command" not in worker
+        assert "ports" not in worker
+        assert worker["startupProbe"] == {
+            "exec": {"command": ["/bin/sh", "-c", "ray status"]},
+            **RAY_WORKER_PROBE_TIMING,
+        }
+        assert leader["startupProbe"]["httpGet"]["port"] == "api"  # the server's, unchanged
+
+    def test_the_port_defaults_to_rays(self) -> None:
+        spec = NIMServiceSpec.model_validate(
+            {"image": NVIDIA_IMAGE, "multiNode": {"parallelism": {}, "ray": {}}}
+        )
+        leader, worker = (server(t) for t in templates(render(spec)))
+        assert leader["args"][-1] == "6379"
+        assert worker["args"][-1] == "$(LWS_LEADER_ADDRESS):6379"
+
+    def test_nvidias_multi_node_environment_is_unchanged(self) -> None:
+        # NVIDIA's Ray path sets the same variables as its MPI path, and no Ray-specific one.
+        with_ray = render(ray_spec(NVIDIA_IMAGE, {"rayPort": 6379}))
+        without = render(make_spec(NVIDIA_IMAGE))
+        for ray_template, mpi_template in zip(templates(with_ray), templates(without), strict=True):
+            assert server(ray_template)["env"] == server(mpi_template)["env"]
+
+    def test_a_users_args_replace_the_leaders_launcher_not_the_workers(self) -> None:
+        spec = ray_spec(NVIDIA_IMAGE, {"rayPort": 6379}, args=["--my-flag"], command=["launch"])
+        leader, worker = (server(t) for t in templates(render(spec)))
+        assert (leader["command"], leader["args"]) == (["launch"], ["--my-flag"])
+        assert "command" not in worker
+        assert worker["args"][0] == "nim-serve-ray"
+
+    def test_our_image_runs_its_ray_head_and_workers_on_the_given_port(self) -> None:
+        leader, worker = (
+            server(t) for t in templates(render(ray_spec(OUR_IMAGE, {"rayPort": 7000})))
+        )
+        assert leader["command"] == [
+            "/bin/sh",
+            "-c",
+            'ray start --head --port=7000 --disable-usage-stats && exec nim-serve "$@"',
+            "nim-serve",
+        ]
+        assert {"name": "ray", "containerPort": 7000, "protocol": "TCP"} in leader["ports"]
+        assert worker["command"] == [
+            "/bin/sh",
+            "-c",
+            'exec ray start --address="$LWS_LEADER_ADDRESS:7000" --block --disable-usage-stats',
+        ]
+        status = 'ray status --address="$LWS_LEADER_ADDRESS:7000"'
+        assert worker["startupProbe"] == {
+            "exec": {"command": ["/bin/sh", "-c", status]},
+            **RAY_WORKER_PROBE_TIMING,
+        }
+
+    def test_without_ray_nothing_changes(self) -> None:
+        leader, worker = (server(t) for t in templates(render(make_spec(NVIDIA_IMAGE))))
+        assert "args" not in leader
+        assert "args" not in worker
+        assert [p["name"] for p in leader["ports"]] == ["api"]
+        assert "startupProbe" not in worker
+
+    @pytest.mark.parametrize("image", [NVIDIA_IMAGE, OUR_IMAGE])
+    def test_ray_pods_are_valid_and_restricted(self, image: dict[str, str]) -> None:
+        for template in templates(render(ray_spec(image, {"rayPort": 6379}))):
+            pod = {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {"name": "p"},
+                "spec": template["spec"],
+            }
+            kubernetes_validate.validate(pod, KUBERNETES_VERSION, strict=True)
+            assert restricted_violations(template["spec"], None) == []
+
+    def test_mpi_and_ray_are_exclusive(self) -> None:
+        with pytest.raises(ValidationError, match=re.escape(MULTI_NODE_MPI_OR_RAY)):
+            make_spec(multiNode={"parallelism": {}, "mpi": {}, "ray": {}})
+
+    @pytest.mark.parametrize("port", [0, 65536])
+    def test_the_port_is_a_port(self, port: int) -> None:
         with pytest.raises(ValidationError):
-            make_spec(multiNode={"backendType": "lws"})
+            ray_spec(NVIDIA_IMAGE, {"rayPort": port})
+
+
+class TestNvidiasEarlierShape:
+    """multiNode.size and multiNode.gpusPerPod, from the NIMService of NVIDIA's operator before
+    `parallelism` (size: the LeaderWorkerSet's size and NIM_NUM_COMPUTE_NODES; gpusPerPod:
+    GPUS_PER_NODE and each pod's MPI slots)."""
+
+    def test_size_and_gpus_per_pod_are_pipeline_and_tensor(self) -> None:
+        spec = make_spec(NVIDIA_IMAGE, multiNode={"size": 3, "gpusPerPod": 4})
+        lws = render(spec)
+        assert lws["spec"]["leaderWorkerTemplate"]["size"] == 3
+        leader, worker = (server(t) for t in templates(lws))
+        assert value(leader, "GPUS_PER_NODE") == "4"
+        for container in (leader, worker):
+            assert value(container, "NIM_NUM_COMPUTE_NODES") == "3"
+            assert value(container, "NIM_PIPELINE_PARALLEL_SIZE") == "3"
+            assert value(container, "NIM_TENSOR_PARALLEL_SIZE") == "4"
+            assert container["resources"]["limits"]["nvidia.com/gpu"] == 4
+        assert render(spec) == render(
+            make_spec(NVIDIA_IMAGE, multiNode={"parallelism": {"pipeline": 3, "tensor": 4}})
+        )
+
+    def test_the_same_number_in_both_places_is_accepted(self) -> None:
+        multi_node = {"size": 2, "gpusPerPod": 8, "parallelism": {"pipeline": 2, "tensor": 8}}
+        both = make_spec(multiNode=multi_node).multi_node
+        assert both is not None
+        assert (both.pipeline_size(), both.tensor_size()) == (2, 8)
+
+    @pytest.mark.parametrize(
+        ("multi_node", "message"),
+        [
+            ({"size": 3, "parallelism": {"pipeline": 2}}, "multiNode.size"),
+            ({"gpusPerPod": 4, "parallelism": {"tensor": 8}}, "multiNode.gpusPerPod"),
+        ],
+    )
+    def test_disagreeing_old_and_new_fields_are_refused(
+        self, multi_node: dict[str, Any], message: str
+    ) -> None:
+        with pytest.raises(ValidationError, match=message):
+            make_spec(multiNode=multi_node)
+
+    def test_gpus_per_pod_is_the_gpu_count_the_other_fields_must_match(self) -> None:
+        with pytest.raises(ValidationError, match=re.escape(MULTI_NODE_GPU_MISMATCH)):
+            make_spec(multiNode={"gpusPerPod": 4}, gpu={"count": 8})
+        assert make_spec(multiNode={"gpusPerPod": 4}, gpu={"count": 4}).gpu_count() == 4

@@ -18,7 +18,12 @@ security, scheduling and credentials are the same; then:
   Ray: the leader starts a Ray head and then the server, each worker joins the head at the
   address the LeaderWorkerSet controller gives it (LWS_LEADER_ADDRESS) and stays until the
   group stops. A `spec.command` replaces both on the leader.
-* workers have no probes, ports or sidecars: there is no server in them to probe or serve.
+* with multiNode.ray the group is a Ray cluster whatever the image: an NVIDIA NIM image gets the
+  arguments NVIDIA's operator gives it (`nim-serve-ray --head --port P` on the leader,
+  `nim-serve-ray --head-address $(LWS_LEADER_ADDRESS):P` on workers); nim-serve's Ray head and
+  workers use port P. Either way the leader declares the port (named `ray`) and workers get
+  NVIDIA's startup probe, `ray status`, so a worker that cannot join restarts its group.
+* workers have no ports or sidecars, and no probes but that one: there is no server in them.
 * with multiNode.computeDomain, every pod claims the ComputeDomain's channel
   (nim_operator.render.compute_domain).
 """
@@ -28,7 +33,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from nim_operator.models import MultiNodeSpec, NIMServiceSpec
+from nim_operator.models import DEFAULT_RAY_PORT, MultiNodeSpec, NIMServiceSpec
 from nim_operator.render.common import Owner, object_meta
 from nim_operator.render.compute_domain import add_channel_claim, created_channel_template
 from nim_operator.render.deployment import CONTAINER_NAME, pod_spec
@@ -48,12 +53,30 @@ LEADER_NAME_ANNOTATION = f"{_LWS}/leader-name"
 GROUP_INDEX_LABEL = f"{_LWS}/group-index"
 WORKER_INDEX_LABEL = f"{_LWS}/worker-index"
 LWS_NAME_LABEL = f"{_LWS}/name"
-# Ray's default head port (GCS), where workers join.
-RAY_PORT = 6379
-_RAY_HEAD = f"ray start --head --port={RAY_PORT} --disable-usage-stats"
-_RAY_WORKER = (
-    f'exec ray start --address="$LWS_LEADER_ADDRESS:{RAY_PORT}" --block --disable-usage-stats'
-)
+# Ray's default head port (GCS), where workers join, unless multiNode.ray.rayPort says otherwise.
+RAY_PORT = DEFAULT_RAY_PORT
+RAY_PORT_NAME = "ray"
+# NVIDIA NIM images' Ray launcher, as NVIDIA's operator calls it.
+_NIM_RAY_LAUNCHER = "nim-serve-ray"
+
+
+def _ray_head(port: int) -> str:
+    return f"ray start --head --port={port} --disable-usage-stats"
+
+
+def _ray_worker(port: int) -> str:
+    return f'exec ray start --address="$LWS_LEADER_ADDRESS:{port}" --block --disable-usage-stats'
+
+
+def _ray_worker_startup_probe(command: list[str]) -> dict[str, Any]:
+    """NVIDIA's startup probe of a Ray worker: about a minute to see the cluster, or restart."""
+    return {
+        "exec": {"command": command},
+        "initialDelaySeconds": 30,
+        "timeoutSeconds": 5,
+        "periodSeconds": 10,
+        "failureThreshold": 3,
+    }
 
 
 def _value(name: str, value: str | int) -> dict[str, Any]:
@@ -142,9 +165,17 @@ def _leader_pod(owner: Owner, spec: NIMServiceSpec, multi_node: MultiNodeSpec) -
     server = _server(pod)
     _with_env(server, _leader_env(multi_node))
     _plain_logs(server, spec)
-    if not spec.image.is_nvidia_nim() and not spec.command:
+    port = multi_node.ray_port()
+    if spec.image.is_nvidia_nim():
+        if multi_node.ray is not None and not spec.args:
+            server["args"] = [_NIM_RAY_LAUNCHER, "--head", "--port", str(port)]
+    elif not spec.command:
         # nim-serve's image entrypoint is the server; the Ray head must be up before it.
-        server["command"] = ["/bin/sh", "-c", f'{_RAY_HEAD} && exec nim-serve "$@"', "nim-serve"]
+        head = _ray_head(port)
+        server["command"] = ["/bin/sh", "-c", f'{head} && exec nim-serve "$@"', "nim-serve"]
+    if multi_node.ray is not None:
+        ray_port = {"name": RAY_PORT_NAME, "containerPort": port, "protocol": "TCP"}
+        server["ports"] = [*server.get("ports", []), ray_port]
     pod["containers"] = [server if c["name"] == CONTAINER_NAME else c for c in pod["containers"]]
     return pod
 
@@ -156,10 +187,20 @@ def _worker_pod(owner: Owner, spec: NIMServiceSpec, multi_node: MultiNodeSpec) -
         server.pop(key, None)
     _with_env(server, _worker_env(multi_node))
     _plain_logs(server, spec)
+    port = multi_node.ray_port()
     if not spec.image.is_nvidia_nim():
         # The server's arguments mean nothing to a Ray worker.
         server.pop("args", None)
-        server["command"] = ["/bin/sh", "-c", _RAY_WORKER]
+        server["command"] = ["/bin/sh", "-c", _ray_worker(port)]
+        if multi_node.ray is not None:
+            status = f'ray status --address="$LWS_LEADER_ADDRESS:{port}"'
+            server["startupProbe"] = _ray_worker_startup_probe(["/bin/sh", "-c", status])
+    elif multi_node.ray is not None:
+        # The image's entrypoint runs NVIDIA's Ray launcher; the leader's command is not theirs.
+        server.pop("command", None)
+        address = f"$(LWS_LEADER_ADDRESS):{port}"  # expanded by the kubelet from the pod's env
+        server["args"] = [_NIM_RAY_LAUNCHER, "--head-address", address]
+        server["startupProbe"] = _ray_worker_startup_probe(["/bin/sh", "-c", "ray status"])
     pod["containers"] = [server]
     return pod
 
