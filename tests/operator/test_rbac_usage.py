@@ -38,6 +38,7 @@ from tests.operator.test_operator_e2e import condition, cpu_spec
 from tests.support.compute_domain import COMPUTE_DOMAIN_CRD
 from tests.support.dra_api import serve_dra
 from tests.support.gateway_api import GATEWAY_API_CRDS
+from tests.support.inference_pool import INFERENCE_POOL_CRD
 from tests.support.kmock_cluster import EmulatedCluster, project_crds
 from tests.support.kmock_harness import (
     EmulatedControllers,
@@ -75,6 +76,20 @@ GRPC_ROUTES = ResourceKind("gateway.networking.k8s.io/v1", "grpcroutes")
 CLAIM_TEMPLATES = ResourceKind("resource.k8s.io/v1", "resourceclaimtemplates")
 LEADER_WORKER_SETS = ResourceKind("leaderworkerset.x-k8s.io/v1", "leaderworkersets")
 COMPUTE_DOMAINS = ResourceKind("resource.nvidia.com/v1beta1", "computedomains")
+INFERENCE_POOLS = ResourceKind("inference.networking.k8s.io/v1", "inferencepools")
+CONFIG_MAPS = ResourceKind("v1", "configmaps")
+SERVICE_ACCOUNTS = ResourceKind("v1", "serviceaccounts")
+ROLES = ResourceKind("rbac.authorization.k8s.io/v1", "roles")
+ROLE_BINDINGS = ResourceKind("rbac.authorization.k8s.io/v1", "rolebindings")
+# expose.router.eppConfig's children besides the InferencePool `llm`.
+ENDPOINT_PICKER = (
+    (SERVICE_ACCOUNTS, "llm-epp"),
+    (ROLES, "llm-epp"),
+    (ROLE_BINDINGS, "llm-epp"),
+    (CONFIG_MAPS, "llm-epp-config"),
+    (SERVICES, "llm-epp"),
+    (DEPLOYMENTS, "llm-epp"),
+)
 SECRETS_RESOURCE = kmock.resource("", "v1", "secrets")
 
 # The prometheus-operator's CRD, as far as the operator cares: it exists and stores objects.
@@ -171,6 +186,7 @@ def cluster(authorizer: RbacAuthorizer) -> Iterator[EmulatedCluster]:
         *GATEWAY_API_CRDS,
         LEADER_WORKER_SET_CRD,
         COMPUTE_DOMAIN_CRD,
+        INFERENCE_POOL_CRD,
     ]
     with EmulatedCluster(crds, authorizer=authorizer) as emulated:
         emulated.inspect(serve_dra)  # resource.k8s.io/v1, for spec.draResources
@@ -246,7 +262,8 @@ async def scenario(kube: KubeClient, namespace: str, context: Callable[[], str])
 
     await until(three_replicas, "the autoscaler's minReplicas 3")
 
-    # Exposure: a renamed Service with a gRPC port, an Ingress, and both Gateway API routes.
+    # Exposure: a renamed Service with a gRPC port, an Ingress, both Gateway API routes, and
+    # an endpoint picker with its InferencePool (its Role is checked for escalation).
     exposed = {
         "service": {"name": "llm-api", "grpcPort": 8001},
         "ingress": {
@@ -256,6 +273,10 @@ async def scenario(kube: KubeClient, namespace: str, context: Callable[[], str])
         "router": {
             "hostDomainName": "example.com",
             "gateway": {"namespace": "gw", "name": "public", "grpcRoutesEnabled": True},
+            "eppConfig": {
+                "containerSpec": {"name": "epp", "image": {"repository": "epp", "tag": "1"}},
+                "config": {"plugins": [{"type": "queue-scorer"}]},
+            },
         },
     }
     await kube.merge_patch(NIMSERVICES, namespace, "llm", {"spec": {"expose": exposed}})
@@ -264,6 +285,8 @@ async def scenario(kube: KubeClient, namespace: str, context: Callable[[], str])
         (INGRESSES, "llm"),
         (HTTP_ROUTES, "llm"),
         (GRPC_ROUTES, "llm"),
+        (INFERENCE_POOLS, "llm"),
+        *ENDPOINT_PICKER,
     ):
         await until(exists(kind, name), f"{kind.plural}/{name}")
     await until(exists(SERVICES, "llm", present=False), "the Service under the old name deleted")
@@ -286,6 +309,8 @@ async def scenario(kube: KubeClient, namespace: str, context: Callable[[], str])
         (HTTP_ROUTES, "llm"),
         (GRPC_ROUTES, "llm"),
         (SERVICES, "llm-api"),
+        (INFERENCE_POOLS, "llm"),
+        *ENDPOINT_PICKER,
     ):
         await until(exists(kind, name, present=False), f"{kind.plural}/{name} deleted")
 

@@ -14,6 +14,11 @@ Verbs follow the Kubernetes authorization docs: GET of one object is `get`, of a
 (`deletecollection` without a name). A server-side apply that creates the object needs `create`
 as well as `patch`. A create has no name to match (POST goes to the collection), so a rule with
 `resourceNames` never grants it, as on a real API server.
+
+Creating or changing a Role is also subject to RBAC's escalation prevention: the API server
+refuses a Role granting anything its writer does not hold itself (in that namespace), so each
+of the Role's permissions must be granted too, and counts as used. (A RoleBinding's check, that
+the writer holds what the bound role grants, is not emulated: it would need the stored Role.)
 """
 
 from __future__ import annotations
@@ -32,6 +37,9 @@ __all__ = [
     "granted_permissions",
     "requested_permissions",
 ]
+
+
+RBAC_GROUP = "rbac.authorization.k8s.io"
 
 
 @dataclass(frozen=True, order=True)
@@ -163,6 +171,30 @@ class RbacAuthorizer:
                 with self._lock:
                     self._denied.append((wanted, str(request.url.path)))
                 return message
+        return self._escalation(request, namespace)
+
+    def _escalation(self, request: kmock.Request, namespace: str) -> str | None:
+        """The refusal of a Role write that grants what the writer does not hold, if it does."""
+        resource = request.resource
+        method = str(request.method.value if hasattr(request.method, "value") else request.method)
+        if resource is None or method.upper() not in ("POST", "PUT", "PATCH"):
+            return None
+        if (resource.group, str(resource.plural)) != (RBAC_GROUP, "roles"):
+            return None
+        body = request.data
+        rules = body.get("rules") if isinstance(body, Mapping) else None
+        for wanted in sorted(granted_permissions(rules or [])):
+            grant = self._grant_for(wanted, namespace, wanted.name)
+            with self._lock:
+                self._used.add(grant or replace(wanted, namespace=namespace))
+            if grant is None:
+                with self._lock:
+                    self._denied.append((replace(wanted, namespace=namespace), "escalation"))
+                return (
+                    f'roles.rbac.authorization.k8s.io "{request.name or ""}" is forbidden: user '
+                    f'"{self._user}" is attempting to grant RBAC permissions not currently held: '
+                    f"{wanted}"
+                )
         return None
 
     def _grant_for(self, wanted: Permission, namespace: str, name: str) -> Permission | None:
