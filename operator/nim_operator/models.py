@@ -732,7 +732,8 @@ class HTTPIngressPath(_Model):
 
 
 class HTTPIngressRuleValue(_Model):
-    paths: Annotated[list[HTTPIngressPath], Field(min_length=1)]
+    # Bounded as in the CRD: the API server prices the backend's CEL rules per path.
+    paths: Annotated[list[HTTPIngressPath], Field(min_length=1, max_length=128)]
 
 
 class IngressRule(_Model):
@@ -751,7 +752,7 @@ class IngressSpec(_Model):
     ingress_class_name: str | None = None
     default_backend: IngressBackend | None = None
     tls: list[IngressTLS] | None = None
-    rules: list[IngressRule] | None = None
+    rules: Annotated[list[IngressRule], Field(max_length=128)] | None = None
 
 
 class IngressExpose(_Model):
