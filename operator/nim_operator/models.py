@@ -46,6 +46,7 @@ __all__ = [
     "OPENAI_PORT_CONFLICT",
     "QUANTITY_PATTERN",
     "ROUTER_CONFLICT",
+    "ROUTER_INGRESS_CONFLICT",
     "SCALE_TO_ZERO_MULTI_NODE_REFUSED",
     "SECRET_ENV_NAMES",
     "SERVER_CONTAINER_NAME",
@@ -191,6 +192,10 @@ NIM_CACHE_CONFLICT = (
 ROUTER_CONFLICT = (
     "spec.router (NVIDIA's earlier place for it) and spec.expose.router are the same setting: "
     "set only one of them"
+)
+ROUTER_INGRESS_CONFLICT = (
+    "expose.ingress and spec.router.ingress both make the Ingress of this NIMService: set only "
+    "one (both are NVIDIA's older forms of expose.router.ingress)"
 )
 STORAGE_PVC_SIZE_REQUIRED = (
     "storage.pvc.size is required when storage.pvc.create is true and no storage.nimCache is named"
@@ -1410,6 +1415,12 @@ class NIMServiceSpec(_Model):
             raise ValueError(NIM_CACHE_CONFLICT)
         if self.router is not None and self.expose.router is not None:
             raise ValueError(ROUTER_CONFLICT)
+        if (
+            self.router is not None
+            and self.router.ingress is not None
+            and self.expose.ingress_enabled()
+        ):
+            raise ValueError(ROUTER_INGRESS_CONFLICT)
 
     def _check_dra_claims(self) -> None:
         declared = {dra_pod_claim_name(i) for i in range(len(self.dra_resources or []))}

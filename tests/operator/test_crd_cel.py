@@ -205,6 +205,13 @@ INVALID_SPECS = {
         },
         "spec.router (NVIDIA's earlier place for it) and spec.expose.router are the same setting",
     ),
+    "spec.router.ingress and expose.ingress": (
+        {
+            "router": {"ingress": {"ingressClass": "nginx"}},
+            "expose": {"ingress": {"enabled": True, "spec": {"defaultBackend": INGRESS_BACKEND}}},
+        },
+        "expose.ingress and spec.router.ingress both make the Ingress of this NIMService",
+    ),
     "openaiPort and port differ": (
         {"expose": {"service": {"openaiPort": 9000, "port": 8000}}},
         "expose.service.openaiPort (NVIDIA's earlier name for the API port) and",
