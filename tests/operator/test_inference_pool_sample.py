@@ -1,8 +1,9 @@
 """manifests/samples/inferencepool: the InferencePool selects the pods the operator renders, on
 the port their server listens on, and the HTTPRoute sends to that pool.
 
-The operator does not render InferencePools; this keeps the hand-written sample from drifting
-from what it does render.
+The sample is for an Endpoint Picker run by hand (with expose.router.eppConfig the operator
+renders its own InferencePool, tests/operator/test_render_endpoint_picker.py); this keeps the
+hand-written sample from drifting from the pods the operator renders.
 """
 
 from __future__ import annotations
