@@ -12,10 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
-import subprocess
-import sys
-import time
 from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +25,7 @@ from aiohttp import web
 
 # The tiny model the server tests build, shared by the end-to-end tests here.
 from tests.server.conftest import tiny_model_dir
+from tests.support.gateway_process import GatewayProcess, start_gateway
 from tests.support.kmock_cluster import EmulatedCluster, project_crds
 from tests.support.server_process import free_port, stop_session
 
@@ -60,71 +57,21 @@ async def kube(cluster: EmulatedCluster) -> AsyncIterator[httpx.AsyncClient]:
         yield client
 
 
-def gateway_command() -> list[str]:
-    script = Path(sys.executable).with_name("nim-gateway")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "nim_gateway"]
-
-
-@dataclass
-class GatewayProcess:
-    process: subprocess.Popen[bytes]
-    port: int
-    log_path: Path
-    api_key: str | None = None
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    async def backends(self) -> list[dict[str, Any]]:
-        async with httpx.AsyncClient(base_url=self.base_url, headers=self.headers) as client:
-            response = await client.get("/v1/gateway/backends")
-        response.raise_for_status()
-        return [e for s in response.json()["services"] for e in s["endpoints"]]
-
-    async def wait_for(self, predicate: Any, what: str, within: float = 30) -> None:
-        """Poll `predicate` (sync or async) while the event loop keeps serving the stubs."""
-        deadline = time.monotonic() + within
-        while time.monotonic() < deadline:
-            result = predicate()
-            if asyncio.iscoroutine(result):
-                result = await result
-            if result:
-                return
-            await asyncio.sleep(0.1)
-        raise TimeoutError(f"{what} did not happen:\n{self.log()[-3000:]}")
-
-
 def _spawn(
     work: Path, services: list[dict[str, Any]] | None, api_key: str | None, env: Mapping[str, str]
 ) -> GatewayProcess:
     work.mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    full_env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("NIM_GATEWAY_")},
+    options = []
+    if services is not None:
+        backends = work / "backends.yaml"
+        backends.write_text(yaml.safe_dump({"services": services}))
+        options += ["--backends-file", str(backends)]
+    settings = {
         "NIM_GATEWAY_SCRAPE_INTERVAL": "0.2",
         **({"NIM_GATEWAY_API_KEY": api_key} if api_key else {}),
         **env,
     }
-    argv = [*gateway_command(), "--host", "127.0.0.1", "--port", str(port)]
-    argv += ["--log-level", "info"]
-    if services is not None:
-        backends = work / "backends.yaml"
-        backends.write_text(yaml.safe_dump({"services": services}))
-        argv += ["--backends-file", str(backends)]
-    log_path = work / f"gateway-{port}.log"
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            argv, env=full_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-    return GatewayProcess(process, port, log_path, api_key)
+    return start_gateway(work, options, settings, log_level="info")
 
 
 @contextlib.asynccontextmanager
