@@ -41,6 +41,7 @@ __all__ = [
     "MULTI_NODE_GPUS_PER_POD_CONFLICT",
     "MULTI_NODE_GPU_MISMATCH",
     "MULTI_NODE_MPI_OR_RAY",
+    "MULTI_NODE_RAY_PORT_TAKEN",
     "MULTI_NODE_SIZE_CONFLICT",
     "NIM_CACHE_CONFLICT",
     "OPENAI_PORT_CONFLICT",
@@ -160,6 +161,10 @@ DEFAULT_RAY_PORT = 6379
 MULTI_NODE_MPI_OR_RAY = (
     "multiNode.mpi and multiNode.ray are mutually exclusive: a group starts either over MPI or "
     "as a Ray cluster; set one of them"
+)
+MULTI_NODE_RAY_PORT_TAKEN = (
+    "multiNode.ray.rayPort is a port the leader's server already uses (expose.service port, "
+    "grpcPort or metricsPort): the Ray head and the server cannot listen on the same port"
 )
 # NVIDIA's earlier multiNode shape: size (pods per group) and gpusPerPod (GPUs of each pod).
 MULTI_NODE_SIZE_CONFLICT = (
@@ -1435,6 +1440,11 @@ class NIMServiceSpec(_Model):
         gpus = self.gpu.count if self.gpu is not None else self._resource_gpu_quantity()
         if gpus is not None and str(gpus) != str(multi_node.tensor_size()):
             raise ValueError(MULTI_NODE_GPU_MISMATCH)
+        # Refused although NVIDIA's CRD accepts it: the leader would never start its group.
+        service = self.expose.service
+        served = {service.api_port(), service.grpc_port, service.metrics_port}
+        if multi_node.ray is not None and multi_node.ray.ray_port in served:
+            raise ValueError(MULTI_NODE_RAY_PORT_TAKEN)
 
     @classmethod
     def from_body(cls, spec: dict[str, Any]) -> NIMServiceSpec:

@@ -18,6 +18,7 @@ from nim_operator.models import (
     MULTI_NODE_GPU_MISMATCH,
     MULTI_NODE_GPUS_PER_POD_CONFLICT,
     MULTI_NODE_MPI_OR_RAY,
+    MULTI_NODE_RAY_PORT_TAKEN,
     MULTI_NODE_SIZE_CONFLICT,
     NIMServiceSpec,
 )
@@ -103,3 +104,27 @@ def test_gpus_per_pod_is_the_gpu_count_gpu_count_must_match() -> None:
     with pytest.raises(ValidationError, match=re.escape(MULTI_NODE_GPU_MISMATCH)):
         NIMServiceSpec.model_validate(obj["spec"])
     assert cel_violations(nimservice(multiNode={"gpusPerPod": 4}, gpu={"count": 4})) == []
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        {"multiNode": {"ray": {"rayPort": 8000}}},
+        {"multiNode": {"ray": {"rayPort": 9000}}, "expose": {"service": {"port": 9000}}},
+        {"multiNode": {"ray": {"rayPort": 9000}}, "expose": {"service": {"openaiPort": 9000}}},
+        {"multiNode": {"ray": {}}, "expose": {"service": {"grpcPort": 6379}}},
+        {"multiNode": {"ray": {}}, "expose": {"service": {"metricsPort": 6379}}},
+    ],
+)
+def test_the_ray_port_cannot_be_one_the_server_uses(spec: dict[str, Any]) -> None:
+    # NVIDIA's CRD lets it through; the Ray head and the server would fight over the port.
+    violations = cel_violations(nimservice(**spec))
+    assert any(_first_line(MULTI_NODE_RAY_PORT_TAKEN) in " ".join(v.split()) for v in violations)
+    defaulted = apply_defaults(openapi_root(), nimservice(**spec))
+    with pytest.raises(ValidationError, match=re.escape(MULTI_NODE_RAY_PORT_TAKEN)):
+        NIMServiceSpec.model_validate(defaulted["spec"])
+
+
+def test_a_ray_port_beside_the_servers_ports_passes() -> None:
+    obj = nimservice(multiNode={"ray": {}}, expose={"service": {"port": 8080, "grpcPort": 8001}})
+    assert cel_violations(obj) == []
