@@ -35,6 +35,7 @@ __all__ = [
     "DOWNLOAD_CONTAINER_NAME",
     "HOST_PATH_REFUSED",
     "INIT_CONTAINER_NAMES",
+    "NVIDIA_ONLY_STATES",
     "CacheCertConfig",
     "CachePVC",
     "CacheProxy",
@@ -407,17 +408,18 @@ class CachedProfile(_Model):
 
 
 # The states this operator writes, then those NVIDIA's writes besides: a status restored from
-# NVIDIA's operator is accepted, and replaced by this operator's next status write.
+# NVIDIA's operator is accepted, and replaced by this operator's next run (nimcache.py).
 CacheState = Literal[
     "Pending", "InProgress", "Ready", "Failed", "NotReady", "PVC-Created", "Started"
 ]
+NVIDIA_ONLY_STATES = ("NotReady", "PVC-Created", "Started")
 
 
 class NIMCacheStatus(_Model):
     observed_generation: int | None = None
     state: CacheState | None = None
     # NVIDIA's record of its probe of the NIM image (model-free, native): never written here,
-    # cleared by this operator's status writes (nimcache.py); declared so a restore keeps working.
+    # cleared by this operator's next run (nimcache.py); declared so that a restore is accepted.
     type: str | None = None
     pvc: str | None = None
     job: str | None = None

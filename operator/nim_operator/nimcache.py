@@ -25,7 +25,7 @@ from pydantic import ValidationError
 from nim_operator import API_GROUP, API_VERSION, events
 from nim_operator.conditions import Problem
 from nim_operator.kube import ApiError, KubeClient, ResourceKind, TransientApiError
-from nim_operator.models_nimcache import NIMCacheSpec, cache_name_problem
+from nim_operator.models_nimcache import NVIDIA_ONLY_STATES, NIMCacheSpec, cache_name_problem
 from nim_operator.nimcache_status import CacheObservation, compute_cache_status
 from nim_operator.reconcile import Logger, Runtime
 from nim_operator.render.labels import FIELD_MANAGER
@@ -213,7 +213,10 @@ async def _write_status(
     stored = dict(body.get("status") or {})
     previous = slot.last_status or stored
     status = compute_cache_status(obs, previous, now=_now())
-    if status in (stored, slot.last_status):
+    # A status NVIDIA's operator wrote (restored with the object) is replaced even when ours has
+    # not changed since our last write.
+    nvidias = stored.get("type") is not None or stored.get("state") in NVIDIA_ONLY_STATES
+    if not nvidias and status in (stored, slot.last_status):
         return status  # (kopf's body can lag behind our own last write: both count)
     # `type` is NVIDIA's (its probe of the NIM image), never ours: a restored one is cleared.
     cleared = ("model", "profiles", "pvc", "job", "type")

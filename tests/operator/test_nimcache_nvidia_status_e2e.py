@@ -52,8 +52,14 @@ async def test_nvidias_status_is_accepted_then_replaced_by_ours(e2e: E2E) -> Non
         "PVC-Created",
         "model-free",
     )
+    # Nothing changed for our operator (still no claim), yet its next run (a timer tick)
+    # replaces NVIDIA's status with its own, whole.
+    again = await cache_where(e2e, "adopted", "Failed")
+    assert "type" not in again["status"]
+    assert [c["type"] for c in again["status"]["conditions"]] == ["Ready", "Failed"]
+    assert condition(again, "Failed")["reason"] == "PVCNotFound"
 
-    # The claim NVIDIA's operator would fill appears; the next status is ours, whole.
+    # The claim NVIDIA's operator would fill appears: the download starts.
     claim = {
         "metadata": {"name": "adopted-pvc"},
         "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}},
@@ -61,6 +67,4 @@ async def test_nvidias_status_is_accepted_then_replaced_by_ours(e2e: E2E) -> Non
     await e2e.api.create(PVCS, e2e.namespace, claim)
     await e2e.child(JOBS, "adopted-download")
     ours = await cache_where(e2e, "adopted", "Pending")
-    assert "type" not in ours["status"]
-    assert [c["type"] for c in ours["status"]["conditions"]] == ["Ready", "Failed"]
     assert ours["status"]["pvc"] == "adopted-pvc"

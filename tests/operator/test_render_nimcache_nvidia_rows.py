@@ -1,7 +1,8 @@
 """The last NIMCache fields of NVIDIA's CRD, rendered: an `ngc` source without authSecret,
 `dataStore.revision` (and NVIDIA's older checkpointName), `storage.pvc.annotations`, no
 `storage.pvc` at all, `initContainers`, and a status NVIDIA's operator wrote. Pure functions
-only, no cluster (the reconcile path is tests/operator/test_nimcache_nvidia_rows_e2e.py).
+only, no cluster (on the emulator: test_nvidia_shaped's llm-nimcache-ngc-keyless.yaml and
+test_nimcache_nvidia_status_e2e.py).
 """
 
 from __future__ import annotations
