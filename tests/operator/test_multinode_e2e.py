@@ -253,6 +253,63 @@ async def test_switching_multi_node_on_and_off_hands_over_without_a_gap(
     await e2e.until(lambda: gone(e2e, LEADER_WORKER_SETS, "swap"), "the LeaderWorkerSet deleted")
 
 
+def leader_and_worker(lws: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    group = lws["spec"]["leaderWorkerTemplate"]
+    return (
+        group["leaderTemplate"]["spec"]["containers"][0],
+        group["workerTemplate"]["spec"]["containers"][0],
+    )
+
+
+async def test_the_ray_start_up_follows_ray_port(
+    e2e: E2E, emulated: EmulatedCluster | None, install_lws: Callable[[], Awaitable[None]]
+) -> None:
+    """nim-serve's image with multiNode.ray: its Ray head and workers on rayPort, and a change
+    of the port (or back to no ray) reaches the LeaderWorkerSet."""
+    if not await lws_served(e2e.api):
+        if emulated is None:
+            pytest.skip("this cluster has no LeaderWorkerSet CRD (the test installs none)")
+        await install_lws()
+    multi_node = {"parallelism": {"pipeline": 2}, "ray": {"rayPort": 7000}}
+    await e2e.create("rayed", {**cpu_spec(multiNode=multi_node), "gpu": {"count": 1}})
+    leader, worker = leader_and_worker(await e2e.child(LEADER_WORKER_SETS, "rayed"))
+    assert "ray start --head --port=7000 " in leader["command"][2]
+    assert {"name": "ray", "containerPort": 7000, "protocol": "TCP"} in leader["ports"]
+    assert '--address="$LWS_LEADER_ADDRESS:7000"' in worker["command"][2]
+    assert "7000" in worker["startupProbe"]["exec"]["command"][2]
+
+    await e2e.patch_spec("rayed", {"multiNode": {"ray": {"rayPort": 7001}}})
+
+    async def on_7001() -> bool:
+        lws = await e2e.get(LEADER_WORKER_SETS, "rayed")
+        if lws is None:
+            return False
+        leader, worker = leader_and_worker(lws)
+        return (
+            "--port=7001 " in leader["command"][2]
+            and {"name": "ray", "containerPort": 7001, "protocol": "TCP"} in leader["ports"]
+            and ":7001" in worker["command"][2]
+        )
+
+    await e2e.until(on_7001, "the LeaderWorkerSet on the new Ray port")
+
+    # Without `ray`, nim-serve's Ray keeps its default port and the worker its plain start.
+    await e2e.patch_spec("rayed", {"multiNode": {"ray": None}})
+
+    async def ray_gone() -> bool:
+        lws = await e2e.get(LEADER_WORKER_SETS, "rayed")
+        if lws is None:
+            return False
+        leader, worker = leader_and_worker(lws)
+        return (
+            "--port=6379 " in leader["command"][2]
+            and all(p["name"] != "ray" for p in leader["ports"])
+            and "startupProbe" not in worker
+        )
+
+    await e2e.until(ray_gone, "the LeaderWorkerSet without the Ray start-up")
+
+
 @pytest.fixture(scope="module")
 def slow_timer_operator(
     kubeconfig: Path, crds_installed: None, tmp_path_factory: pytest.TempPathFactory
