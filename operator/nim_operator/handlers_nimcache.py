@@ -123,7 +123,7 @@ async def wake_nimservices(
         return
     for service in services:
         spec = service.get("spec") or {}
-        # spec.nimCache is NVIDIA's earlier place of storage.nimCache (nim_operator.nvidia_shapes).
+        # spec.nimCache is NVIDIA's earlier place of storage.nimCache (models_nvidia_shapes).
         ref = (spec.get("storage") or {}).get("nimCache") or spec.get("nimCache") or {}
         if ref.get("name") == name:
             meta = service["metadata"]

@@ -23,7 +23,7 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
-from nim_operator.nvidia_shapes import current_spec
+from nim_operator.models_nvidia_shapes import current_spec
 
 __all__ = [
     "API_KEY_ENV",
@@ -185,7 +185,7 @@ KSERVE_REFUSED = (
     "inferencePlatform kserve is not supported by this operator; use standalone "
     "(the server runs as a Deployment, not a KServe InferenceService)"
 )
-# NVIDIA's older spellings (nim_operator.nvidia_shapes) next to the current ones.
+# NVIDIA's older spellings (models_nvidia_shapes) next to the current ones.
 OPENAI_PORT_CONFLICT = (
     "expose.service.openaiPort (NVIDIA's earlier name for the API port) and expose.service.port "
     "differ: set one of them, or both to the same number"
@@ -648,7 +648,7 @@ class StorageSpec(_Model):
 
     @model_validator(mode="after")
     def _usable_source(self) -> StorageSpec:
-        # Any combination is NVIDIA's; the one used follows its precedence (nvidia_shapes).
+        # Any combination is NVIDIA's; the one used follows its precedence (models_nvidia_shapes).
         # Refused only what no source can run: a claim that is neither named nor created with
         # nothing else to fall back on, and a claim to create without a size (the API server
         # rejects a PVC that requests no storage).
@@ -1338,7 +1338,7 @@ class NIMServiceSpec(_Model):
     affinity: dict[str, Any] | None = None
     # NVIDIA's deprecated spelling of affinity.podAffinity, used when affinity has none.
     pod_affinity: dict[str, Any] | None = None
-    # NVIDIA's earlier places of storage.nimCache and expose.router (nim_operator.nvidia_shapes).
+    # NVIDIA's earlier places of storage.nimCache and expose.router (models_nvidia_shapes).
     nim_cache: NIMCacheRef | None = None
     router: LegacyRouterSpec | None = None
     user_id: Annotated[int, Field(ge=1, alias="userID")] = 1000
@@ -1449,7 +1449,7 @@ class NIMServiceSpec(_Model):
     @classmethod
     def from_body(cls, spec: dict[str, Any]) -> NIMServiceSpec:
         """Parse the `spec` of a NIMService object as the API server stores it, with NVIDIA's
-        older spellings and unused storage sources folded away (nim_operator.nvidia_shapes).
+        older spellings and unused storage sources folded away (models_nvidia_shapes).
 
         The stored spec is validated as written first, so a rule about the old spelling (and
         its message) applies before the fold makes it disappear.

@@ -69,7 +69,7 @@ def cached_model_spec(
     The user's own NIM_CACHE_PATH and NIM_MODEL_PROFILE in `env` are kept.
     """
     ref = spec.storage.nim_cache
-    # from_body leaves storage.nimCache only when it names a NIMCache (nvidia_shapes).
+    # from_body leaves storage.nimCache only when it names a NIMCache (models_nvidia_shapes).
     assert ref is not None
     assert ref.name
     if cache is None:

@@ -357,7 +357,7 @@ async def _mount_cache(
     kube: KubeClient, owner: Owner, spec: NIMServiceSpec
 ) -> NIMServiceSpec | Problem:
     """storage.nimCache: the spec to render, with the NIMCache's claim and model, or why not."""
-    # from_body leaves storage.nimCache only when it names a NIMCache (nvidia_shapes).
+    # from_body leaves storage.nimCache only when it names a NIMCache (models_nvidia_shapes).
     assert spec.storage.nim_cache is not None
     assert spec.storage.nim_cache.name
     cache = await kube.get(NIMCACHES, owner.namespace, spec.storage.nim_cache.name)

@@ -3,7 +3,7 @@ children that do what the fields say, the way NVIDIA's controller reads them.
 
 Each spec goes through the same three gates a real one does: the CRD's structural schema (strict,
 with defaults applied), its CEL rules (cel-python), and NIMServiceSpec.from_body, which folds
-NVIDIA's older spellings and unused storage sources away (nim_operator.nvidia_shapes). The
+NVIDIA's older spellings and unused storage sources away (models_nvidia_shapes). The
 children are then rendered with the pure renderers. Pure: no cluster.
 """
 
@@ -16,7 +16,7 @@ import pytest
 
 from nim_operator.exposure import GatewaySupport, exposure_report
 from nim_operator.models import NIMServiceSpec
-from nim_operator.nvidia_shapes import current_spec
+from nim_operator.models_nvidia_shapes import current_spec
 from nim_operator.render import (
     Owner,
     render_deployment,
