@@ -85,7 +85,13 @@ class TestPodAffinity:
         }
 
     def test_it_joins_the_rest_of_affinity(self) -> None:
-        node = {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": []}}
+        node: dict[str, Any] = {
+            "requiredDuringSchedulingIgnoredDuringExecution": {
+                "nodeSelectorTerms": [
+                    {"matchExpressions": [{"key": "gpu", "operator": "In", "values": ["h100"]}]}
+                ]
+            }
+        }
         spec = admitted(
             affinity={"nodeAffinity": node},
             podAffinity={"requiredDuringSchedulingIgnoredDuringExecution": [AFFINITY_TERM]},
@@ -98,7 +104,11 @@ class TestPodAffinity:
 
     def test_affinity_pod_affinity_wins(self) -> None:
         """NVIDIA's operator reads only affinity: its podAffinity is the one used."""
-        kept = {"preferredDuringSchedulingIgnoredDuringExecution": []}
+        kept: dict[str, Any] = {
+            "preferredDuringSchedulingIgnoredDuringExecution": [
+                {"weight": 10, "podAffinityTerm": AFFINITY_TERM}
+            ]
+        }
         spec = admitted(
             affinity={"podAffinity": kept},
             podAffinity={"requiredDuringSchedulingIgnoredDuringExecution": [AFFINITY_TERM]},
