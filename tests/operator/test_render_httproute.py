@@ -65,7 +65,6 @@ class TestRenderHTTPRoute:
         assert route["metadata"]["annotations"] == {"a": "b"}
         assert route["spec"]["rules"][0]["backendRefs"][0]["name"] == "llama-api"
 
-
     def test_backend_ref_replaces_the_service(self) -> None:
         """NVIDIA's gateway.backendRef: the route's only backend, as written (e.g. an
         InferencePool); the defaults the CRD writes in (group, kind, weight) are kept."""
@@ -80,9 +79,7 @@ class TestRenderHTTPRoute:
         ref = {"name": "shared", "namespace": "infra", "port": 8080, "weight": 5}
         route = render_http_route(OWNER, make_spec(gateway(backendRef=ref)))
         assert route is not None
-        assert route["spec"]["rules"][0]["backendRefs"] == [
-            {"group": "", "kind": "Service", **ref}
-        ]
+        assert route["spec"]["rules"][0]["backendRefs"] == [{"group": "", "kind": "Service", **ref}]
 
     def test_grpc_route_keeps_the_service_with_a_backend_ref(self) -> None:
         pool = {"group": "inference.networking.k8s.io", "kind": "InferencePool", "name": "llama"}
