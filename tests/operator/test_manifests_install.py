@@ -47,6 +47,8 @@ EXPECTED_RULES: dict[tuple[str, str], set[str]] = {
     # spec.draResources' generated templates: applied, and those no longer rendered (their names
     # carry a digest of their immutable spec) found by label and deleted; never read one by one.
     ("resource.k8s.io", "resourceclaimtemplates"): {"list", "create", "patch", "delete"},
+    # status.draResourceStatuses: the claims Kubernetes made for the pods, one list per run.
+    ("resource.k8s.io", "resourceclaims"): {"list"},
     # expose.router.eppConfig: optional children; the picker's Role grants reads the
     # operator must hold itself (RBAC escalation prevention): pods get, the rest list/watch.
     ("inference.networking.k8s.io", "inferencepools"): {"list", "watch", *OPTIONAL_CHILD},
