@@ -20,11 +20,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from prometheus_client.parser import text_string_to_metric_families
 
 from bench.gateway.gateway_process import running_gateway
 from bench.gateway.replicas import MODEL_ID, replica_env, wait_ready
 from bench.gateway.run import probe_request, stream_chat
+from bench.vllm_metrics import ttft_histogram
 from tests.support.kmock_cluster import EmulatedCluster, project_crds
 from tests.support.server_process import ServerProcess, start_server
 
@@ -85,16 +85,10 @@ def _engine_ttft(server: ServerProcess) -> float:
     arrival at the replica)."""
     response = httpx.get(server.base_url + "/metrics", timeout=60)
     response.raise_for_status()
-    totals = {"_sum": 0.0, "_count": 0.0}
-    for family in text_string_to_metric_families(response.text):
-        if family.name == "vllm:time_to_first_token_seconds":
-            for sample in family.samples:
-                suffix = sample.name.removeprefix(family.name)
-                if suffix in totals:
-                    totals[suffix] += sample.value
-    if totals["_count"] != 1:
-        raise RuntimeError(f"the replica served {totals['_count']} requests, not 1")
-    return totals["_sum"]
+    seconds, count = ttft_histogram(response.text)
+    if count != 1:
+        raise RuntimeError(f"the replica served {count} requests, not 1")
+    return seconds
 
 
 async def _cold_request(gateway_url: str, max_tokens: int) -> tuple[float, float]:

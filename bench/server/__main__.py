@@ -32,9 +32,9 @@ from typing import Any
 
 import httpx
 import psutil
-from prometheus_client.parser import text_string_to_metric_families
 
 from bench import stop_cleanly_on_sigterm
+from bench.vllm_metrics import ttft_histogram
 from nim_server.model_source import embedded_gguf_path, prepare_gguf
 from tests.support.server_process import free_port, nim_serve_command, stop_session
 from tests.support.tiny_model import build_tiny_model
@@ -228,14 +228,7 @@ async def engine_ttft(client: httpx.AsyncClient) -> tuple[float, float]:
     """The sum and count of vLLM's own TTFT histogram, which both servers export."""
     response = await client.get("/metrics")
     response.raise_for_status()
-    totals = {"_sum": 0.0, "_count": 0.0}
-    for family in text_string_to_metric_families(response.text):
-        if family.name == "vllm:time_to_first_token_seconds":
-            for sample in family.samples:
-                suffix = sample.name.removeprefix(family.name)
-                if suffix in totals:
-                    totals[suffix] += sample.value
-    return totals["_sum"], totals["_count"]
+    return ttft_histogram(response.text)
 
 
 def percentile(values: list[float], q: int) -> float:
