@@ -88,15 +88,26 @@ def pick_prefix_affinity(
     return min(candidates, key=lambda node: candidates[node])
 
 
+# KV-cache usage (0..1) differences below this are scrape noise for least-load's choice.
+KV_USAGE_TIE = 0.05
+
+
 def pick_least_load(
     loads: Mapping[str, tuple[float, float]], rng: random.Random | None = None
 ) -> str:
-    """The node with the smallest (queue, KV-cache usage); ties broken at random, so equal
-    replicas share the traffic instead of the first one in the list taking it all."""
+    """The node with the smallest queue, then the smallest KV-cache usage; ties broken at
+    random, so equal replicas share the traffic instead of one of them taking it all.
+
+    KV-cache usage comes from the last scrape, so usages within KV_USAGE_TIE of the lowest
+    count as equal: otherwise two idle replicas differing by a stale 0.1 % would send every
+    request of a quiet period to the same one.
+    """
     if not loads:
         raise ValueError("no candidates")
-    best = min(loads.values())
-    tied = sorted(node for node, load in loads.items() if load == best)
+    least_queue = min(queue for queue, _ in loads.values())
+    queued_least = {node: kv for node, (queue, kv) in loads.items() if queue == least_queue}
+    least_kv = min(queued_least.values())
+    tied = sorted(node for node, kv in queued_least.items() if kv <= least_kv + KV_USAGE_TIE)
     return (rng or random).choice(tied)
 
 

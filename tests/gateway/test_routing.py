@@ -107,6 +107,21 @@ class TestLeastLoad:
         assert picks["a"] > 50
         assert picks["b"] > 50
 
+    def test_kv_usages_within_scrape_noise_are_shared(self) -> None:
+        """Two idle replicas whose last scrapes differ by 1 % of KV cache both get requests
+        (before, every request of a quiet period went to the one at 0.00)."""
+        rng = random.Random(7)
+        picks = Counter(
+            pick_least_load({"a": (0.0, 0.0), "b": (0.0, 0.01)}, rng) for _ in range(200)
+        )
+        assert picks["a"] > 50
+        assert picks["b"] > 50
+
+    def test_a_clearly_fuller_kv_cache_still_loses_a_tie(self) -> None:
+        rng = random.Random(7)
+        picks = {pick_least_load({"a": (0.0, 0.0), "b": (0.0, 0.3)}, rng) for _ in range(50)}
+        assert picks == {"a"}
+
 
 class TestRoundRobin:
     def test_turns_visit_every_node_once_before_any_twice(self) -> None:
