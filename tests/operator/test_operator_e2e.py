@@ -274,7 +274,8 @@ async def test_a_misconfigured_service_fails_and_the_others_still_reconcile(e2e:
 
 
 async def test_a_spec_pydantic_rejects_is_failed_not_crashed(e2e: E2E) -> None:
-    spec = cpu_spec(storage={"nimCache": {"name": "cache"}, "pvc": {"name": "cache"}})
+    # NVIDIA's early spec.nimCache and spec.storage.nimCache naming different caches.
+    spec = cpu_spec(nimCache={"name": "old"}, storage={"nimCache": {"name": "new"}})
     if not e2e.driver.emulated:
         # The API server's CEL rules reject this spec before the operator can see it.
         with pytest.raises(ApiError) as rejected:
