@@ -22,7 +22,7 @@ from nim_operator.kube import KubeClient, ResourceKind
 from tests.operator.test_operator_e2e import DEPLOYMENTS, E2E, condition
 from tests.support.dra_api import serve_dra, stop_serving_dra
 from tests.support.kmock_cluster import EmulatedCluster
-from tests.support.kmock_harness import ClusterDriver, OperatorProcess, PodState
+from tests.support.kmock_harness import PodState
 
 TEMPLATES = ResourceKind("resource.k8s.io/v1", "resourceclaimtemplates")
 CLAIMS = ResourceKind("resource.k8s.io/v1", "resourceclaims")
@@ -67,13 +67,6 @@ spec:
       type: ClusterIP
       port: 8000
 """
-
-
-@pytest.fixture
-def e2e(
-    api: KubeClient, namespace: str, driver: ClusterDriver, operator_process: OperatorProcess
-) -> E2E:
-    return E2E(api, namespace, driver, operator_process)
 
 
 @pytest.fixture

@@ -31,7 +31,6 @@ from tests.operator.test_operator_e2e import (
 )
 from tests.support.kmock_cluster import EmulatedCluster
 from tests.support.kmock_harness import (
-    ClusterDriver,
     OperatorProcess,
     PodState,
     delete_namespace,
@@ -75,13 +74,6 @@ NVIDIA_MULTI_NODE: dict[str, Any] = {
         "mpi": {"mpiStartTimeout": 6000},
     },
 }
-
-
-@pytest.fixture
-def e2e(
-    api: KubeClient, namespace: str, driver: ClusterDriver, operator_process: OperatorProcess
-) -> E2E:
-    return E2E(api, namespace, driver, operator_process)
 
 
 @pytest.fixture
