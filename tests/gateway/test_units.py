@@ -10,9 +10,10 @@ from pathlib import Path
 import aiohttp
 import pytest
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from nim_gateway.auth import KeySet, bearer_token, keys_from_mapping, keys_from_secret
-from nim_gateway.backends import BackendTable, ServiceSpec
+from nim_gateway.backends import BackendTable, Endpoint, ServiceSpec
 from nim_gateway.discovery import (
     routing_from_annotations,
     services_from_endpoint_slices,
@@ -257,14 +258,10 @@ async def test_a_refused_scrape_marks_the_replica_unhealthy_at_once() -> None:
     assert endpoint.healthy is False
 
 
-async def test_a_scrape_that_counted_our_finished_requests_does_not_keep_a_replica_busy() -> None:
-    """The real scraper reads a replica's /metrics while 3 of the gateway's requests run there;
-    they finish before the next scrape. That replica is idle, the other has one of ours open:
-    least-load must pick the idle one (taking the larger of the stale scrape and our count, it
-    saw 3 against 1 and picked the busy one)."""
-
-    async def metrics(_: web.Request) -> web.Response:
-        return web.Response(text='num_requests_running{model_name="m"} 3\n')
+async def scrape_from_a_stub(
+    table: BackendTable, endpoint: Endpoint, port: int, metrics: Handler
+) -> None:
+    """Scrape `endpoint` once from a replica stub on `port`: `metrics` and one model, m."""
 
     async def models(_: web.Request) -> web.Response:
         return web.json_response({"data": [{"id": "m"}]})
@@ -274,17 +271,29 @@ async def test_a_scrape_that_counted_our_finished_requests_does_not_keep_a_repli
     app.router.add_get("/v1/models", models)
     runner = web.AppRunner(app)
     await runner.setup()
-    port = free_port()
     await web.TCPSite(runner, "127.0.0.1", port).start()
     try:
-        table = BackendTable()
-        table.sync([ServiceSpec("s", (f"http://127.0.0.1:{port}", "http://other:1"))])
-        drained, busy = table.endpoints()
-        drained.inflight = 3
         async with aiohttp.ClientSession() as session:
-            await Scraper(session, table, interval=1, timeout=5).scrape(drained)
+            await Scraper(session, table, interval=1, timeout=5).scrape(endpoint)
     finally:
         await runner.cleanup()
+
+
+async def test_a_scrape_that_counted_our_finished_requests_does_not_keep_a_replica_busy() -> None:
+    """The real scraper reads a replica's /metrics while 3 of the gateway's requests run there;
+    they finish before the next scrape. That replica is idle, the other has one of ours open:
+    least-load must pick the idle one (taking the larger of the stale scrape and our count, it
+    saw 3 against 1 and picked the busy one)."""
+
+    async def metrics(_: web.Request) -> web.Response:
+        return web.Response(text='num_requests_running{model_name="m"} 3\n')
+
+    port = free_port()
+    table = BackendTable()
+    table.sync([ServiceSpec("s", (f"http://127.0.0.1:{port}", "http://other:1"))])
+    drained, busy = table.endpoints()
+    drained.inflight = 3
+    await scrape_from_a_stub(table, drained, port, metrics)
     assert drained.running == 3
     drained.inflight = 0  # the three answers are complete; the next scrape is up to 1 s away
     busy.inflight, busy.cards = 1, [{"id": "m"}]
@@ -311,20 +320,7 @@ async def test_our_requests_ending_while_a_slow_scrape_is_answered_are_not_other
         endpoint.finished += 2
         return web.Response(text=page)
 
-    async def models(_: web.Request) -> web.Response:
-        return web.json_response({"data": [{"id": "m"}]})
-
-    app = web.Application()
-    app.router.add_get("/metrics", metrics)
-    app.router.add_get("/v1/models", models)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    try:
-        async with aiohttp.ClientSession() as session:
-            await Scraper(session, table, interval=1, timeout=5).scrape(endpoint)
-    finally:
-        await runner.cleanup()
+    await scrape_from_a_stub(table, endpoint, port, metrics)
     assert endpoint.running == 3
     assert endpoint.load() == 1
 

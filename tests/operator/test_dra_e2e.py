@@ -130,13 +130,20 @@ async def test_without_dra_nothing_is_deployed_until_the_cluster_serves_it(
     )
 
 
-async def test_an_nvidia_shaped_nimservice_with_dra_resources(
+async def dra_on_or_skip(
     e2e: E2E, emulated: EmulatedCluster | None, turn_dra_on: Callable[[], None]
 ) -> None:
+    """DRA served: turned on in the emulator, else skip on a real cluster without it."""
     if emulated is not None:
         turn_dra_on()
     elif not await dra_served(e2e.api):
         pytest.skip("this cluster does not serve resource.k8s.io/v1 (DRA)")
+
+
+async def test_an_nvidia_shaped_nimservice_with_dra_resources(
+    e2e: E2E, emulated: EmulatedCluster | None, turn_dra_on: Callable[[], None]
+) -> None:
+    await dra_on_or_skip(e2e, emulated, turn_dra_on)
     body = yaml.safe_load(NVIDIA_DRA)
     body["apiVersion"] = "nimstack.dev/v1alpha1"  # the only change NVIDIA's YAML needs
     nim = await e2e.create("llama-dra", body["spec"])
@@ -364,10 +371,7 @@ draResources:
 async def test_what_nvidia_accepts_is_accepted_and_rendered(
     e2e: E2E, emulated: EmulatedCluster | None, turn_dra_on: Callable[[], None]
 ) -> None:
-    if emulated is not None:
-        turn_dra_on()
-    elif not await dra_served(e2e.api):
-        pytest.skip("this cluster does not serve resource.k8s.io/v1 (DRA)")
+    await dra_on_or_skip(e2e, emulated, turn_dra_on)
     spec = yaml.safe_load(NVIDIA_DRA)["spec"]
     spec["draResources"] = yaml.safe_load(NVIDIA_LENIENT)["draResources"]
     await e2e.create("llama-dra", spec)

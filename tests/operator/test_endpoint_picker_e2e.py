@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from nim_operator.kube import ResourceKind
+from tests.operator.test_exposure_e2e import exposure_waits_for_an_api
 from tests.operator.test_operator_e2e import DEPLOYMENTS, E2E, SERVICES, condition, cpu_spec
 from tests.support.inference_pool import INFERENCE_POOL_CRD
 from tests.support.kmock_cluster import EmulatedCluster
@@ -51,10 +52,6 @@ PICKER_CHILDREN = (
 )
 
 
-async def gone(e2e: E2E, kind: ResourceKind, name: str) -> bool:
-    return await e2e.get(kind, name) is None
-
-
 async def test_the_picker_waits_for_the_inference_pool_api_then_follows_the_spec(
     e2e: E2E, emulated: EmulatedCluster | None
 ) -> None:
@@ -63,14 +60,7 @@ async def test_the_picker_waits_for_the_inference_pool_api_then_follows_the_spec
         pytest.skip("this cluster has no InferencePool CRD (the test installs none on a real one)")
     await e2e.create("llm", cpu_spec(expose={"router": {"eppConfig": EPP}}))
     if not served:
-        nim = await e2e.status_where(
-            "llm",
-            lambda o: condition(o, "Exposed").get("reason") == "InferencePoolAPIMissing",
-            "Exposed InferencePoolAPIMissing",
-        )
-        assert condition(nim, "Exposed")["status"] == "False"
-        assert condition(nim, "Failed")["status"] == "False"  # the server runs: not a failure
-        await e2e.child(DEPLOYMENTS, "llm")
+        await exposure_waits_for_an_api(e2e, "InferencePoolAPIMissing")
         assert await e2e.get(DEPLOYMENTS, "llm-epp") is None
         await install_crds(e2e.api, [INFERENCE_POOL_CRD], field_manager="nimstack-e2e")
 
@@ -104,7 +94,7 @@ async def test_the_picker_waits_for_the_inference_pool_api_then_follows_the_spec
     await e2e.patch_spec(
         "llm", {"expose": {"router": {"eppConfig": {"config": None, "configMapRef": ref}}}}
     )
-    await e2e.until(lambda: gone(e2e, CONFIG_MAPS, "llm-epp-config"), "the ConfigMap deleted")
+    await e2e.deleted(CONFIG_MAPS, "llm-epp-config")
 
     async def mounts_the_users_config_map() -> bool:
         live = await e2e.get(DEPLOYMENTS, "llm-epp")
@@ -116,8 +106,8 @@ async def test_the_picker_waits_for_the_inference_pool_api_then_follows_the_spec
     await e2e.until(mounts_the_users_config_map, "the picker mounting my-epp-config")
 
     await e2e.patch_spec("llm", {"expose": {"router": None}})
-    await e2e.until(lambda: gone(e2e, INFERENCE_POOLS, "llm"), "the InferencePool deleted")
+    await e2e.deleted(INFERENCE_POOLS, "llm")
     for kind, name in PICKER_CHILDREN:
-        await e2e.until(lambda k=kind, n=name: gone(e2e, k, n), f"{kind.plural}/{name} deleted")
+        await e2e.deleted(kind, name)
     assert await e2e.get(DEPLOYMENTS, "llm") is not None
     assert await e2e.get(SERVICE_ACCOUNTS, "llm") is not None

@@ -40,10 +40,6 @@ def external(obj: dict[str, Any]) -> str | None:
     return ((obj.get("status") or {}).get("model") or {}).get("externalEndpoint")
 
 
-async def gone(e2e: E2E, kind: ResourceKind, name: str) -> bool:
-    return await e2e.get(kind, name) is None
-
-
 async def test_an_ingress_follows_the_spec_on_off_and_in_between(e2e: E2E) -> None:
     await e2e.create("llm", cpu_spec(expose={"ingress": ingress("llm.example.com")}))
     created = await e2e.child(INGRESSES, "llm")
@@ -68,7 +64,7 @@ async def test_an_ingress_follows_the_spec_on_off_and_in_between(e2e: E2E) -> No
     )
 
     await e2e.patch_spec("llm", {"expose": {"ingress": {"enabled": False}}})
-    await e2e.until(lambda: gone(e2e, INGRESSES, "llm"), "the Ingress deleted")
+    await e2e.deleted(INGRESSES, "llm")
     nim = await e2e.status_where(
         "llm", lambda o: external(o) is None, "no externalEndpoint without an Ingress"
     )
@@ -99,7 +95,7 @@ async def test_a_renamed_service_with_a_grpc_port(e2e: E2E) -> None:
         ("api", 8000),
         ("grpc", 8001),
     ]
-    await e2e.until(lambda: gone(e2e, SERVICES, "llm"), "the Service under the old name deleted")
+    await e2e.deleted(SERVICES, "llm")
     nim = await e2e.status_where(
         "llm",
         lambda o: "llm-api." in ((o.get("status") or {}).get("endpoint") or ""),
@@ -109,7 +105,18 @@ async def test_a_renamed_service_with_a_grpc_port(e2e: E2E) -> None:
 
     await e2e.patch_spec("llm", {"expose": {"service": {"name": None, "grpcPort": None}}})
     await e2e.child(SERVICES, "llm")
-    await e2e.until(lambda: gone(e2e, SERVICES, "llm-api"), "the renamed Service deleted")
+    await e2e.deleted(SERVICES, "llm-api")
+
+
+async def exposure_waits_for_an_api(e2e: E2E, reason: str) -> dict[str, Any]:
+    """`llm`, once Exposed is False for `reason`: not Failed, and its Deployment created."""
+    nim = await e2e.status_where(
+        "llm", lambda o: condition(o, "Exposed").get("reason") == reason, f"Exposed {reason}"
+    )
+    assert condition(nim, "Exposed")["status"] == "False"
+    assert condition(nim, "Failed")["status"] == "False"  # the server runs: not a failure
+    await e2e.child(DEPLOYMENTS, "llm")
+    return nim
 
 
 async def test_routes_wait_for_the_gateway_api_then_follow_the_spec(
@@ -124,15 +131,8 @@ async def test_routes_wait_for_the_gateway_api_then_follow_the_spec(
     )
     host = f"llm.{e2e.namespace}.example.com"
     if not served:
-        nim = await e2e.status_where(
-            "llm",
-            lambda o: condition(o, "Exposed").get("reason") == "GatewayAPIMissing",
-            "Exposed GatewayAPIMissing",
-        )
-        assert condition(nim, "Exposed")["status"] == "False"
-        assert condition(nim, "Failed")["status"] == "False"  # the rest runs: not a failure
+        nim = await exposure_waits_for_an_api(e2e, "GatewayAPIMissing")
         assert external(nim) is None
-        await e2e.child(DEPLOYMENTS, "llm")
 
         async def warned() -> list[dict[str, Any]]:
             return [
@@ -154,6 +154,6 @@ async def test_routes_wait_for_the_gateway_api_then_follow_the_spec(
     assert (nim.get("metadata") or {}).get("uid") == route["metadata"]["ownerReferences"][0]["uid"]
 
     await e2e.patch_spec("llm", {"expose": {"router": None}})
-    await e2e.until(lambda: gone(e2e, HTTP_ROUTES, "llm"), "the HTTPRoute deleted")
+    await e2e.deleted(HTTP_ROUTES, "llm")
     assert await e2e.get(NIMSERVICES, "llm") is not None
     assert await e2e.get(GRPC_ROUTES, "llm") is None

@@ -54,7 +54,6 @@ from tests.support.kmock_cluster import (
     project_crds,
 )
 from tests.support.kmock_harness import (
-    ClusterDriver,
     EmulatedControllers,
     OperatorProcess,
     connection_from_kubeconfig,
@@ -606,13 +605,6 @@ class TestTable:
         else:
             # ... and past CEL and strict field validation: only the operator can tell.
             assert unknown == []
-
-
-@pytest.fixture
-def e2e(
-    api: KubeClient, namespace: str, driver: ClusterDriver, operator_process: OperatorProcess
-) -> E2E:
-    return E2E(api, namespace, driver, operator_process)
 
 
 async def _create(e2e: E2E, row: Invalid) -> None:

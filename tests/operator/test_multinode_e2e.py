@@ -103,10 +103,6 @@ def env_value(container: dict[str, Any], name: str) -> str | None:
     return None
 
 
-async def gone(e2e: E2E, kind: ResourceKind, name: str) -> bool:
-    return await e2e.get(kind, name) is None
-
-
 async def present(e2e: E2E, kind: ResourceKind, name: str) -> bool:
     return await e2e.get(kind, name) is not None
 
@@ -221,7 +217,7 @@ async def test_switching_multi_node_on_and_off_hands_over_without_a_gap(
     await e2e.api.merge_patch(
         LEADER_WORKER_SETS, e2e.namespace, "swap", {"status": status}, subresource="status"
     )
-    await e2e.until(lambda: gone(e2e, DEPLOYMENTS, "swap"), "the Deployment deleted")
+    await e2e.deleted(DEPLOYMENTS, "swap")
 
     async def leaders_selected() -> bool:
         return (await selector()).get(ROLE) == "leader"
@@ -242,7 +238,7 @@ async def test_switching_multi_node_on_and_off_hands_over_without_a_gap(
         seconds=HANDOVER_WATCH,
     )
     await e2e.driver.pods_become(e2e.namespace, "swap", PodState.READY)
-    await e2e.until(lambda: gone(e2e, LEADER_WORKER_SETS, "swap"), "the LeaderWorkerSet deleted")
+    await e2e.deleted(LEADER_WORKER_SETS, "swap")
 
 
 def leader_and_worker(lws: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 import psutil
 
-from tests.support.server_process import free_port
+from tests.support.server_process import LocalProcess, free_port
 
 __all__ = ["GatewayProcess", "gateway_command", "start_gateway"]
 
@@ -31,23 +31,7 @@ def gateway_command() -> list[str]:
 
 
 @dataclass
-class GatewayProcess:
-    process: subprocess.Popen[bytes]
-    port: int
-    log_path: Path
-    api_key: str | None = None
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
+class GatewayProcess(LocalProcess):
     def cpu_seconds(self) -> float:
         """User + system CPU of the gateway process (it has no children)."""
         times = psutil.Process(self.process.pid).cpu_times()

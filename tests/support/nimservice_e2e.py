@@ -64,6 +64,12 @@ class E2E:
 
         return await self.until(exists, f"{kind.plural}/{name}")
 
+    async def deleted(self, kind: ResourceKind, name: str) -> None:
+        async def gone() -> bool:
+            return await self.get(kind, name) is None
+
+        await self.until(gone, f"{kind.plural}/{name} deleted")
+
     async def status_where(
         self, name: str, test: Callable[[dict[str, Any]], bool], what: str
     ) -> dict[str, Any]:

@@ -31,12 +31,13 @@ def nim_serve_command() -> list[str]:
 
 
 @dataclass
-class ServerProcess:
+class LocalProcess:
+    """A process of ours listening on 127.0.0.1:`port`, its output in `log_path`."""
+
     process: subprocess.Popen[bytes]
     port: int
     log_path: Path
     api_key: str | None = None
-    env: dict[str, str] = field(default_factory=dict)
 
     @property
     def base_url(self) -> str:
@@ -48,6 +49,11 @@ class ServerProcess:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+
+@dataclass
+class ServerProcess(LocalProcess):
+    env: dict[str, str] = field(default_factory=dict)
 
     def wait_until(self, path: str, status: int, timeout: float) -> httpx.Response:
         """Poll ``path`` until it answers ``status``; fail with the server log otherwise."""
