@@ -24,6 +24,7 @@ _WAITING_REASONS = {
     "DeploymentMissing",
     "LeaderWorkerSetNotCreated",
     "ScaledToZero",
+    "EndpointPickerNotReady",
 }
 
 
@@ -41,7 +42,7 @@ def _is_warning(condition: Mapping[str, Any]) -> bool:
     if kind == "Ready":
         return status == "False" and condition.get("reason") not in _WAITING_REASONS
     if kind == "Exposed":  # e.g. GatewayAPIMissing: routes asked for cannot be created
-        return status == "False"
+        return status == "False" and condition.get("reason") not in _WAITING_REASONS
     if kind == "ScalingActive":  # the built-in autoscaler lost its metrics
         return status == "False" and condition.get("reason") not in _WAITING_REASONS
     return kind == "Progressing" and condition.get("reason") == "ProgressDeadlineExceeded"

@@ -6,7 +6,9 @@ are installed. Without them the routes are left out (reconcile neither applies n
 them: there can be none) and `Exposed` is False with reason GatewayAPIMissing. That is not a
 failure of the reconcile, so kopf does not retry it; the timer's runs ask discovery again
 (through the CapabilityCache, at most once per capability TTL) and create the routes once the
-CRDs appear. Everything except `gateway_support` is pure.
+CRDs appear. With `expose.router.eppConfig`, the Gateway sends every request through the
+endpoint picker first, so `Exposed` is True only once the picker's Deployment has a ready
+replica. Everything except `gateway_support` and `read_endpoint_picker` is pure.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from nim_operator.conditions import ConditionReport
-from nim_operator.kube import CapabilityCache
+from nim_operator.kube import CapabilityCache, KubeClient, ResourceKind
 from nim_operator.models import NIMServiceSpec
 from nim_operator.render import Owner
 from nim_operator.render.endpoint_picker import endpoint_picker_name
@@ -32,9 +34,11 @@ __all__ = [
     "external_endpoint",
     "gateway_support",
     "previous_service_name",
+    "read_endpoint_picker",
 ]
 
 EXPOSED = "Exposed"
+DEPLOYMENTS = ResourceKind("apps/v1", "deployments")
 
 
 @dataclass(frozen=True)
@@ -55,6 +59,20 @@ async def gateway_support(capabilities: CapabilityCache) -> GatewaySupport:
         grpc_routes=await capabilities.has(GATEWAY_API_VERSION, "grpcroutes"),
         inference_pools=await capabilities.has(INFERENCE_POOL_API_VERSION, "inferencepools"),
     )
+
+
+async def read_endpoint_picker(
+    kube: KubeClient, owner: Owner, spec: NIMServiceSpec, support: GatewaySupport
+) -> Mapping[str, Any] | None:
+    """The endpoint picker's Deployment when the spec has one and the cluster serves it."""
+    router = spec.expose.router
+    if router is None or router.epp_config is None or not support.inference_pools:
+        return None
+    return await kube.get(DEPLOYMENTS, owner.namespace, endpoint_picker_name(owner.name))
+
+
+def _ready_replicas(deployment: Mapping[str, Any] | None) -> int:
+    return int(((deployment or {}).get("status") or {}).get("readyReplicas") or 0)
 
 
 def _missing_kinds(spec: NIMServiceSpec, support: GatewaySupport) -> list[str]:
@@ -78,9 +96,15 @@ def _grpc_route_wanted(spec: NIMServiceSpec) -> bool:
 
 
 def exposure_report(
-    owner: Owner, spec: NIMServiceSpec, support: GatewaySupport
+    owner: Owner,
+    spec: NIMServiceSpec,
+    support: GatewaySupport,
+    endpoint_picker: Mapping[str, Any] | None = None,
 ) -> ConditionReport | None:
-    """The `Exposed` condition, or None when only the plain Service is asked for."""
+    """The `Exposed` condition, or None when only the plain Service is asked for.
+
+    `endpoint_picker` is the picker's live Deployment (read_endpoint_picker), None before it
+    exists."""
     missing = _missing_kinds(spec, support)
     if missing:
         return ConditionReport(
@@ -134,10 +158,19 @@ def exposure_report(
             f"Service port metrics ({service.metrics_port}): nim-server serves its metrics on "
             "port api, so only an image with a separate metrics endpoint answers there"
         )
+    applied = f"; applied: {'; '.join(parts)}" if parts else ""
+    if epp is not None and _ready_replicas(endpoint_picker) < 1:
+        # Through an InferencePool the Gateway asks the picker for every request: none answers.
+        return ConditionReport(
+            EXPOSED,
+            "False",
+            "EndpointPickerNotReady",
+            f"endpoint picker {endpoint_picker_name(owner.name)} has no ready replica: the "
+            f"Gateway cannot route through InferencePool {owner.name} yet{applied}",
+        )
     if spec.expose.grpc_route_without_port():
         # Accepted, as NVIDIA's CRD accepts it, but a GRPCRoute needs a port to send to (NVIDIA's
         # operator would apply one without rules); the rest is applied.
-        applied = f"; applied: {'; '.join(parts)}" if parts else ""
         return ConditionReport(
             EXPOSED,
             "False",

@@ -695,7 +695,8 @@ async def _reconcile_held(
                 compute_domains=cd_served,
                 compute_domain_channel=domain.channel,
             )
-            report = exposure.exposure_report(owner, spec, gateway)
+            picker = await exposure.read_endpoint_picker(runtime.kube, owner, spec, gateway)
+            report = exposure.exposure_report(owner, spec, gateway, picker)
             exposed = () if report is None else (report,)
             external_endpoint = exposure.external_endpoint(owner, spec, gateway)
         except TransientApiError:

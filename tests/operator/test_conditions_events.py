@@ -75,3 +75,10 @@ def test_failures_warn() -> None:
     assert notes == [
         EventNote("Warning", "SecretNotFound", 'Failed=True: authSecret "ngc" missing')
     ]
+
+
+def test_exposure_waiting_for_its_picker_is_normal_but_a_missing_api_warns() -> None:
+    picker = cond("Exposed", "False", "EndpointPickerNotReady", "endpoint picker llm-epp ...")
+    missing = cond("Exposed", "False", "GatewayAPIMissing", "install the Gateway API CRDs")
+    assert [n.type for n in transition_events(STARTING, [*STARTING, picker])] == ["Normal"]
+    assert [n.type for n in transition_events(STARTING, [*STARTING, missing])] == ["Warning"]

@@ -70,6 +70,25 @@ class TestExposureReport:
         assert report is not None
         assert "Service port metrics (9400)" in report.message
 
+    def test_an_inference_pool_is_exposed_once_its_endpoint_picker_is_ready(self) -> None:
+        image = {"repository": "epp", "tag": "1"}
+        epp = {"containerSpec": {"name": "epp", "image": image}, "config": {}}
+        spec = make_spec(router={"eppConfig": epp})
+        pools = GatewaySupport(inference_pools=True)
+        for picker in (None, {"status": {}}, {"status": {"replicas": 1, "readyReplicas": 0}}):
+            report = exposure_report(OWNER, spec, pools, picker)
+            assert report is not None
+            assert (report.status, report.reason) == ("False", "EndpointPickerNotReady")
+            assert "endpoint picker llama-epp has no ready replica" in report.message
+            assert "applied: InferencePool llama with endpoint picker llama-epp" in report.message
+        ready = exposure_report(OWNER, spec, pools, {"status": {"readyReplicas": 1}})
+        assert ready is not None
+        assert (ready.status, ready.reason) == ("True", "Applied")
+        # Without the InferencePool API the CRDs are what is missing, not the picker.
+        missing = exposure_report(OWNER, spec, MISSING, None)
+        assert missing is not None
+        assert missing.reason == "InferencePoolAPIMissing"
+
 
 class TestExternalEndpoint:
     def test_none_without_a_host(self) -> None:
