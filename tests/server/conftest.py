@@ -48,6 +48,22 @@ def server(
 
 
 @pytest.fixture(scope="session")
+def auto_server(
+    tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServerProcess]:
+    """A server with auto tool choice and vLLM's pythonic parser (the random model's text is
+    then a call only when a grammar makes it one), shared by the tool and agent tests."""
+    work = tmp_path_factory.mktemp("auto-tools")
+    env = {
+        **tiny_server_env(tiny_model_dir, work / "cache"),
+        "NIM_ENABLE_AUTO_TOOL_CHOICE": "1",
+        "NIM_TOOL_CALL_PARSER": "pythonic",
+    }
+    with ready_server(work, env) as proc:
+        yield proc
+
+
+@pytest.fixture(scope="session")
 def http(server: ServerProcess) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=server.base_url, headers=server.headers, timeout=120) as client:
         yield client

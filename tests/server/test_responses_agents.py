@@ -10,8 +10,6 @@ text format makes end by itself).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Literal
 
 import openai
@@ -27,8 +25,8 @@ from agents import (
 )
 
 from tests.server import test_tools
-from tests.server.conftest import SERVED_NAME, tiny_server_env
-from tests.support.server_process import ServerProcess, ready_server
+from tests.server.conftest import SERVED_NAME
+from tests.support.server_process import ServerProcess
 
 no_whitespace = test_tools.no_whitespace  # the fixture: logit_bias forbidding whitespace tokens
 CALLS: list[str] = []
@@ -81,20 +79,6 @@ async def test_agent_calls_its_tool_and_stops_with_the_result(
     assert response.response_id is not None
     assert response.response_id.startswith("resp-")
     assert response.usage.output_tokens > 0
-
-
-@pytest.fixture(scope="module")
-def auto_server(
-    tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[ServerProcess]:
-    work = tmp_path_factory.mktemp("agents-auto-tools")
-    env = {
-        **tiny_server_env(tiny_model_dir, work / "cache"),
-        "NIM_ENABLE_AUTO_TOOL_CHOICE": "1",
-        "NIM_TOOL_CALL_PARSER": "pythonic",
-    }
-    with ready_server(work, env) as proc:
-        yield proc
 
 
 class Report(pydantic.BaseModel):

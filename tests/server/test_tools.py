@@ -11,7 +11,6 @@ write JSON forbid the whitespace tokens with `logit_bias`.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -24,7 +23,7 @@ from langchain_openai import ChatOpenAI
 
 from tests.server.conftest import SERVED_NAME, chat_body, tiny_server_env
 from tests.server.test_errors import assert_error
-from tests.support.server_process import ServerProcess, ready_server, start_server
+from tests.support.server_process import ServerProcess, start_server
 from tests.support.sse import json_events
 
 CITY = {
@@ -203,20 +202,6 @@ def test_tool_mistakes_are_400(
 # ----- auto, with vLLM's pythonic parser ---------------------------------------------------
 
 PYTHONIC_CALL = r'\[get_weather\(city="(Paris|Rome)"\)\]'
-
-
-@pytest.fixture(scope="module")
-def auto_server(
-    tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[ServerProcess]:
-    work = tmp_path_factory.mktemp("auto-tools")
-    env = {
-        **tiny_server_env(tiny_model_dir, work / "cache"),
-        "NIM_ENABLE_AUTO_TOOL_CHOICE": "1",
-        "NIM_TOOL_CALL_PARSER": "pythonic",
-    }
-    with ready_server(work, env) as proc:
-        yield proc
 
 
 def test_auto_finds_the_call_the_model_wrote(auto_server: ServerProcess) -> None:
