@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import copy
 import json
+import signal
 from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import Any
 
@@ -125,6 +126,10 @@ async def test_kopf_with_a_float_server_timeout_gets_its_watches_refused() -> No
         settings = kopf.OperatorSettings()
         settings.watching.server_timeout = 300.0  # what the operator used to configure
         settings.networking.error_backoffs = [0.1]
+        # kopf's last resort for an operator that stops without its stop flag (here: when the
+        # watcher's death ends it first) is a SIGKILL of this thread ten minutes later, which
+        # the test's event loop, shared by the session, delivered to pytest itself mid-run.
+        settings.process.ultimate_exiting_timeout = None
 
         @kopf.on.login(registry=registry)
         def login(**_: Any) -> kopf.ConnectionInfo:
@@ -167,6 +172,9 @@ async def test_kopf_with_a_float_server_timeout_gets_its_watches_refused() -> No
                 await asyncio.wait_for(operator, timeout=10)
             loop.set_task_factory(None)
         ended = [t.exception() for t in tasks if t.done() and not t.cancelled()]
+        # Nothing of kopf's may be left to kill this process later (asyncio's own timer list).
+        scheduled = getattr(loop, "_scheduled", [])
+        assert not [h for h in scheduled if getattr(h, "_callback", None) is signal.pthread_kill]
     assert "timeoutSeconds=300.0" in refused[0].path
     assert (refused[0].status, refused[0].reason) == (400, "BadRequest")
     assert refused[0].message == 'strconv.ParseInt: parsing "300.0": invalid syntax'
