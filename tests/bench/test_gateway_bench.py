@@ -26,7 +26,6 @@ REPO = Path(__file__).resolve().parents[2]
 ARMS = {"round-robin", "prefix-affinity", "prefix-affinity-key-from-start"}
 
 
-@pytest.mark.bench_run
 @pytest.mark.timeout(600)
 def test_gateway_bench_compares_routing_on_real_replicas(tmp_path: Path) -> None:
     # 400-character questions: more than one 128-token KV block of history per turn.

@@ -27,7 +27,6 @@ def run_bench(module: str, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-@pytest.mark.bench_run
 @pytest.mark.timeout(1500)
 def test_server_bench_compares_both_servers(tmp_path: Path) -> None:
     done = run_bench("bench.server", "--models", "tiny", "--rounds", "1", "--out", str(tmp_path))
